@@ -1,0 +1,213 @@
+"""Example backend (aiohttp + StepClient) for the quick start and the integration tests.
+
+Fails on request, through query parameters, so every retry path can be shown; it never
+keeps state beyond its in-process step counters.
+
+    python examples/backend.py --port 3000 [--host 127.0.0.1] [--steps-sync]
+
+Endpoints:
+  GET|POST /demo/steps?n=3   steps step-1..step-n, JSON {"run_id", "attempt", "results"}
+      fail_at=K      fail just before step K (K = n+1: after every step), on attempts
+      fail_times=F   1..F only (default 1), the way mode= says:
+      mode=          500 (default) | 503 (with Retry-After: retry_after=, default 1) | drop
+                     (close the connection) | hang (sleep an hour) | 400 | noretry (500 with
+                     Durable-Retry: no)
+      delay_ms=D     sleep D ms before answering (every attempt)
+  GET /demo/stream?chunks=5&interval_ms=100   one line per chunk, streamed
+  *   /demo/echo     method, path, query, headers and body back as JSON
+  GET /_counts[?run_id=]   how often each step's function ran
+  GET /_health
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+try:
+    import step_protocol  # noqa: F401  (installed with `pip install -e .`)
+except ModuleNotFoundError:  # run from a checkout: python examples/backend.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from step_protocol import StepClient
+
+Counts = defaultdict[str, defaultdict[str, int]]
+STEPS: web.AppKey[StepClient] = web.AppKey("steps", StepClient)
+COUNTS: web.AppKey[Counts] = web.AppKey("counts", defaultdict)
+STEPS_SYNC: web.AppKey[bool] = web.AppKey("steps_sync", bool)
+MODES = ("500", "503", "drop", "hang", "400", "noretry")
+
+
+class BadQuery(ValueError):
+    """A query parameter the demo does not understand."""
+
+
+def _int(query: dict[str, str], name: str, default: int, *, low: int = 0) -> int:
+    try:
+        value = int(query.get(name, default))
+    except ValueError:
+        raise BadQuery(f"{name} must be an integer") from None
+    if value < low:
+        raise BadQuery(f"{name} must be >= {low}")
+    return value
+
+
+async def demo_steps(request: web.Request) -> web.StreamResponse:
+    """Run n steps through the sidecar, failing where the query says."""
+    query = dict(request.query)
+    try:
+        n = _int(query, "n", 3)
+        fail_at = _int(query, "fail_at", 0)
+        fail_times = _int(query, "fail_times", 1)
+        retry_after = _int(query, "retry_after", 1)
+        delay_ms = _int(query, "delay_ms", 0)
+        mode = query.get("mode", "500")
+        if mode not in MODES:
+            raise BadQuery(f"mode must be one of {', '.join(MODES)}")
+    except BadQuery as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+
+    ctx = request.app[STEPS].context(request.headers)
+    run_key = ctx.run_id or "none"
+    counts = request.app[COUNTS][run_key]
+    failing = ctx.attempt <= fail_times
+    results: list[Any] = []
+    for i in range(1, n + 2):
+        if i == fail_at and failing:
+            return await _fail(request, mode, ctx.attempt, retry_after)
+        if i > n:
+            break
+        step_id = f"step-{i}"
+
+        def work(i: int = i, step_id: str = step_id) -> dict[str, Any]:
+            counts[step_id] += 1
+            return {"step": i, "value": f"computed on attempt {ctx.attempt}"}
+
+        results.append(await ctx.step(step_id, work, sync=request.app[STEPS_SYNC]))
+    if delay_ms:
+        await asyncio.sleep(delay_ms / 1000)
+    return web.json_response({"run_id": ctx.run_id, "attempt": ctx.attempt, "results": results})
+
+
+async def _fail(request: web.Request, mode: str, attempt: int, retry_after: int) -> web.Response:
+    body = {"error": f"injected failure ({mode})", "attempt": attempt}
+    if mode == "503":
+        return web.json_response(body, status=503, headers={"Retry-After": str(retry_after)})
+    if mode == "400":
+        return web.json_response(body, status=400)
+    if mode == "noretry":
+        return web.json_response(body, status=500, headers={"Durable-Retry": "no"})
+    if mode == "hang":
+        await asyncio.sleep(3600)
+    if mode == "drop":
+        # Abort the TCP connection before any byte of a response: the caller sees the
+        # connection close mid-request. aiohttp then has nowhere to send what we return.
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response(status=500)  # never sent: the transport is gone
+    return web.json_response(body, status=500)
+
+
+async def demo_stream(request: web.Request) -> web.StreamResponse:
+    """Chunked response, one line per chunk, to show streaming passes through."""
+    try:
+        chunks = _int(dict(request.query), "chunks", 5)
+        interval_ms = _int(dict(request.query), "interval_ms", 100)
+    except BadQuery as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for i in range(1, chunks + 1):
+        if i > 1:
+            await asyncio.sleep(interval_ms / 1000)
+        await response.write(f"chunk {i}\n".encode())
+    await response.write_eof()
+    return response
+
+
+async def demo_echo(request: web.Request) -> web.Response:
+    """What arrived, as JSON; repeated headers are joined with ", "."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return web.json_response(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.query),
+            "headers": headers,
+            "body": await request.text(),
+        }
+    )
+
+
+async def counts(request: web.Request) -> web.Response:
+    all_counts = request.app[COUNTS]
+    run_id = request.query.get("run_id")
+    if run_id is not None:
+        return web.json_response({"counts": dict(all_counts.get(run_id, {}))})
+    return web.json_response({run: dict(steps) for run, steps in all_counts.items()})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+def make_app(*, steps_sync: bool = False) -> web.Application:
+    app = web.Application()
+    step_counts: Counts = defaultdict(lambda: defaultdict(int))
+    app[COUNTS] = step_counts
+    app[STEPS_SYNC] = steps_sync
+
+    async def step_client(app: web.Application) -> AsyncIterator[None]:
+        async with StepClient() as client:
+            app[STEPS] = client
+            yield
+
+    app.cleanup_ctx.append(step_client)
+    app.router.add_route("GET", "/demo/steps", demo_steps)
+    app.router.add_route("POST", "/demo/steps", demo_steps)
+    app.router.add_get("/demo/stream", demo_stream)
+    app.router.add_route("*", "/demo/echo", demo_echo)
+    app.router.add_get("/_counts", counts)
+    app.router.add_get("/_health", health)
+    return app
+
+
+async def serve(host: str, port: int, *, steps_sync: bool) -> None:
+    """Serve until SIGINT or SIGTERM; print `listening on PORT` once bound (port 0 works)."""
+    runner = web.AppRunner(make_app(steps_sync=steps_sync), access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]
+        print(f"listening on {bound}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--steps-sync", action="store_true", help="write steps ?durable=sync")
+    args = parser.parse_args(argv)
+    asyncio.run(serve(args.host, args.port, steps_sync=args.steps_sync))
+
+
+if __name__ == "__main__":
+    main()

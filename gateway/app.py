@@ -1,0 +1,135 @@
+"""Builds the three listeners around the shared services, runs them, shuts down in phases.
+
+Shutdown order matters: stop taking connections, let in-flight attempts finish (they
+still need the sidecar), answer held clients with their result URL, flush the writer,
+then close the store and the upstream session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from gateway import admin, attempts, ingress, results, sidecar
+from gateway.config import GatewayConfig
+from gateway.driver import Driver
+from gateway.ingress_limits import Limits
+from gateway.problems import problems_middleware
+from gateway.routes import RouteTable
+from gateway.services import SERVICES, Services
+from gateway.store import open_store
+from gateway.store.writer import Writer
+from gateway.tokens import Tokens, new_secret
+
+log = logging.getLogger("gateway")
+
+
+def default_sidecar_url(config: GatewayConfig) -> str:
+    if config.server.sidecar_url:
+        return config.server.sidecar_url
+    host, port = config.server.sidecar
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def build_services(config: GatewayConfig) -> Services:
+    store = await open_store(config.storage.url)
+    secret = config.security.secret or await store.set_meta_if_absent("secret", new_secret())
+    tokens = Tokens(secret.encode())
+    writer = Writer(store)
+    writer.start()
+    session = attempts.new_session()
+    driver = Driver(
+        writer=writer,
+        session=session,
+        tokens=tokens,
+        sidecar_url=default_sidecar_url(config),
+        sync_steps=config.storage.durability == "sync",
+    )
+    return Services(
+        config=config,
+        store=store,
+        writer=writer,
+        driver=driver,
+        tokens=tokens,
+        routes=RouteTable(config.routes),
+        limits=Limits(config.routes),
+        session=session,
+    )
+
+
+def build_apps(services: Services) -> tuple[web.Application, web.Application, web.Application]:
+    """The ingress, sidecar and admin applications."""
+    max_step = max((r.settings.max_step_output for r in services.config.routes), default=0)
+    ingress_app = web.Application(middlewares=[problems_middleware])
+    ingress_app.router.add_get(results.RESULT_PATH, results.get_result)
+    ingress_app.router.add_get(results.STATUS_PATH, results.get_status)
+    ingress_app.router.add_route("*", "/{tail:.*}", ingress.handle)
+    sidecar_app = web.Application(
+        middlewares=[problems_middleware],
+        client_max_size=max(max_step, services.config.defaults.max_step_output) + 65536,
+    )
+    sidecar_app.add_routes(sidecar.routes())
+    admin_app = web.Application(middlewares=[problems_middleware, admin.admin_auth])
+    admin_app.add_routes(admin.routes())
+    for app in (ingress_app, sidecar_app, admin_app):
+        app[SERVICES] = services
+    return ingress_app, sidecar_app, admin_app
+
+
+async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or `stop` is set), then shut down in phases."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    services = await build_services(config)
+    apps = build_apps(services)
+    addresses = (config.server.ingress, config.server.sidecar, config.server.admin)
+    runners: list[web.AppRunner] = []
+    try:
+        for app, (host, port) in zip(apps, addresses, strict=True):
+            runner = web.AppRunner(
+                app,
+                access_log=None,
+                handle_signals=False,
+                shutdown_timeout=config.server.shutdown_grace,
+            )
+            await runner.setup()
+            runners.append(runner)
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        services.ready = True
+        log.info(
+            "listening ingress=%s:%d sidecar=%s:%d admin=%s:%d store=%s durability=%s",
+            *addresses[0],
+            *addresses[1],
+            *addresses[2],
+            config.storage.url,
+            config.storage.durability,
+        )
+        await stop.wait()
+        log.info("shutting down (grace %.1fs)", config.server.shutdown_grace)
+    finally:
+        await _shutdown(services, runners)
+
+
+async def _shutdown(services: Services, runners: list[web.AppRunner]) -> None:
+    services.ready = False
+    if runners:
+        for site in list(runners[0].sites):
+            await site.stop()  # phase 1: no new client connections
+    await services.driver.close(services.config.server.shutdown_grace)  # phase 2: drain
+    for runner in runners:  # phase 3: listeners
+        await runner.cleanup()
+    await services.writer.close(timeout=services.config.server.shutdown_grace)  # phase 4
+    await services.session.close()
+    await services.store.close()
+    log.info("stopped")

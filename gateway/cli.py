@@ -1,0 +1,66 @@
+"""Command line: argv → config → `app.serve()`; `check` validates a config without starting.
+
+Exit codes scripts can rely on: 0 ok, 1 runtime failure (e.g. a port in use), 2 bad
+config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__, logs
+from gateway.errors import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+log = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="durable-gateway",
+        description="A reverse proxy that makes HTTP endpoints durable.",
+    )
+    parser.add_argument("--version", action="version", version=f"durable-gateway {__version__}")
+    parser.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = sub.add_parser("check", help="validate the configuration and exit")
+    check.add_argument("--config", "-c", metavar="FILE", dest="check_config")
+    sub.add_parser("run", help="run the gateway in the foreground (the default)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    config_path = getattr(args, "check_config", None) or args.config
+    if not config_path:
+        parser.print_usage(sys.stderr)
+        print("durable-gateway: error: --config FILE is required", file=sys.stderr)
+        return EXIT_CONFIG
+    from gateway.config_loader import load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as err:
+        print(f"durable-gateway: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(f"{config_path}: ok ({len(config.routes)} routes)")
+        return EXIT_OK
+    logs.setup(args.log_level, args.log_format)
+    from gateway.app import serve
+
+    try:
+        asyncio.run(serve(config))
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return EXIT_FAILURE
+    return EXIT_OK

@@ -1,0 +1,148 @@
+"""The configuration's shape: frozen dataclasses, one documented attribute per field.
+
+Only shapes and defaults live here; parsing, `${ENV}` expansion and error reporting
+with key paths and lines are in `config_loader.py`. Durations are float seconds,
+sizes are int bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ErrorKind = Literal["connect_error", "timeout"]
+Durability = Literal["async", "sync"]
+Idempotency = Literal["off", "optional", "required"]
+OnExhausted = Literal["fail", "pause"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    ingress: tuple[str, int] = ("0.0.0.0", 8080)
+    """Public listener, `host:port`."""
+    sidecar: tuple[str, int] = ("127.0.0.1", 8081)
+    """Listener for backends' step calls; loopback by default."""
+    admin: tuple[str, int] = ("127.0.0.1", 8082)
+    """Metrics, runs API, events and health; loopback by default."""
+    public_url: str | None = None
+    """Base URL for `Location` headers; default: built from the request's Host."""
+    sidecar_url: str | None = None
+    """Base URL backends are told to call; default: `http://` + the sidecar address."""
+    shutdown_grace: float = 10.0
+    """How long SIGTERM waits for in-flight attempts before closing."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    url: str = "sqlite:///./durable.db"
+    """`sqlite:///relative.db`, `sqlite:////absolute.db` or `postgresql://…`."""
+    durability: Durability = "async"
+    """`async`: write-behind group commit; `sync`: step writes answer after commit."""
+    retention: float = 7 * 86400.0
+    """Finished runs and idempotency keys are purged after this."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    secret: str | None = None
+    """Signs run and result tokens; generated and kept in the store when absent."""
+    admin_token: str | None = None
+    """Bearer token the admin API requires; none means open (bind it to loopback)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    """Attempts in all, the first included (>= 1)."""
+    initial_backoff: float = 0.2
+    """Delay before the second attempt."""
+    max_backoff: float = 30.0
+    """Ceiling on the computed delay (an upstream `Retry-After` may exceed it)."""
+    multiplier: float = 2.0
+    """Growth of the delay per attempt (>= 1)."""
+    jitter: float = 0.2
+    """Each delay is spread uniformly by ± this fraction (0..1)."""
+    on_status: frozenset[int] = frozenset({500, 502, 503, 504})
+    """Upstream statuses that are retried (from `on:`)."""
+    on_errors: frozenset[ErrorKind] = frozenset({"connect_error", "timeout"})
+    """Failure kinds without a response that are retried (from `on:`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyConfig:
+    limit: int
+    """Attempts in flight at once per key; more wait in a queue."""
+    key: str | None = None
+    """`header:NAME`, `query:NAME` or `ip`; none means one queue for the route."""
+    queue_timeout: float = 30.0
+    """How long a request may wait in the queue before a 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    rate: float
+    """Tokens per second (from `10/s`, `600/m`, `3600/h`)."""
+    burst: int
+    """Bucket size."""
+    key: str | None = None
+    """As for concurrency."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    path: str
+    """Exact path, or a prefix when it ends in `/*`."""
+    methods: frozenset[str] | None = None
+    """Upper-case methods; none matches any."""
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.path.endswith("/*")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """What `defaults:` sets and each route may override."""
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    attempt_timeout: float = 30.0
+    """Time allowed until the upstream's response headers arrive."""
+    hold: float = 10.0
+    """How long the client connection may wait for retries before a 303."""
+    max_body: int = 10 * 1024 * 1024
+    """Largest request body stored with a run; past it, 413."""
+    max_step_output: int = 4 * 1024 * 1024
+    """Largest JSON output of one step."""
+    max_run_state: int = 32 * 1024 * 1024
+    """All step outputs of one run together."""
+    max_steps: int = 1000
+    """Steps per run."""
+    idempotency: Idempotency = "optional"
+    """`off`, `optional` or `required` use of `Idempotency-Key`."""
+    on_exhausted: OnExhausted = "fail"
+    """`fail`: the last response is final; `pause`: wait for an operator's retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    """Unique name, used in metrics and the runs API."""
+    match: RouteMatch
+    upstream: str
+    """Base URL of the backend; the request's path and query are appended."""
+    durable: bool = True
+    """False makes the route a plain reverse proxy."""
+    settings: RouteSettings = field(default_factory=RouteSettings)
+    concurrency: ConcurrencyConfig | None = None
+    rate_limit: RateLimitConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    defaults: RouteSettings = field(default_factory=RouteSettings)
+    routes: tuple[RouteConfig, ...] = ()
+    source: str = "<memory>"
+    """The file the config came from, for messages."""

@@ -1,0 +1,139 @@
+"""Header rewriting at the proxy hop: client → upstream and upstream → client. Pure.
+
+Never lets a client set the gateway's own `Durable-*` request headers.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+from typing import Final, Protocol, runtime_checkable
+
+from step_protocol.wire import GATEWAY_HEADERS
+
+Pairs = list[tuple[str, str]]
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+"""Headers about one connection, never forwarded (RFC 9110 §7.6.1)."""
+
+_GATEWAY_SET: Final = frozenset(name.lower() for name in GATEWAY_HEADERS)
+
+_DROP_UPSTREAM: Final = _GATEWAY_SET | {
+    "host",  # the client session sets the upstream's own Host
+    "content-length",  # recomputed from the stored body
+    # The body is buffered and stored before the first attempt, so a 100-continue
+    # handshake with the upstream has nothing left to decide.
+    "expect",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "traceparent",
+}
+
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+@runtime_checkable
+class SupportsItems(Protocol):
+    """A header container: CIMultiDictProxy, CIMultiDict, dict, …"""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+HeaderSource = SupportsItems | Iterable[tuple[str, str]]
+
+
+def _pairs(source: HeaderSource) -> Iterable[tuple[str, str]]:
+    if isinstance(source, SupportsItems):
+        return source.items()
+    return source
+
+
+def strip_hop_by_hop(items: HeaderSource) -> Pairs:
+    """Headers less the hop-by-hop ones, including any named in `Connection:`."""
+    pairs = list(_pairs(items))
+    drop = set(HOP_BY_HOP)
+    for name, value in pairs:
+        if name.lower() == "connection":
+            drop.update(token.strip().lower() for token in value.split(","))
+    return [(name, value) for name, value in pairs if name.lower() not in drop]
+
+
+def upstream_request_headers(
+    client_headers: HeaderSource,
+    *,
+    client_ip: str | None,
+    scheme: str,
+    host: str | None,
+    traceparent: str,
+) -> Pairs:
+    """The headers an attempt sends upstream, before the gateway adds its `Durable-*` ones.
+
+    `X-Forwarded-For` grows by the client's address; `X-Forwarded-Proto` and
+    `X-Forwarded-Host` describe this hop and replace whatever the client sent (we trust
+    no hop before us). `traceparent` is replaced by the gateway's (see
+    `traceparent_for`); `tracestate` passes through.
+    """
+    out: Pairs = []
+    forwarded_for: list[str] = []
+    for name, value in strip_hop_by_hop(client_headers):
+        lower = name.lower()
+        if lower == "x-forwarded-for":
+            forwarded_for.append(value.strip())
+        elif lower not in _DROP_UPSTREAM:
+            out.append((name, value))
+    if client_ip:
+        forwarded_for.append(client_ip)
+    chain = ", ".join(part for part in forwarded_for if part)
+    if chain:
+        out.append(("X-Forwarded-For", chain))
+    out.append(("X-Forwarded-Proto", scheme))
+    if host:
+        out.append(("X-Forwarded-Host", host))
+    out.append(("traceparent", traceparent))
+    return out
+
+
+def traceparent_for(incoming: str | None, rng: random.Random) -> str:
+    """The W3C `traceparent` for the upstream request.
+
+    A valid incoming one keeps its trace id and flags and gets a fresh parent id, since
+    the gateway is a hop in the trace; anything else starts a new, sampled trace.
+    """
+    if incoming is not None:
+        found = _TRACEPARENT.fullmatch(incoming.strip())
+        if found and int(found[1], 16) and int(found[2], 16):
+            return f"00-{found[1]}-{_nonzero_hex(rng, 64)}-{found[3]}"
+    return f"00-{_nonzero_hex(rng, 128)}-{_nonzero_hex(rng, 64)}-01"
+
+
+def _nonzero_hex(rng: random.Random, bits: int) -> str:
+    """Random id of `bits` bits as lower-case hex; all-zero ids are invalid in W3C."""
+    value = 0
+    while not value:
+        value = rng.getrandbits(bits)
+    return f"{value:0{bits // 4}x}"
+
+
+def client_response_headers(upstream_items: HeaderSource, *, keep_length: bool = True) -> Pairs:
+    """The upstream response's headers as the client gets them.
+
+    Keep `Content-Length` when the body is streamed through unchanged; drop it when the
+    caller re-frames the body (then aiohttp sets its own length or chunking).
+    """
+    pairs = strip_hop_by_hop(upstream_items)
+    if keep_length:
+        return pairs
+    return [(name, value) for name, value in pairs if name.lower() != "content-length"]

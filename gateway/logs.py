@@ -1,0 +1,54 @@
+"""Structured logs: one line per event, with the run id when there is one.
+
+`text` is for people (`ts level logger message run_id=…`), `json` for log pipelines.
+Handlers pass the run id as `extra={"run_id": …}`; nothing here does I/O but stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Literal
+
+import orjson
+
+LogFormat = Literal["text", "json"]
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        msg = record.getMessage()
+        line = f"{ts}.{int(record.msecs):03d}Z {record.levelname:<7} {record.name} {msg}"
+        run_id = getattr(record, "run_id", None)
+        if run_id:
+            line += f" run_id={run_id}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        run_id = getattr(record, "run_id", None)
+        if run_id:
+            entry["run_id"] = run_id
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def setup(level: str = "info", fmt: LogFormat = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,78 @@
+"""RFC 9457 problem+json: the one place a ProblemError becomes an HTTP response.
+
+Used as an aiohttp middleware on all three listeners, so handlers just raise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import metrics
+from gateway.errors import ProblemError, StoreUnavailable
+
+CONTENT_TYPE = "application/problem+json"
+TYPE_BASE = "https://durable-gateway.dev/problems/"
+log = logging.getLogger("gateway.problems")
+
+
+def problem_body(
+    status: int, type_: str, title: str, detail: str, run_id: str | None = None, **extra: Any
+) -> bytes:
+    """The JSON body of a problem response."""
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + type_,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if run_id is not None:
+        body["run_id"] = run_id
+    body.update(extra)
+    return orjson.dumps(body)
+
+
+def problem_response(
+    status: int,
+    type_: str,
+    title: str,
+    detail: str,
+    run_id: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=problem_body(status, type_, title, detail, run_id, **extra),
+        content_type=CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def from_error(err: ProblemError) -> web.Response:
+    return problem_response(err.status, err.type, err.title, err.detail, err.run_id, **err.extra)
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer ProblemError, aiohttp's own HTTP errors and store faults as problem+json."""
+    try:
+        return await handler(request)
+    except ProblemError as err:
+        metrics.REJECTED.labels(str(err.status)).inc()
+        return from_error(err)
+    except StoreUnavailable as err:
+        metrics.REJECTED.labels("503").inc()
+        return problem_response(503, "store-unavailable", "Storage unavailable", str(err))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        metrics.REJECTED.labels(str(exc.status)).inc()
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return problem_response(
+            exc.status, f"http-{exc.status}", exc.reason, exc.text or exc.reason, headers=headers
+        )

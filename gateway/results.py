@@ -1,0 +1,113 @@
+"""Result URLs on the ingress: the final response of a run, or its status, by capability token.
+
+`GET /_durable/runs/{id}/result?token=…` long-polls until the run finishes; a wrong token
+is a 404, indistinguishable from an unknown run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from gateway import delivery
+from gateway.errors import NotFound
+from gateway.services import SERVICES, Services
+from gateway.store import StoredResponse
+from step_protocol import wire
+
+RESULT_PATH = "/_durable/runs/{run_id}/result"
+STATUS_PATH = "/_durable/runs/{run_id}"
+
+
+def result_url(request: web.Request, run_id: str) -> str:
+    """Absolute result URL: `server.public_url` when set, else from the request's Host."""
+    services = request.app[SERVICES]
+    base = services.config.server.public_url or f"{request.scheme}://{request.host}"
+    token = services.tokens.result_token(run_id)
+    return f"{base}/_durable/runs/{run_id}/result?token={token}"
+
+
+def replay(stored: StoredResponse) -> web.Response:
+    """A stored final response, verbatim."""
+    response = web.Response(status=stored.status, body=stored.body)
+    response.headers.popall("Content-Type", None)
+    for name, value in stored.headers:
+        if name.lower() != "content-length":
+            response.headers.add(name, value)
+    return response
+
+
+def _check(request: web.Request) -> tuple[Services, str]:
+    services = request.app[SERVICES]
+    run_id = request.match_info["run_id"]
+    if not services.tokens.check_result_token(run_id, request.query.get("token")):
+        raise NotFound("no such run, or a wrong token")
+    return services, run_id
+
+
+async def get_result(request: web.Request) -> web.StreamResponse:
+    services, run_id = _check(request)
+    prefer = delivery.parse_prefer(request.headers.getall("Prefer", []))
+    wait = delivery.result_wait(prefer)
+    deadline = time.monotonic() + wait
+    while True:
+        live = services.driver.get(run_id)
+        if live is None:
+            break
+        changed = live.changed()
+        if live.run.finished and live.run.response is not None:
+            return replay(live.run.response)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _pending(request, run_id, prefer.wait is not None, live.run.status.value)
+        try:
+            async with asyncio.timeout(remaining):
+                await changed.wait()
+        except TimeoutError:
+            pass
+    row = await services.store.get_run(run_id)
+    if row is None:
+        raise NotFound("no such run, or a wrong token")
+    if row.response is not None:
+        return replay(row.response)
+    return _pending(request, run_id, False, row.status)
+
+
+def _pending(request: web.Request, run_id: str, honoured_wait: bool, status: str) -> web.Response:
+    headers = {"Location": str(request.url), "Retry-After": "1", wire.RUN_ID: run_id}
+    if honoured_wait:
+        headers["Preference-Applied"] = request.headers.get("Prefer", "").strip()
+    return web.json_response({"run_id": run_id, "status": status}, status=202, headers=headers)
+
+
+async def get_status(request: web.Request) -> web.Response:
+    services, run_id = _check(request)
+    live = services.driver.get(run_id)
+    if live is not None:
+        run = live.run
+        body = {
+            "run_id": run_id,
+            "route": run.route.name,
+            "status": run.status.value,
+            "attempt": run.attempt,
+            "created_at": run.created_at,
+            "wake_at": run.wake_at,
+            "steps": len(run.steps),
+        }
+    else:
+        row = await services.store.get_run(run_id)
+        if row is None:
+            raise NotFound("no such run, or a wrong token")
+        body = {
+            "run_id": run_id,
+            "route": row.route,
+            "status": row.status,
+            "attempt": row.attempt,
+            "created_at": row.created_at,
+            "finished_at": row.finished_at,
+            "wake_at": row.wake_at,
+        }
+    body["result_url"] = result_url(request, run_id)
+    return web.json_response(body)

@@ -1,0 +1,87 @@
+"""Run records and the rules for changing them (pure: no I/O, no clock).
+
+A `Run` lives in memory while this process owns it; the store has its durable copy.
+Step bookkeeping — first write wins, size and count limits — is decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import orjson
+
+from gateway.config import RouteConfig
+from gateway.store import StoredRequest, StoredResponse
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+FINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})
+
+
+class StepResult(StrEnum):
+    CREATED = "created"
+    SAME = "same"
+    CONFLICT = "conflict"
+    OUTPUT_TOO_LARGE = "output_too_large"
+    STATE_TOO_LARGE = "state_too_large"
+    TOO_MANY_STEPS = "too_many_steps"
+
+
+@dataclass(slots=True)
+class Run:
+    run_id: str
+    route: RouteConfig
+    request: StoredRequest
+    created_at: float
+    attempt: int = 0
+    status: RunStatus = RunStatus.RUNNING
+    wake_at: float | None = None
+    """When the next attempt is due, while in backoff."""
+    steps: dict[str, bytes] = field(default_factory=dict)
+    """Completed steps: id → canonical JSON bytes of the output."""
+    state_bytes: int = 0
+    response: StoredResponse | None = None
+    step_errors: list[tuple[str, int, str]] = field(default_factory=list)
+    """Failed tries the backend reported: (step id, attempt, message)."""
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def record_step(self, step_id: str, output: bytes) -> StepResult:
+        """Apply a step write: first write wins; limits refuse without storing anything."""
+        settings = self.route.settings
+        existing = self.steps.get(step_id)
+        if existing is not None:
+            return StepResult.SAME if existing == output else StepResult.CONFLICT
+        if len(output) > settings.max_step_output:
+            return StepResult.OUTPUT_TOO_LARGE
+        if len(self.steps) >= settings.max_steps:
+            return StepResult.TOO_MANY_STEPS
+        if self.state_bytes + len(output) > settings.max_run_state:
+            return StepResult.STATE_TOO_LARGE
+        self.steps[step_id] = output
+        self.state_bytes += len(output)
+        return StepResult.CREATED
+
+    def steps_json(self) -> bytes:
+        """The completed steps as one JSON object `{id: output}`, built without re-parsing."""
+        return _json_object((k, v) for k, v in self.steps.items())
+
+    def steps_envelope_json(self) -> bytes:
+        """The sidecar's `{"steps": {id: {"output": …}}}` body."""
+        inner = _json_object((k, b'{"output":' + v + b"}") for k, v in self.steps.items())
+        return b'{"steps":' + inner + b"}"
+
+
+def _json_object(items: Iterable[tuple[str, bytes]]) -> bytes:
+    parts = [orjson.dumps(k) + b":" + v for k, v in items]
+    return b"{" + b",".join(parts) + b"}"

@@ -1,0 +1,36 @@
+"""The shared services every listener reaches through one typed app key.
+
+Built and torn down by `app.py`; handlers only read from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config import GatewayConfig
+from gateway.driver import Driver
+from gateway.ingress_limits import Limits
+from gateway.routes import RouteTable
+from gateway.store import Store
+from gateway.store.writer import Writer
+from gateway.tokens import Tokens
+
+
+@dataclass(slots=True)
+class Services:
+    config: GatewayConfig
+    store: Store
+    writer: Writer
+    driver: Driver
+    tokens: Tokens
+    routes: RouteTable
+    limits: Limits
+    session: aiohttp.ClientSession
+    ready: bool = False
+    """True once all three listeners are bound."""
+
+
+SERVICES = web.AppKey("services", Services)

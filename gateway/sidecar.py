@@ -1,0 +1,118 @@
+"""Sidecar listener: the backend's API for recording steps of the run it is serving.
+
+Checks the per-attempt bearer token, then reports step writes to the driver, which owns
+the run. Answers from memory for live runs; reads the store only for runs not live here.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    Forbidden,
+    NotFound,
+    StepConflict,
+    Unauthorized,
+)
+from gateway.runs import StepResult
+from gateway.services import SERVICES
+from step_protocol import wire
+
+_JSON = "application/json"
+_TOO_LARGE = {
+    StepResult.OUTPUT_TOO_LARGE: "step output is larger than max_step_output",
+    StepResult.STATE_TOO_LARGE: "all step outputs together would pass max_run_state",
+    StepResult.TOO_MANY_STEPS: "the run already has max_steps steps",
+}
+
+
+def routes() -> web.RouteTableDef:
+    table = web.RouteTableDef()
+    table.get("/v1/runs/{run_id}/steps")(list_steps)
+    table.get("/v1/runs/{run_id}/steps/{step_id}")(get_step)
+    table.put("/v1/runs/{run_id}/steps/{step_id}")(put_step)
+    return table
+
+
+def _authorize(request: web.Request) -> tuple[str, int]:
+    """The run id and attempt the bearer token opens; 401 without one, 403 if wrong."""
+    run_id = request.match_info["run_id"]
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send the run's Durable-Token as `Authorization: Bearer …`")
+    attempt = request.app[SERVICES].tokens.check_attempt_token(run_id, token.strip())
+    if attempt is None:
+        raise Forbidden("this token does not open this run", run_id=run_id)
+    return run_id, attempt
+
+
+def _step_id(request: web.Request) -> str:
+    step_id = request.match_info["step_id"]
+    if not step_id or len(step_id) > wire.MAX_STEP_ID:
+        raise BadRequest(f"a step id is 1 to {wire.MAX_STEP_ID} characters")
+    return step_id
+
+
+async def _steps(request: web.Request, run_id: str) -> dict[str, bytes]:
+    live = request.app[SERVICES].driver.get(run_id)
+    if live is not None:
+        return live.run.steps
+    if await request.app[SERVICES].store.get_run(run_id) is None:
+        raise NotFound("no such run", run_id=run_id)
+    return await request.app[SERVICES].store.load_steps(run_id)
+
+
+async def list_steps(request: web.Request) -> web.Response:
+    run_id, _ = _authorize(request)
+    steps = await _steps(request, run_id)
+    inner = b",".join(orjson.dumps(k) + b':{"output":' + v + b"}" for k, v in steps.items())
+    return web.Response(body=b'{"steps":{' + inner + b"}}", content_type=_JSON)
+
+
+async def get_step(request: web.Request) -> web.Response:
+    run_id, _ = _authorize(request)
+    step_id = _step_id(request)
+    output = (await _steps(request, run_id)).get(step_id)
+    if output is None:
+        raise NotFound(f"step {step_id!r} has not completed", run_id=run_id)
+    return web.Response(body=b'{"output":' + output + b"}", content_type=_JSON)
+
+
+async def put_step(request: web.Request) -> web.Response:
+    run_id, attempt = _authorize(request)
+    step_id = _step_id(request)
+    driver = request.app[SERVICES].driver
+    live = driver.get(run_id)
+    limit = (live.run.route.settings.max_step_output if live else 4 * 1024 * 1024) + 1024
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge("step output is larger than max_step_output", run_id=run_id)
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}", run_id=run_id) from None
+    if not isinstance(body, dict) or ("output" in body) == ("error" in body):
+        raise BadRequest('body must be {"output": …} or {"error": {"message": …}}', run_id=run_id)
+    if "error" in body:
+        error = body["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        if not isinstance(message, str):
+            raise BadRequest('"error" must be {"message": "…"}', run_id=run_id)
+        driver.step_error(run_id, attempt, step_id, message)
+        return web.Response(body=b'{"recorded":"error"}', content_type=_JSON)
+    output = orjson.dumps(body["output"], option=orjson.OPT_SORT_KEYS)
+    sync = request.query.get("durable") == "sync"
+    result = await driver.put_step(run_id, attempt, step_id, output, sync)
+    if result is StepResult.CREATED:
+        return web.Response(status=201, body=b'{"created":true}', content_type=_JSON)
+    if result is StepResult.SAME:
+        return web.Response(status=200, body=b'{"created":false}', content_type=_JSON)
+    if result is StepResult.CONFLICT:
+        raise StepConflict(
+            f"step {step_id!r} already completed with a different output", run_id=run_id
+        )
+    raise BodyTooLarge(_TOO_LARGE[result], run_id=run_id)

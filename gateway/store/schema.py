@@ -1,0 +1,179 @@
+"""Versioned DDL for both dialects (SQLite now, PostgreSQL for the shared-store mode).
+
+Holds table shapes and the migration runner only; never holds the queries used at
+runtime (each dialect file owns those). A released migration is never edited: add one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import aiosqlite
+
+from gateway.errors import StoreUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: the same change written once per dialect, one statement each."""
+
+    version: int
+    sqlite: tuple[str, ...]
+    postgres: tuple[str, ...]
+
+
+# `meta` carries the schema version itself, so it exists before any versioned step runs.
+SQLITE_META: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"
+)
+POSTGRES_META: Final = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+VERSION_KEY: Final = "schema_version"
+
+# Times are Unix seconds as floats, like the records in `gateway.store`. Headers are
+# orjson arrays of [name, value] pairs, so order and repeated names survive a restart.
+# Plain CREATE (no IF NOT EXISTS): a migration that ran twice must fail loudly.
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        version=1,
+        sqlite=(
+            # A rowid table: request and response bodies make rows large, which is what
+            # WITHOUT ROWID handles worst.
+            """CREATE TABLE runs (
+                run_id TEXT PRIMARY KEY,
+                route TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                finished_at REAL,
+                wake_at REAL,
+                method TEXT NOT NULL,
+                path_qs TEXT NOT NULL,
+                req_headers BLOB NOT NULL,
+                req_body BLOB NOT NULL,
+                resp_status INTEGER,
+                resp_headers BLOB,
+                resp_body BLOB
+            )""",
+            # Rowid tables, although the keys are composite: run ids are random, so a
+            # clustered (WITHOUT ROWID) b-tree takes every insert at a random spot and
+            # splits pages; measured on 20k interleaved step inserts, it was 1.5-2.5x
+            # slower to write at 100 B-20 KB outputs and no faster to read past 100 B.
+            """CREATE TABLE steps (
+                run_id TEXT NOT NULL,
+                step_id TEXT NOT NULL,
+                output BLOB NOT NULL,
+                attempt INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (run_id, step_id)
+            )""",
+            """CREATE TABLE attempts (
+                run_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                started_at REAL NOT NULL,
+                ended_at REAL NOT NULL,
+                outcome TEXT NOT NULL,
+                status INTEGER,
+                detail TEXT,
+                PRIMARY KEY (run_id, attempt)
+            )""",
+            # Timers due, retention purge, admin listing by route.
+            "CREATE INDEX runs_status_wake ON runs (status, wake_at)",
+            "CREATE INDEX runs_finished ON runs (finished_at)",
+            "CREATE INDEX runs_route_created ON runs (route, created_at)",
+        ),
+        postgres=(
+            """CREATE TABLE runs (
+                run_id TEXT PRIMARY KEY,
+                route TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                finished_at DOUBLE PRECISION,
+                wake_at DOUBLE PRECISION,
+                method TEXT NOT NULL,
+                path_qs TEXT NOT NULL,
+                req_headers BYTEA NOT NULL,
+                req_body BYTEA NOT NULL,
+                resp_status INTEGER,
+                resp_headers BYTEA,
+                resp_body BYTEA
+            )""",
+            """CREATE TABLE steps (
+                run_id TEXT NOT NULL,
+                step_id TEXT NOT NULL,
+                output BYTEA NOT NULL,
+                attempt INTEGER NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (run_id, step_id)
+            )""",
+            """CREATE TABLE attempts (
+                run_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                started_at DOUBLE PRECISION NOT NULL,
+                ended_at DOUBLE PRECISION NOT NULL,
+                outcome TEXT NOT NULL,
+                status INTEGER,
+                detail TEXT,
+                PRIMARY KEY (run_id, attempt)
+            )""",
+            "CREATE INDEX runs_status_wake ON runs (status, wake_at)",
+            "CREATE INDEX runs_finished ON runs (finished_at)",
+            "CREATE INDEX runs_route_created ON runs (route, created_at)",
+        ),
+    ),
+)
+
+LATEST: Final = MIGRATIONS[-1].version
+
+
+def pending(current: int, migrations: Sequence[Migration] = MIGRATIONS) -> list[Migration]:
+    """The steps a database at version `current` still needs, in order.
+
+    Refuses a database newer than this code: running old code against a newer schema
+    would silently misread it.
+    """
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)) or (versions and versions[0] < 1):
+        raise ValueError(f"migration versions must be unique, increasing and >= 1: {versions}")
+    latest = versions[-1] if versions else 0
+    if current > latest:
+        raise StoreUnavailable(
+            f"database schema version {current} is newer than this gateway's ({latest})"
+        )
+    return [m for m in migrations if m.version > current]
+
+
+async def migrate_sqlite(
+    conn: aiosqlite.Connection, migrations: Sequence[Migration] = MIGRATIONS
+) -> list[int]:
+    """Bring the database up to date in one transaction; return the versions applied.
+
+    IMMEDIATE takes the write lock before reading the version, so two processes opening
+    the same file at once cannot both apply a step. The connection must be in autocommit
+    mode (isolation_level=None) so the transaction is ours, not the sqlite3 module's.
+    """
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.execute(SQLITE_META)
+        async with conn.execute("SELECT value FROM meta WHERE key = ?", (VERSION_KEY,)) as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row is not None else 0
+        steps = pending(current, migrations)
+        for migration in steps:
+            for statement in migration.sqlite:
+                await conn.execute(statement)
+        if steps:
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (VERSION_KEY, str(steps[-1].version)),
+            )
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.rollback()
+        raise
+    return [m.version for m in steps]

@@ -1,0 +1,206 @@
+"""Write-behind group commit: one task drains queued writes into store transactions.
+
+Never acknowledges a write before the transaction holding it has committed, and never
+drops one: a failing batch is retried, in order, until it commits or the gateway stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import final
+
+from gateway import tasks
+from gateway.errors import StoreUnavailable
+from gateway.store import Store, Write
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
+
+
+@final
+class Writer:
+    """Queues writes without blocking; commits them in batches that form on their own.
+
+    There is no batching delay: while one transaction commits, new writes pile up,
+    and the next transaction takes them all (up to `max_batch`). Batches commit in
+    submission order, so a write never lands before one submitted earlier.
+    """
+
+    __slots__ = (
+        "committed_batches",
+        "committed_writes",
+        "on_commit",
+        "_store",
+        "_max_batch",
+        "_queue",
+        "_inflight",
+        "_wakeup",
+        "_flushers",
+        "_submitted",
+        "_committed",
+        "_task",
+        "_closed",
+        "_stopping",
+    )
+
+    def __init__(self, store: Store, *, max_batch: int = 2000) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.committed_batches = 0
+        self.committed_writes = 0
+        self.on_commit: Callable[[int, float], None] | None = None
+        """Called after each commit with (batch size, seconds in apply); for metrics."""
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: deque[tuple[Write, asyncio.Future[None]]] = deque()
+        self._inflight: list[tuple[Write, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        # flush() waiters: (sequence number to reach, future); targets never decrease.
+        self._flushers: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._submitted = 0
+        self._committed = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._stopping = False
+
+    @property
+    def depth(self) -> int:
+        """Writes submitted and not yet committed (queued plus the batch in flight)."""
+        return len(self._queue) + len(self._inflight)
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("writer already started")
+        self._task = tasks.spawn(self._run(), name="store-writer")
+
+    def submit(self, write: Write) -> asyncio.Future[None]:
+        """Queue a write; the future resolves once its batch has committed.
+
+        Never awaits. Ignoring the future is fine: it only ever gets a result, or is
+        cancelled at shutdown, so it cannot log "exception was never retrieved".
+        Raises StoreUnavailable once `close()` has begun, rather than queue a write
+        that nothing would commit.
+        """
+        if self._closed:
+            raise StoreUnavailable("store writer is closed")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((write, future))
+        self._submitted += 1
+        self._wakeup.set()
+        return future
+
+    async def flush(self) -> None:
+        """Wait until every write submitted before this call has committed."""
+        target = self._submitted
+        if self._committed >= target:
+            return
+        if self._task is None or self._task.done():
+            raise StoreUnavailable("store writer is not running")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flushers.append((target, waiter))
+        await waiter
+
+    # A parameter rather than the caller's asyncio.timeout: cancelling close() itself
+    # would leave the loop running; on timeout we still stop it and settle the futures.
+    async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Refuse new writes, flush for up to `timeout` seconds, then stop the loop.
+
+        Writes still uncommitted after the timeout have their futures cancelled; they
+        were never acknowledged, so the next start re-does their work from the store.
+        """
+        self._closed = True
+        task = self._task
+        if task is None:
+            self._abandon()
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self.flush()
+        except TimeoutError:
+            log.error("store writer stopping with %d writes not committed", self.depth)
+        except StoreUnavailable:
+            pass  # the loop already ended; its finally abandoned what was left
+        self._stopping = True
+        self._wakeup.set()
+        if self.depth:
+            task.cancel()
+        await asyncio.wait({task})
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._stopping:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                count = 1
+                self._inflight = [self._queue.popleft() for _ in range(count)]
+                seconds = await self._commit([write for write, _ in self._inflight])
+                batch, self._inflight = self._inflight, []
+                self._committed += count
+                self.committed_batches += 1
+                self.committed_writes += count
+                for _, future in batch:
+                    if not future.done():  # a caller may have cancelled its await
+                        future.set_result(None)
+                self._release_flushers()
+                if self.on_commit is not None:
+                    try:
+                        self.on_commit(count, seconds)
+                    except Exception:
+                        log.exception("store writer on_commit hook failed")
+        finally:
+            self._abandon()
+
+    async def _commit(self, writes: list[Write]) -> float:
+        """Apply one batch, retrying with backoff until it commits; return its duration.
+
+        Logs once per burst of failures, not once per try, and once more on recovery.
+        """
+        delay = BACKOFF_FIRST
+        failures = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                await self._store.apply(writes)
+            except Exception as exc:
+                if not failures:
+                    log.error(
+                        "store write of %d writes failed; retrying until it commits: %s",
+                        len(writes),
+                        exc,
+                        exc_info=exc,
+                    )
+                failures += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            if failures:
+                log.warning("store writes recovered after %d failed tries", failures)
+            return time.perf_counter() - started
+
+    def _release_flushers(self) -> None:
+        while self._flushers and self._flushers[0][0] <= self._committed:
+            _, waiter = self._flushers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _abandon(self) -> None:
+        """Loop gone: cancel what never committed and fail the flushers waiting on it."""
+        self._closed = True
+        for _, future in (*self._inflight, *self._queue):
+            future.cancel()
+        self._inflight = []
+        self._queue.clear()
+        while self._flushers:
+            _, waiter = self._flushers.popleft()
+            if not waiter.done():
+                waiter.set_exception(StoreUnavailable("store writer stopped before committing"))

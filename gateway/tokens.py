@@ -1,0 +1,96 @@
+"""Capabilities: HMAC tokens for the sidecar (per attempt) and for result URLs. Pure.
+
+Never raises on a malformed token (it is simply not valid) and never compares MACs
+in variable time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Final, final
+
+_MAC_BYTES: Final = 16
+"""128 bits: unforgeable, and short enough for a header or a query string."""
+
+_ATTEMPT = re.compile(r"([1-9][0-9]{0,17})\.([A-Za-z0-9_-]{22})")
+"""`{attempt}.{mac}`: canonical decimal (no sign, no leading zero), 16-byte unpadded MAC."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: an id decoded from a hostile URL must fail the check, not raise.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def new_run_id() -> str:
+    """A fresh run id: 128 random bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def new_secret() -> str:
+    """A fresh signing secret: 32 random bytes, base64url without padding."""
+    return secrets.token_urlsafe(32)
+
+
+@final
+class Tokens:
+    """Makes and checks tokens under one secret.
+
+    Each kind of token MACs a distinct label first (`attempt\\0`, `result\\0`), so a
+    token of one kind is never valid as another.
+    """
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("token secret must not be empty")
+        self._secret = secret
+
+    @classmethod
+    def from_text(cls, secret: str) -> Tokens:
+        """Tokens under a secret as configured (`security.secret`): its UTF-8 bytes."""
+        return cls(secret.encode("utf-8"))
+
+    def _mac(self, *parts: bytes) -> str:
+        digest = hmac.new(self._secret, b"\0".join(parts), hashlib.sha256).digest()
+        return _b64(digest[:_MAC_BYTES])
+
+    def attempt_token(self, run_id: str, attempt: int) -> str:
+        """The sidecar bearer token of attempt `attempt` (>= 1) of a run: `{attempt}.{mac}`."""
+        if attempt < 1:
+            raise ValueError(f"attempt must be >= 1, got {attempt}")
+        number = str(attempt)
+        return f"{number}.{self._mac(b'attempt', _utf8(run_id), number.encode())}"
+
+    def check_attempt_token(self, run_id: str, token: str) -> int | None:
+        """The attempt a token was issued to, if it is valid for this run; else None.
+
+        Whether that attempt is still the current one is the driver's question (a stale
+        attempt gets 409), not this one's.
+        """
+        found = _ATTEMPT.fullmatch(token) if token.isascii() else None
+        if found is None:
+            return None
+        number, mac = found[1], found[2]
+        expected = self._mac(b"attempt", _utf8(run_id), number.encode())
+        if hmac.compare_digest(expected.encode("ascii"), mac.encode("ascii")):
+            return int(number)
+        return None
+
+    def result_token(self, run_id: str) -> str:
+        """The token in a run's result URL: whoever holds the URL may read the result."""
+        return self._mac(b"result", _utf8(run_id))
+
+    def check_result_token(self, run_id: str, token: str | None) -> bool:
+        """True when `token` is this run's result token."""
+        if token is None or not token.isascii():
+            return False
+        return hmac.compare_digest(self.result_token(run_id).encode("ascii"), token.encode("ascii"))

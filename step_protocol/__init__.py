@@ -1,0 +1,32 @@
+"""The step protocol, version 1: wire spec (SPEC.md), codec (`wire`) and Python client.
+
+Backends import from here; the gateway imports `step_protocol.wire` only.
+"""
+
+from step_protocol.client import (
+    HeadersLike,
+    RunContext,
+    RunInfo,
+    SidecarError,
+    StaleAttempt,
+    StepClient,
+    StepProtocolError,
+    SyncRunContext,
+    SyncStepClient,
+    parse_headers,
+)
+from step_protocol.wire import PROTOCOL_VERSION
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "HeadersLike",
+    "RunContext",
+    "RunInfo",
+    "SidecarError",
+    "StaleAttempt",
+    "StepClient",
+    "StepProtocolError",
+    "SyncRunContext",
+    "SyncStepClient",
+    "parse_headers",
+]

@@ -1,0 +1,122 @@
+"""Shared fixtures: real backends (Python and Node) and a real gateway process per test."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.helpers import ROOT, Proc, free_port, python, wait_http_ok
+
+
+@dataclass
+class Backend:
+    url: str
+    proc: Proc
+
+
+def start_backend(kind: str, tmp_path: Path, *extra: str) -> Backend:
+    port = free_port()
+    if kind == "python":
+        args = [python(), str(ROOT / "examples" / "backend.py"), "--port", str(port), *extra]
+    else:
+        node = shutil.which("node")
+        if node is None:
+            pytest.skip("node is not installed")
+        args = [node, str(ROOT / "examples" / "node_backend.mjs"), "--port", str(port), *extra]
+    proc = Proc(args, tmp_path / f"backend-{kind}-{port}.log")
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/_health", proc=proc.popen)
+    except BaseException:
+        proc.stop()
+        raise
+    return Backend(f"http://127.0.0.1:{port}", proc)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[Backend]:
+    b = start_backend("python", tmp_path)
+    yield b
+    b.proc.stop()
+
+
+@dataclass
+class Gateway:
+    ingress: str
+    sidecar: str
+    admin: str
+    config_path: Path
+    db_path: Path
+    proc: Proc
+
+    def url(self, path: str) -> str:
+        return self.ingress + path
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
+    """Start gateways from a routes YAML snippet; all are stopped at the end."""
+    started: list[Gateway] = []
+
+    def start(
+        routes_yaml: str,
+        *,
+        extra_yaml: str = "",
+        db: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Gateway:
+        ports = [free_port() for _ in range(3)]
+        db_path = db or tmp_path / "durable.db"
+        config = (
+            textwrap.dedent(f"""\
+            server:
+              ingress: 127.0.0.1:{ports[0]}
+              sidecar: 127.0.0.1:{ports[1]}
+              admin: 127.0.0.1:{ports[2]}
+              shutdown_grace: 5s
+            storage:
+              url: sqlite:///{db_path}
+            """)
+            + textwrap.dedent(extra_yaml)
+            + "routes:\n"
+            + textwrap.indent(textwrap.dedent(routes_yaml), "  ")
+        )
+        config_path = tmp_path / f"gateway-{ports[0]}.yaml"
+        config_path.write_text(config)
+        proc = Proc(
+            [python(), "-m", "gateway", "--config", str(config_path), "--log-level", "debug"],
+            tmp_path / f"gateway-{ports[0]}.log",
+            env=env,
+        )
+        gw = Gateway(*(f"http://127.0.0.1:{p}" for p in ports), config_path, db_path, proc)
+        started.append(gw)
+        try:
+            wait_http_ok(gw.admin + "/healthz", proc=proc.popen)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{proc.output()}") from None
+        return gw
+
+    yield start
+    for gw in started:
+        gw.proc.stop()
+
+
+def durable_route(upstream: str, name: str = "demo", path: str = "/demo/*", **settings: str) -> str:
+    """A routes-list YAML entry; settings are YAML flow values, e.g. retry='{max_attempts: 3}'."""
+    lines = [f"- name: {name}", f"  match: {{path: {path}}}", f"  upstream: {upstream}"]
+    lines += [f"  {k}: {v}" for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session

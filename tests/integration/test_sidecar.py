@@ -1,0 +1,154 @@
+"""The sidecar API against a live run: auth, first write wins, stale attempts, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import GatewayFactory, durable_route
+
+
+@dataclass
+class HeldBackend:
+    """A backend that records each attempt's headers and answers when the test says so."""
+
+    attempts: asyncio.Queue[dict[str, str]] = field(default_factory=asyncio.Queue)
+    answers: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await self.attempts.put(dict(request.headers))
+        status = await self.answers.get()
+        return web.json_response({"status": status}, status=status)
+
+
+@pytest.fixture
+async def held() -> AsyncIterator[HeldBackend]:
+    backend = HeldBackend()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", backend.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    backend.url = str(server.make_url("")).rstrip("/")
+    yield backend
+    await server.close()
+
+
+async def start_run(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession, **route: str
+) -> tuple[str, dict[str, str], asyncio.Task[aiohttp.ClientResponse], object]:
+    gw = gateway_factory(
+        durable_route(held.url, retry="{max_attempts: 3, initial_backoff: 10ms}", **route)
+    )
+    request = asyncio.ensure_future(http.post(gw.url("/demo/x"), data=b"{}"))
+    headers = await asyncio.wait_for(held.attempts.get(), 10)
+    return headers["Durable-Sidecar"], headers, request, gw
+
+
+def bearer(headers: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": "Bearer " + headers["Durable-Token"]}
+
+
+async def test_step_writes_first_write_wins(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    base, headers, request, _ = await start_run(gateway_factory, held, http)
+    auth = bearer(headers)
+    async with http.get(f"{base}/steps/a", headers=auth) as resp:
+        assert resp.status == 404
+    async with http.put(f"{base}/steps/a", json={"output": {"n": 1, "s": "x"}}, headers=auth) as r:
+        assert r.status == 201
+    async with http.put(f"{base}/steps/a", json={"output": {"s": "x", "n": 1}}, headers=auth) as r:
+        assert r.status == 200  # the same output again (key order does not matter)
+    async with http.put(f"{base}/steps/a", json={"output": {"n": 2}}, headers=auth) as r:
+        assert r.status == 409
+        assert r.content_type == "application/problem+json"
+    async with http.put(f"{base}/steps/b?durable=sync", json={"output": [1, 2]}, headers=auth) as r:
+        assert r.status == 201
+    async with http.put(f"{base}/steps/c", json={"error": {"message": "boom"}}, headers=auth) as r:
+        assert r.status == 200
+    async with http.get(f"{base}/steps/a", headers=auth) as resp:
+        assert await resp.json() == {"output": {"n": 1, "s": "x"}}
+    async with http.get(f"{base}/steps", headers=auth) as resp:
+        assert await resp.json() == {
+            "steps": {"a": {"output": {"n": 1, "s": "x"}}, "b": {"output": [1, 2]}}
+        }
+    await held.answers.put(200)
+    (await request).release()
+
+
+async def test_retry_gets_completed_steps_and_old_token_is_stale(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    base, first, request, _ = await start_run(gateway_factory, held, http)
+    async with http.put(f"{base}/steps/one", json={"output": "done"}, headers=bearer(first)) as r:
+        assert r.status == 201
+    await held.answers.put(500)
+    second = await asyncio.wait_for(held.attempts.get(), 10)
+    assert second["Durable-Attempt"] == "2"
+    from step_protocol.wire import decode_steps
+
+    assert decode_steps(second["Durable-Steps"]) == {"one": "done"}
+    async with http.put(f"{base}/steps/two", json={"output": 2}, headers=bearer(first)) as r:
+        assert r.status == 409  # a zombie attempt cannot race its successor
+        assert (await r.json())["type"].endswith("stale-attempt")
+    async with http.get(f"{base}/steps/one", headers=bearer(first)) as r:
+        assert r.status == 200  # reads stay open to the older token
+    async with http.put(f"{base}/steps/two", json={"output": 2}, headers=bearer(second)) as r:
+        assert r.status == 201
+    await held.answers.put(200)
+    async with await request as resp:
+        assert resp.status == 200
+
+
+async def test_sidecar_auth(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    base, headers, request, _ = await start_run(gateway_factory, held, http)
+    async with http.put(f"{base}/steps/a", json={"output": 1}) as r:
+        assert r.status == 401
+    async with http.put(
+        f"{base}/steps/a",
+        json={"output": 1},
+        headers={"Authorization": "Bearer 1.AAAAAAAAAAAAAAAAAAAAAA"},
+    ) as r:
+        assert r.status == 403
+    other = base.rsplit("/", 1)[0] + "/someoneelsesrun"
+    async with http.put(f"{other}/steps/a", json={"output": 1}, headers=bearer(headers)) as r:
+        assert r.status == 403  # a token never opens another run
+    await held.answers.put(200)
+    (await request).release()
+
+
+async def test_sidecar_rejects_bad_input_and_oversize(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    base, headers, request, _ = await start_run(
+        gateway_factory, held, http, max_step_output="1KiB", max_steps="2"
+    )
+    auth = bearer(headers)
+    async with http.put(f"{base}/steps/a", data=b"{not json", headers=auth) as r:
+        assert r.status == 400
+        assert r.content_type == "application/problem+json"
+    async with http.put(f"{base}/steps/a", json={"nothing": 1}, headers=auth) as r:
+        assert r.status == 400
+    async with http.put(f"{base}/steps/{'x' * 257}", json={"output": 1}, headers=auth) as r:
+        assert r.status == 400
+    async with http.put(f"{base}/steps/{'x' * 256}", json={"output": 1}, headers=auth) as r:
+        assert r.status == 201
+    async with http.put(f"{base}/steps/big", json={"output": "y" * 2000}, headers=auth) as r:
+        assert r.status == 413
+    async with http.get(f"{base}/steps/big", headers=auth) as r:
+        assert r.status == 404  # nothing stored
+    async with http.put(f"{base}/steps/second", json={"output": 2}, headers=auth) as r:
+        assert r.status == 201
+    async with http.put(f"{base}/steps/third", json={"output": 3}, headers=auth) as r:
+        assert r.status == 413  # max_steps
+    await held.answers.put(200)
+    (await request).release()

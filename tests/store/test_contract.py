@@ -1,0 +1,409 @@
+"""The Store contract: every database in conftest.DATABASES must pass these unchanged.
+
+SQLite-only details (url parsing, migrations, write grouping) follow at the end.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiosqlite
+import pytest
+
+from gateway.errors import StoreUnavailable
+from gateway.store import (
+    AttemptRow,
+    CreateRun,
+    FinishRun,
+    PutStep,
+    RecordAttempt,
+    Store,
+    StoredRequest,
+    StoredResponse,
+    UpdateRun,
+    Write,
+    open_store,
+    schema,
+)
+from gateway.store.sqlite import group_writes, path_from_url
+
+if TYPE_CHECKING:
+    from tests.store.conftest import Database
+
+ALL_BYTES = bytes(range(256))
+# Repeated names keep their order; a non-UTF-8 header byte arrives from aiohttp as a
+# surrogate escape and must come back unchanged.
+HEADERS = [
+    ("Content-Type", "application/octet-stream"),
+    ("X-Tag", "a"),
+    ("X-Tag", "b"),
+    ("X-Raw", "caf\udce9"),
+]
+
+
+def create(run_id: str, *, at: float = 100.0, body: bytes = ALL_BYTES) -> CreateRun:
+    return CreateRun(run_id, "chat", StoredRequest("POST", "/api/chat?x=1", HEADERS, body), at)
+
+
+def step(run_id: str, step_id: str, output: bytes = b'{"ok":true}', attempt: int = 1) -> PutStep:
+    return PutStep(run_id, step_id, output, attempt, 101.0)
+
+
+async def test_create_and_get_run_round_trip(store: Store) -> None:
+    await store.apply([create("r1", at=100.5)])
+
+    run = await store.get_run("r1")
+
+    assert run is not None
+    assert (run.run_id, run.route, run.status, run.attempt) == ("r1", "chat", "running", 0)
+    assert (run.created_at, run.updated_at, run.finished_at, run.wake_at) == (
+        100.5,
+        100.5,
+        None,
+        None,
+    )
+    assert run.request == StoredRequest("POST", "/api/chat?x=1", HEADERS, ALL_BYTES)
+    assert run.response is None
+
+
+async def test_get_run_of_unknown_id_is_none(store: Store) -> None:
+    assert await store.get_run("nope") is None
+
+
+async def test_create_run_twice_keeps_the_first(store: Store) -> None:
+    await store.apply([create("r1", body=b"first")])
+    await store.apply([create("r1", body=b"second")])
+
+    run = await store.get_run("r1")
+
+    assert run is not None and run.request.body == b"first"
+
+
+async def test_put_step_first_write_wins(store: Store) -> None:
+    await store.apply([create("r1"), step("r1", "a", b'"one"')])
+    await store.apply([step("r1", "a", b'"two"', attempt=2)])
+    # Within one batch too.
+    await store.apply([step("r1", "b", b'"three"'), step("r1", "b", b'"four"')])
+
+    assert await store.load_steps("r1") == {"a": b'"one"', "b": b'"three"'}
+
+
+async def test_load_steps_returns_only_that_runs_steps(store: Store) -> None:
+    big = b'"' + b"x" * 100_000 + b'"'
+    await store.apply(
+        [
+            create("r1"),
+            create("r2"),
+            step("r1", "fetch", b'{"n":1}'),
+            step("r2", "fetch", b'{"n":2}'),
+            step("r1", "loop:1", big),
+            step("r1", "\u00e9t\u00e9 " + "s" * 250, b"[]"),
+        ]
+    )
+
+    assert await store.load_steps("r1") == {
+        "fetch": b'{"n":1}',
+        "loop:1": big,
+        "\u00e9t\u00e9 " + "s" * 250: b"[]",
+    }
+    assert await store.load_steps("r2") == {"fetch": b'{"n":2}'}
+    assert await store.load_steps("unknown") == {}
+
+
+async def test_record_attempt_upserts_and_lists_in_order(store: Store) -> None:
+    await store.apply(
+        [
+            create("r1"),
+            RecordAttempt("r1", 2, 10.0, 10.0, "response", 503, None),
+            RecordAttempt("r1", 1, 1.0, 2.0, "connect_error", None, "refused"),
+        ]
+    )
+    await store.apply(
+        [
+            RecordAttempt("r1", 3, 20.0, 21.0, "timeout"),
+            RecordAttempt("r1", 2, 10.0, 12.5, "response", 502, "bad gateway"),
+        ]
+    )
+
+    assert await store.list_attempts("r1") == [
+        AttemptRow(1, 1.0, 2.0, "connect_error", None, "refused"),
+        AttemptRow(2, 10.0, 12.5, "response", 502, "bad gateway"),
+        AttemptRow(3, 20.0, 21.0, "timeout", None, None),
+    ]
+    assert await store.list_attempts("other") == []
+
+
+async def test_update_run_sets_status_attempt_and_wake(store: Store) -> None:
+    await store.apply([create("r1", at=100.0), UpdateRun("r1", "sleeping", 2, 500.0, 150.0)])
+
+    run = await store.get_run("r1")
+
+    assert run is not None
+    assert (run.status, run.attempt, run.wake_at, run.updated_at) == ("sleeping", 2, 500.0, 150.0)
+    assert (run.created_at, run.finished_at, run.response) == (100.0, None, None)
+
+
+async def test_finish_run_stores_a_binary_response_and_clears_wake(store: Store) -> None:
+    response = StoredResponse(201, [("Content-Type", "image/png"), ("X-A", "1")], ALL_BYTES * 3)
+    await store.apply(
+        [
+            create("r1", at=100.0),
+            UpdateRun("r1", "waiting", 1, 999.0, 120.0),
+            FinishRun("r1", "succeeded", response, 130.0),
+        ]
+    )
+
+    run = await store.get_run("r1")
+
+    assert run is not None
+    assert (run.status, run.finished_at, run.updated_at, run.wake_at) == (
+        "succeeded",
+        130.0,
+        130.0,
+        None,
+    )
+    assert run.response == response
+    assert run.request.body == ALL_BYTES
+
+
+async def test_a_batch_keeps_each_runs_order(store: Store) -> None:
+    """Interleaved writes of several runs in one batch end as if applied one by one."""
+    done = StoredResponse(200, [], b"done")
+    await store.apply(
+        [
+            create("a"),
+            create("b"),
+            UpdateRun("a", "running", 1, None, 101.0),
+            step("a", "s1"),
+            UpdateRun("b", "running", 1, None, 101.0),
+            UpdateRun("a", "sleeping", 1, 300.0, 102.0),
+            FinishRun("b", "succeeded", done, 103.0),
+            create("c"),
+            UpdateRun("a", "running", 2, None, 104.0),
+            UpdateRun("b", "bogus-after-finish", 1, 5.0, 105.0),
+            RecordAttempt("a", 1, 1.0, 2.0, "suspended"),
+            FinishRun("a", "failed", done, 106.0),
+        ]
+    )
+
+    a, b, c = [await store.get_run(r) for r in ("a", "b", "c")]
+    assert a is not None and b is not None and c is not None
+    assert (a.status, a.attempt, a.wake_at, a.finished_at) == ("failed", 2, None, 106.0)
+    # The UpdateRun after FinishRun applies last, as submitted.
+    assert (b.status, b.wake_at, b.updated_at, b.finished_at) == (
+        "bogus-after-finish",
+        5.0,
+        105.0,
+        103.0,
+    )
+    assert c.status == "running"
+
+
+async def test_meta_set_if_absent_returns_the_first_value(store: Store) -> None:
+    assert await store.get_meta("secret") is None
+
+    assert await store.set_meta_if_absent("secret", "s3cr3t") == "s3cr3t"
+    assert await store.set_meta_if_absent("secret", "other") == "s3cr3t"
+    assert await store.get_meta("secret") == "s3cr3t"
+    assert await store.get_meta("schema_version") == str(schema.LATEST)
+
+
+async def test_empty_apply_is_a_no_op(store: Store) -> None:
+    await store.apply([])
+
+    assert await store.get_run("r1") is None
+
+
+async def test_apply_is_all_or_nothing_when_a_statement_fails(
+    store: Store, database: Database
+) -> None:
+    database.fail_step_insert("boom")
+    await store.apply([create("old")])
+    batch: list[Write] = [
+        create("r1"),
+        step("r1", "ok"),
+        RecordAttempt("r1", 1, 1.0, 2.0, "response", 500),
+        UpdateRun("old", "sleeping", 3, 9.0, 9.0),
+        step("r1", "boom"),
+        FinishRun("r1", "succeeded", StoredResponse(200, [], b"x"), 3.0),
+    ]
+
+    with pytest.raises(StoreUnavailable) as info:
+        await store.apply(batch)
+
+    assert info.value.__cause__ is not None
+    assert await store.get_run("r1") is None
+    assert await store.load_steps("r1") == {}
+    assert await store.list_attempts("r1") == []
+    old = await store.get_run("old")
+    assert old is not None and old.status == "running"
+    assert database.count("steps") == 0
+    # The connection is left usable: the next batch commits.
+    await store.apply([create("r2"), step("r2", "ok")])
+    assert await store.load_steps("r2") == {"ok": b'{"ok":true}'}
+
+
+async def test_apply_raises_store_unavailable_while_locked(database: Database) -> None:
+    store = await database.open(lock_wait=0.05)
+    try:
+        with database.hold_write_lock():
+            with pytest.raises(StoreUnavailable):
+                await store.apply([create("r1"), step("r1", "a")])
+            # Reads are not blocked by another writer.
+            assert await store.get_run("r1") is None
+        assert database.count("runs") == 0
+        await store.apply([create("r1"), step("r1", "a")])
+        assert await store.load_steps("r1") == {"a": b'{"ok":true}'}
+    finally:
+        await store.close()
+
+
+async def test_reopen_keeps_data_and_does_not_rerun_migrations(database: Database) -> None:
+    first = await database.open()
+    await first.apply([create("r1"), step("r1", "a")])
+    assert await first.set_meta_if_absent("secret", "kept") == "kept"
+    await first.close()
+
+    # Migrations use plain CREATE TABLE, so running them again would fail here.
+    second = await database.open()
+    try:
+        assert await second.load_steps("r1") == {"a": b'{"ok":true}'}
+        assert await second.get_meta("secret") == "kept"
+        assert await second.get_meta("schema_version") == str(schema.LATEST)
+    finally:
+        await second.close()
+
+
+async def test_a_closed_store_refuses_calls(database: Database) -> None:
+    store = await database.open()
+    await store.close()
+    await store.close()  # idempotent
+
+    with pytest.raises(StoreUnavailable):
+        await store.get_run("r1")
+    with pytest.raises(StoreUnavailable):
+        await store.apply([create("r1")])
+
+
+# --- SQLite specifics ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///relative/path.db", "relative/path.db"),
+        ("sqlite:///./durable.db", "./durable.db"),
+        ("sqlite:////abs/path.db", "/abs/path.db"),
+        ("sqlite:///:memory:", ":memory:"),
+    ],
+)
+def test_sqlite_url_to_path(url: str, path: str) -> None:
+    assert path_from_url(url) == path
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:x.db", "sqlite://host/x.db"])
+def test_sqlite_bad_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="sqlite:///"):
+        path_from_url(url)
+
+
+async def test_sqlite_relative_url_is_relative_to_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = await open_store("sqlite:///nested/dir/gw.db")
+    try:
+        await store.apply([create("r1")])
+    finally:
+        await store.close()
+
+    with sqlite3.connect(tmp_path / "nested" / "dir" / "gw.db") as conn:
+        assert conn.execute("SELECT run_id FROM runs").fetchall() == [("r1",)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+async def test_sqlite_memory_store_round_trips() -> None:
+    store = await open_store("sqlite:///:memory:")
+    try:
+        await store.apply([create("r1"), step("r1", "a")])
+        assert await store.load_steps("r1") == {"a": b'{"ok":true}'}
+    finally:
+        await store.close()
+
+
+async def test_sqlite_migrations_apply_once_and_in_order(tmp_path: Path) -> None:
+    extra = schema.Migration(
+        version=schema.LATEST + 1,
+        sqlite=("CREATE TABLE extra (x INTEGER)",),
+        postgres=("CREATE TABLE extra (x INTEGER)",),
+    )
+    async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as conn:
+        assert await schema.migrate_sqlite(conn) == [m.version for m in schema.MIGRATIONS]
+        assert await schema.migrate_sqlite(conn) == []
+        assert await schema.migrate_sqlite(conn, (*schema.MIGRATIONS, extra)) == [extra.version]
+        assert await schema.migrate_sqlite(conn, (*schema.MIGRATIONS, extra)) == []
+        # Old code meeting the newer database refuses it, and changes nothing.
+        with pytest.raises(StoreUnavailable, match="newer"):
+            await schema.migrate_sqlite(conn)
+        async with conn.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+            assert await cur.fetchone() == (str(extra.version),)
+        assert not conn.in_transaction
+
+
+async def test_sqlite_failed_migration_leaves_nothing_behind(tmp_path: Path) -> None:
+    broken = schema.Migration(
+        version=schema.LATEST + 1,
+        sqlite=("CREATE TABLE half (x INTEGER)", "THIS IS NOT SQL"),
+        postgres=(),
+    )
+    async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as conn:
+        await schema.migrate_sqlite(conn)
+        with pytest.raises(sqlite3.OperationalError):
+            await schema.migrate_sqlite(conn, (*schema.MIGRATIONS, broken))
+        async with conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'") as cur:
+            assert await cur.fetchone() is None
+        assert await schema.migrate_sqlite(conn) == []
+
+
+def test_migration_versions_must_increase() -> None:
+    one = schema.MIGRATIONS[0]
+    with pytest.raises(ValueError, match="increasing"):
+        schema.pending(0, (one, one))
+    assert schema.pending(0) == list(schema.MIGRATIONS)
+    assert schema.pending(schema.LATEST) == []
+
+
+def test_every_migration_has_both_dialects() -> None:
+    for migration in schema.MIGRATIONS:
+        assert len(migration.sqlite) == len(migration.postgres) > 0
+
+
+def test_grouping_packs_kinds_and_keeps_per_run_order() -> None:
+    writes: list[Write] = [
+        create("a"),
+        step("a", "1"),
+        create("b"),
+        UpdateRun("a", "x", 1, None, 1.0),
+        step("b", "1"),
+        RecordAttempt("a", 1, 1.0, 1.0, "response"),
+        UpdateRun("b", "x", 1, None, 1.0),
+        create("c"),
+        FinishRun("a", "failed", StoredResponse(500, [], b""), 2.0),
+        UpdateRun("a", "y", 2, None, 3.0),
+        step("c", "1"),
+    ]
+
+    groups = group_writes(writes)
+
+    assert [[type(w).__name__ for w in g] for g in groups] == [
+        ["CreateRun", "CreateRun", "CreateRun"],
+        ["PutStep", "PutStep", "PutStep"],
+        ["UpdateRun", "UpdateRun"],
+        ["RecordAttempt"],
+        ["FinishRun"],
+        ["UpdateRun"],
+    ]
+    assert sorted(map(id, writes)) == sorted(id(w) for g in groups for w in g)

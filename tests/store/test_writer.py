@@ -1,0 +1,236 @@
+"""The group-commit writer against a real store: batching, acknowledgement, retry, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
+
+import pytest
+
+from gateway.errors import StoreUnavailable
+from gateway.store import (
+    AttemptRow,
+    CreateRun,
+    FinishRun,
+    PutStep,
+    RecordAttempt,
+    RunRow,
+    Store,
+    StoredRequest,
+    StoredResponse,
+    UpdateRun,
+    Write,
+)
+from gateway.store.writer import Writer
+
+if TYPE_CHECKING:
+    from tests.store.conftest import Database
+
+
+def put(run_id: str, step_id: str) -> PutStep:
+    return PutStep(run_id, step_id, f'"{run_id}/{step_id}"'.encode(), 1, 1.0)
+
+
+class FlakyProbe:
+    """Passes calls to a real store, and signals once `apply` has failed `after` times."""
+
+    def __init__(self, store: Store, after: int) -> None:
+        self.store = store
+        self.failures = 0
+        self.calls = 0
+        self.failed_enough = asyncio.Event()
+        self._after = after
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        self.calls += 1
+        try:
+            await self.store.apply(writes)
+        except StoreUnavailable:
+            self.failures += 1
+            if self.failures >= self._after:
+                self.failed_enough.set()
+            raise
+
+    async def get_run(self, run_id: str) -> RunRow | None:
+        return await self.store.get_run(run_id)
+
+    async def load_steps(self, run_id: str) -> dict[str, bytes]:
+        return await self.store.load_steps(run_id)
+
+    async def list_attempts(self, run_id: str) -> list[AttemptRow]:
+        return await self.store.list_attempts(run_id)
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self.store.get_meta(key)
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        return await self.store.set_meta_if_absent(key, value)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+@pytest.fixture
+async def writer(store: Store) -> AsyncIterator[Writer]:
+    w = Writer(store)
+    w.start()
+    try:
+        yield w
+    finally:
+        await w.close(timeout=10)
+
+
+async def test_concurrent_writes_share_transactions(writer: Writer, database: Database) -> None:
+    tasks, per_task = 100, 50
+    sizes: list[int] = []
+    writer.on_commit = lambda size, seconds: sizes.append(size)
+
+    async def client(n: int) -> None:
+        for i in range(per_task):
+            await writer.submit(put(f"run-{n}", f"step-{i}"))
+
+    await asyncio.gather(*(client(n) for n in range(tasks)))
+
+    total = tasks * per_task
+    assert writer.committed_writes == total
+    assert writer.committed_batches < total / 10
+    assert sum(sizes) == total and len(sizes) == writer.committed_batches
+    assert writer.depth == 0
+    assert database.count("steps") == total
+
+
+async def test_a_future_resolves_only_once_its_row_is_committed(
+    writer: Writer, database: Database
+) -> None:
+    seen_at_ack: dict[tuple[str, str], bytes | None] = {}
+
+    def check(write: PutStep, future: asyncio.Future[None]) -> None:
+        # Runs the moment the future resolves: a separate connection must already see it.
+        seen_at_ack[write.run_id, write.step_id] = database.step_output(write.run_id, write.step_id)
+
+    async def client(n: int) -> None:
+        for i in range(10):
+            write = put(f"run-{n}", f"step-{i}")
+            future = writer.submit(write)
+            future.add_done_callback(functools.partial(check, write))
+            await future
+
+    await asyncio.gather(*(client(n) for n in range(20)))
+
+    assert len(seen_at_ack) == 200
+    assert all(output == f'"{r}/{s}"'.encode() for (r, s), output in seen_at_ack.items())
+
+
+async def test_flush_waits_for_everything_submitted(writer: Writer, database: Database) -> None:
+    await writer.flush()  # nothing pending: returns at once
+
+    futures = [writer.submit(put("r", f"s{i}")) for i in range(300)]
+    assert writer.depth == 300
+
+    await writer.flush()
+
+    assert all(f.done() and not f.cancelled() for f in futures)
+    assert writer.depth == 0
+    assert database.count("steps") == 300
+
+
+async def test_batches_commit_in_submission_order(store: Store) -> None:
+    """Tiny batches split each run's writes across transactions; order still holds."""
+    writer = Writer(store, max_batch=3)
+    writer.start()
+    request = StoredRequest("GET", "/", [], b"")
+    for n in range(20):
+        run = f"run-{n}"
+        writer.submit(CreateRun(run, "r", request, 1.0))
+        writer.submit(UpdateRun(run, "sleeping", 1, 50.0, 2.0))
+        writer.submit(RecordAttempt(run, 1, 2.0, 3.0, "suspended"))
+        writer.submit(UpdateRun(run, "running", 2, None, 4.0))
+        writer.submit(FinishRun(run, "succeeded", StoredResponse(200, [], run.encode()), 5.0))
+    await writer.close(timeout=10)
+
+    assert writer.committed_batches >= 100 // 3
+    for n in range(20):
+        row = await store.get_run(f"run-{n}")
+        assert row is not None and row.response is not None
+        assert (row.status, row.attempt, row.wake_at) == ("succeeded", 2, None)
+        assert row.response.body == f"run-{n}".encode()
+
+
+async def test_failing_store_is_retried_until_every_write_lands(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.store.writer")
+    store = await database.open(lock_wait=0.02)
+    probe = FlakyProbe(store, after=3)
+    writer = Writer(probe, max_batch=40)
+    writer.start()
+    try:
+        with database.hold_write_lock():
+            futures = [writer.submit(put("r", f"s{i}")) for i in range(100)]
+            await probe.failed_enough.wait()
+            # Never acknowledged while nothing could commit.
+            assert not any(f.done() for f in futures)
+            assert writer.depth == 100
+            assert writer.committed_writes == 0
+        await asyncio.gather(*futures)
+    finally:
+        await writer.close(timeout=10)
+        await store.close()
+
+    assert database.count("steps") == 100
+    assert writer.committed_writes == 100
+    assert probe.failures >= 3
+    # One report for the whole burst of failures, one when it is over.
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert len([r for r in caplog.records if "recovered" in r.getMessage()]) == 1
+
+
+async def test_close_flushes_then_refuses_new_writes(store: Store, database: Database) -> None:
+    writer = Writer(store)
+    writer.start()
+    futures = [writer.submit(put("r", f"s{i}")) for i in range(500)]
+
+    await writer.close(timeout=10)
+
+    assert all(f.done() and not f.cancelled() for f in futures)
+    assert database.count("steps") == 500
+    with pytest.raises(StoreUnavailable):
+        writer.submit(put("r", "late"))
+    await writer.close(timeout=10)  # idempotent
+
+
+async def test_close_gives_up_after_its_timeout_and_cancels_the_rest(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await database.open(lock_wait=0.02)
+    writer = Writer(store)
+    writer.start()
+    try:
+        with database.hold_write_lock():
+            futures = [writer.submit(put("r", f"s{i}")) for i in range(10)]
+            await writer.close(timeout=0.2)
+            assert all(f.cancelled() for f in futures)
+            assert writer.depth == 0
+    finally:
+        await store.close()
+
+    del futures
+    gc.collect()
+    assert database.count("steps") == 0
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_flush_fails_rather_than_hang_when_the_writer_is_not_running(store: Store) -> None:
+    writer = Writer(store)
+    future = writer.submit(put("r", "s"))
+
+    with pytest.raises(StoreUnavailable):
+        await writer.flush()
+
+    await writer.close(timeout=1)
+    assert future.cancelled()
