@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway import admin, attempts, ingress, results, sidecar
 from gateway.config import GatewayConfig
 from gateway.driver import Driver
-from gateway.ingress_limits import Limits
+from gateway.limits import Limits
 from gateway.problems import problems_middleware
 from gateway.routes import RouteTable
 from gateway.services import SERVICES, Services
@@ -47,12 +47,14 @@ async def build_services(config: GatewayConfig) -> Services:
     writer = Writer(store)
     writer.start()
     session = attempts.new_session()
+    limits = Limits(config.routes)
     driver = Driver(
         writer=writer,
         session=session,
         tokens=tokens,
         sidecar_url=default_sidecar_url(config),
         sync_steps=config.storage.durability == "sync",
+        limits=limits,
     )
     return Services(
         config=config,
@@ -61,7 +63,7 @@ async def build_services(config: GatewayConfig) -> Services:
         driver=driver,
         tokens=tokens,
         routes=RouteTable(config.routes),
-        limits=Limits(config.routes),
+        limits=limits,
         session=session,
     )
 

@@ -393,7 +393,7 @@ def _settings(fields: Mapping[str, _At], base: RouteSettings) -> RouteSettings:
         k: read(fields[k]) for k, read in _SETTING_READERS.items() if k in fields
     }
     if "retry" in fields:
-        changes["retry"] = _retry(fields["retry"], RetryPolicy())
+        changes["retry"] = _retry(fields["retry"], base.retry)
     return replace(base, **changes)
 
 

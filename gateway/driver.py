@@ -8,9 +8,11 @@ disconnects cancels nothing. Writes are queued on the writer; only `sync` ones a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -22,6 +24,7 @@ from gateway.attempts import AttemptRequest
 from gateway.config import RouteConfig
 from gateway.errors import NotFound, StaleAttempt, Unavailable
 from gateway.headers import client_response_headers
+from gateway.limits import Limits
 from gateway.problems import CONTENT_TYPE, problem_body
 from gateway.retries import AttemptOutcome, Verdict, decide
 from gateway.runs import Run, RunStatus, StepResult
@@ -113,12 +116,14 @@ class Driver:
         tokens: Tokens,
         sidecar_url: str,
         sync_steps: bool,
+        limits: Limits,
     ) -> None:
         self.writer = writer
         self.session = session
         self.tokens = tokens
         self.sidecar_url = sidecar_url.rstrip("/")
         self.sync_steps = sync_steps
+        self.limits = limits
         self.accepting = True
         self._live: dict[str, LiveRun] = {}
         self._rng = random.Random()
@@ -132,12 +137,12 @@ class Driver:
     def live_count(self) -> int:
         return len(self._live)
 
-    def admit(self, route: RouteConfig, request: StoredRequest) -> LiveRun:
+    def admit(self, route: RouteConfig, request: StoredRequest, limit_key: str = "") -> LiveRun:
         """Create a run, queue its record, and start driving it; never waits on storage."""
         if not self.accepting:
             raise Unavailable("the gateway is shutting down")
         now = time.time()
-        run = Run(new_run_id(), route, request, now)
+        run = Run(new_run_id(), route, request, now, limit_key=limit_key)
         live = LiveRun(run)
         self._live[run.run_id] = live
         metrics.IN_FLIGHT.inc()
@@ -205,7 +210,8 @@ class Driver:
                 self._in_attempt += 1
                 self._drained.clear()
                 try:
-                    outcome, stored = await self._attempt(live, attempt)
+                    async with self._slot(run):
+                        outcome, stored = await self._attempt(live, attempt)
                 finally:
                     live.in_attempt = False
                     self._in_attempt -= 1
@@ -249,6 +255,24 @@ class Driver:
         finally:
             if live.sink is not None and not live.run.finished:
                 live.sink = None
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, run: Run) -> AsyncIterator[None]:
+        """A place in the route's concurrency queue for one attempt; a run waits for it."""
+        limiter = self.limits.concurrency.get(run.route.name)
+        if limiter is None:
+            yield
+            return
+        while True:
+            try:
+                await limiter.acquire(run.limit_key)
+                break
+            except Unavailable:
+                continue  # queue_timeout bounds a client's wait, not a durable run's
+        try:
+            yield
+        finally:
+            limiter.release(run.limit_key)
 
     async def _attempt(
         self, live: LiveRun, attempt: int

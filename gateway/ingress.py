@@ -18,8 +18,7 @@ from gateway.delivery import Delivery, Prefer
 from gateway.driver import ClientSink, LiveRun
 from gateway.errors import BodyTooLarge, RouteNotFound
 from gateway.headers import traceparent_for, upstream_request_headers
-from gateway.ingress_limits import Limits
-from gateway.limits import limit_key
+from gateway.limits import Limits, limit_key
 from gateway.results import replay, result_url
 from gateway.services import SERVICES
 from gateway.store import StoredRequest
@@ -47,23 +46,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     metrics.REQUESTS.labels(route.name, "durable").inc()
     body = await _read_body(request, route.settings.max_body)
     stored = StoredRequest(request.method, request.path_qs, _upstream_headers(request), body)
-    concurrency = limits.concurrency.get(route.name)
     key = ""
-    if concurrency is not None:
-        key = limit_key(
-            route.concurrency.key if route.concurrency else None,
-            request.headers,
-            request.query,
-            request.remote,
-        )
-        await concurrency.acquire(key)
-    try:
-        live = services.driver.admit(route, stored)
-        metrics.OVERHEAD.labels(route.name).observe(time.perf_counter() - start)
-        return await _answer(request, route, live)
-    finally:
-        if concurrency is not None:
-            concurrency.release(key)
+    if route.concurrency is not None:
+        key = limit_key(route.concurrency.key, request.headers, request.query, request.remote)
+    live = services.driver.admit(route, stored, limit_key=key)
+    metrics.OVERHEAD.labels(route.name).observe(time.perf_counter() - start)
+    return await _answer(request, route, live)
 
 
 def _check_rate(request: web.Request, route: RouteConfig, limits: Limits) -> None:

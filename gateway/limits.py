@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Final, final
 
-from gateway.config import ConcurrencyConfig, RateLimitConfig
+from gateway.config import ConcurrencyConfig, RateLimitConfig, RouteConfig
 from gateway.errors import Unavailable
 
 MAX_RATE_KEYS: Final = 10_000
@@ -228,3 +228,13 @@ class ConcurrencyLimiter:
             pass  # release() already popped it
         if slots.active == 0 and not slots.waiters and self._keys.get(key) is slots:
             del self._keys[key]
+
+
+class Limits:
+    """Per-route rate limiters and concurrency queues, built once from the config."""
+
+    def __init__(self, routes: Sequence[RouteConfig]) -> None:
+        self.rate = {r.name: RateLimiter(r.rate_limit) for r in routes if r.rate_limit}
+        self.concurrency = {
+            r.name: ConcurrencyLimiter(r.concurrency) for r in routes if r.concurrency
+        }

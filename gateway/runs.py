@@ -49,6 +49,8 @@ class Run:
     """Completed steps: id → canonical JSON bytes of the output."""
     state_bytes: int = 0
     response: StoredResponse | None = None
+    limit_key: str = ""
+    """The route's concurrency key for this run (from a header, query or the client ip)."""
     step_errors: list[tuple[str, int, str]] = field(default_factory=list)
     """Failed tries the backend reported: (step id, attempt, message)."""
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.driver import Driver
-from gateway.ingress_limits import Limits
+from gateway.limits import Limits
 from gateway.routes import RouteTable
 from gateway.store import Store
 from gateway.store.writer import Writer

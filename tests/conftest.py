@@ -96,7 +96,8 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
             tmp_path / f"gateway-{ports[0]}.log",
             env=env,
         )
-        gw = Gateway(*(f"http://127.0.0.1:{p}" for p in ports), config_path, db_path, proc)
+        ingress, sidecar, admin = (f"http://127.0.0.1:{p}" for p in ports)
+        gw = Gateway(ingress, sidecar, admin, config_path, db_path, proc)
         started.append(gw)
         try:
             wait_http_ok(gw.admin + "/healthz", proc=proc.popen)

@@ -141,7 +141,7 @@ class Writer:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                count = 1
+                count = min(len(self._queue), self._max_batch)
                 self._inflight = [self._queue.popleft() for _ in range(count)]
                 seconds = await self._commit([write for write, _ in self._inflight])
                 batch, self._inflight = self._inflight, []

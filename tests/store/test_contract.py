@@ -5,9 +5,10 @@ SQLite-only details (url parsing, migrations, write grouping) follow at the end.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import aiosqlite
 import pytest
@@ -245,6 +246,43 @@ async def test_apply_is_all_or_nothing_when_a_statement_fails(
     assert await store.load_steps("r2") == {"ok": b'{"ok":true}'}
 
 
+async def _reads_during_a_failing_batch(store: Store) -> tuple[int, int]:
+    """Read a run over and over while a batch creating it fails; (reads, sightings)."""
+    # A value no driver can bind: the last statement fails mid-transaction.
+    poison = PutStep("r1", "poison", cast(bytes, object()), 1, 1.0)
+    churn: list[Write] = []
+    for i in range(50):  # alternating kinds on one run: one statement (await) each
+        churn.append(UpdateRun("r1", "running", i, None, float(i)))
+        churn.append(FinishRun("r1", "failed", StoredResponse(500, [], b""), float(i)))
+    reads = sightings = 0
+    failed = False
+
+    async def reader() -> None:
+        nonlocal reads, sightings
+        while not failed:
+            sightings += await store.get_run("r1") is not None
+            reads += 1
+
+    async def writer() -> None:
+        nonlocal failed
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.apply([create("r1"), *churn, poison])
+        finally:
+            failed = True
+
+    await asyncio.gather(writer(), reader(), reader(), reader())
+    return reads, sightings
+
+
+async def test_reads_never_see_a_batch_before_it_commits(store: Store) -> None:
+    reads, sightings = await _reads_during_a_failing_batch(store)
+
+    assert reads > 0
+    assert sightings == 0
+    assert await store.get_run("r1") is None
+
+
 async def test_apply_raises_store_unavailable_while_locked(database: Database) -> None:
     store = await database.open(lock_wait=0.05)
     try:
@@ -332,6 +370,18 @@ async def test_sqlite_memory_store_round_trips() -> None:
         assert await store.load_steps("r1") == {"a": b'{"ok":true}'}
     finally:
         await store.close()
+
+
+async def test_sqlite_memory_store_reads_never_see_uncommitted_writes() -> None:
+    """One shared connection in memory mode: reads must wait for the transaction."""
+    store = await open_store("sqlite:///:memory:")
+    try:
+        reads, sightings = await _reads_during_a_failing_batch(store)
+    finally:
+        await store.close()
+
+    assert reads > 0
+    assert sightings == 0
 
 
 async def test_sqlite_migrations_apply_once_and_in_order(tmp_path: Path) -> None:

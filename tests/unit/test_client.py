@@ -1,0 +1,752 @@
+"""The reference client against a real HTTP stub of the sidecar, and the example backends.
+
+The stub speaks SPEC.md §4 over a real socket (aiohttp test server) and logs every call,
+so the tests check what actually went over the wire. Each client scenario runs with the
+four ways to get a context: StepClient, bare RunContext, SyncStepClient, bare SyncRunContext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpServer
+
+from step_protocol import (
+    RunContext,
+    SidecarError,
+    StaleAttempt,
+    StepClient,
+    StepProtocolError,
+    SyncRunContext,
+    SyncStepClient,
+    wire,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBLEM = "https://durable-gateway.dev/problems/"
+RUN = "run_AbC-123"
+
+
+# --- the sidecar stub ------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    method: str
+    raw_path: str
+    query: str
+    auth: str | None
+    body: Any
+    peer: Any
+
+
+@dataclass
+class Sidecar:
+    """In-memory sidecar for one run: first write wins, one current token."""
+
+    base: str = ""
+    token: str = "tok-1"
+    steps: dict[str, Any] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    put_status: int | None = None
+    """Force every output PUT to answer this status (with a problem body)."""
+    transports: list[asyncio.Transport] = field(default_factory=list)
+
+    def headers(self, *, attempt: int = 1, steps: str | None = None) -> dict[str, str]:
+        headers = {
+            "Durable-Run-Id": RUN,
+            "Durable-Attempt": str(attempt),
+            "Durable-Sidecar": self.base,
+            "Durable-Token": self.token,
+        }
+        if steps is not None:
+            headers["Durable-Steps"] = steps
+        return headers
+
+    def puts(self) -> list[str]:
+        """Step ids of the output PUTs, in order."""
+        return [
+            unquote(c.raw_path.rsplit("/", 1)[1])
+            for c in self.calls
+            if c.method == "PUT" and "output" in c.body
+        ]
+
+    def gets(self) -> list[str]:
+        return [c.raw_path.removeprefix(f"/v1/runs/{RUN}") for c in self.calls if c.method == "GET"]
+
+
+def problem(status: int, slug: str) -> web.Response:
+    body = {"type": PROBLEM + slug, "title": slug, "status": status, "detail": slug}
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/problem+json"
+    )
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    stub: Sidecar = request.app["stub"]
+    assert request.transport is not None
+    if request.transport not in stub.transports:
+        stub.transports.append(request.transport)
+    raw_path = request.raw_path.split("?", 1)[0]
+    body = orjson.loads(await request.read()) if request.can_read_body else None
+    stub.calls.append(
+        Call(
+            request.method,
+            raw_path,
+            request.query_string,
+            request.headers.get("Authorization"),
+            body,
+            request.transport.get_extra_info("peername"),
+        )
+    )
+    prefix = f"/v1/runs/{RUN}/steps"
+    if not raw_path.startswith(prefix):
+        return problem(404, "not-found")
+    if request.headers.get("Authorization") != f"Bearer {stub.token}":
+        return problem(409, "stale-attempt")
+    rest = raw_path[len(prefix) :]
+    if rest == "" and request.method == "GET":
+        return web.json_response({"steps": {k: {"output": v} for k, v in stub.steps.items()}})
+    step_id = unquote(rest.removeprefix("/"))
+    if request.method == "GET":
+        if step_id not in stub.steps:
+            return problem(404, "not-found")
+        return web.json_response({"output": stub.steps[step_id]})
+    assert request.method == "PUT" and isinstance(body, dict)
+    if "error" in body:
+        stub.errors.append((step_id, body["error"]["message"]))
+        return web.json_response({}, status=202)
+    if stub.put_status is not None:
+        return problem(stub.put_status, "too-large" if stub.put_status == 413 else "unavailable")
+    if step_id in stub.steps:
+        if stub.steps[step_id] == body["output"]:
+            return web.json_response({})
+        return problem(409, "step-conflict")
+    stub.steps[step_id] = body["output"]
+    return web.json_response({}, status=201)
+
+
+@pytest.fixture
+async def sidecar(aiohttp_server: AiohttpServer) -> Sidecar:
+    stub = Sidecar()
+    app = web.Application()
+    app["stub"] = stub
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    stub.base = str(server.make_url(f"/v1/runs/{RUN}"))
+    return stub
+
+
+# --- one scenario, four flavours -------------------------------------------------------
+
+
+class Ctx(Protocol):
+    durable: bool
+
+    async def step(self, step_id: str, fn: Callable[[], Any], *, sync: bool = False) -> Any: ...
+
+
+class AsyncCtx:
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        self.durable = ctx.durable
+
+    async def step(self, step_id: str, fn: Callable[[], Any], *, sync: bool = False) -> Any:
+        return await self.ctx.step(step_id, fn, sync=sync)
+
+
+class ThreadCtx:
+    """A SyncRunContext driven from a worker thread, so the stub's loop keeps serving."""
+
+    def __init__(self, ctx: SyncRunContext):
+        self.ctx = ctx
+        self.durable = ctx.durable
+
+    async def step(self, step_id: str, fn: Callable[[], Any], *, sync: bool = False) -> Any:
+        return await asyncio.to_thread(self.ctx.step, step_id, fn, sync=sync)
+
+
+MakeCtx = Callable[[dict[str, str]], Ctx]
+FLAVOURS = ["StepClient", "RunContext", "SyncStepClient", "SyncRunContext"]
+
+
+@pytest.fixture(params=FLAVOURS)
+async def make_ctx(request: pytest.FixtureRequest) -> AsyncIterator[MakeCtx]:
+    flavour: str = request.param
+    if flavour == "StepClient":
+        async with StepClient() as client:
+            yield lambda headers: AsyncCtx(client.context(headers))
+    elif flavour == "RunContext":
+        yield lambda headers: AsyncCtx(RunContext.from_headers(headers))
+    elif flavour == "SyncStepClient":
+        with SyncStepClient() as sync_client:
+            yield lambda headers: ThreadCtx(sync_client.context(headers))
+    else:
+        yield lambda headers: ThreadCtx(SyncRunContext.from_headers(headers))
+
+
+class Counter:
+    """A step function that counts its runs."""
+
+    def __init__(self, value: Any):
+        self.value = value
+        self.runs = 0
+
+    def __call__(self) -> Any:
+        self.runs += 1
+        return self.value
+
+
+# --- client scenarios ------------------------------------------------------------------
+
+
+async def test_new_steps_are_put_with_the_bearer_token(
+    sidecar: Sidecar, make_ctx: MakeCtx
+) -> None:
+    ctx = make_ctx(sidecar.headers())
+    assert ctx.durable
+    assert await ctx.step("quote", lambda: {"total": 42}) == {"total": 42}
+    assert await ctx.step("charge", lambda: "ch_1") == "ch_1"
+    assert sidecar.steps == {"quote": {"total": 42}, "charge": "ch_1"}
+    assert [(c.method, c.raw_path, c.auth) for c in sidecar.calls] == [
+        ("PUT", f"/v1/runs/{RUN}/steps/quote", "Bearer tok-1"),
+        ("PUT", f"/v1/runs/{RUN}/steps/charge", "Bearer tok-1"),
+    ]
+    assert sidecar.calls[0].body == {"output": {"total": 42}}
+    assert sidecar.calls[0].query == ""
+
+
+async def test_memoized_steps_are_not_run_again(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    sidecar.steps = {"quote": {"total": 42}}
+    steps_header = wire.encode_steps(sidecar.steps)
+    ctx = make_ctx(sidecar.headers(attempt=2, steps=steps_header))
+    quote, charge = Counter({"total": 0}), Counter("ch_1")
+    assert await ctx.step("quote", quote) == {"total": 42}
+    assert await ctx.step("charge", charge) == "ch_1"
+    assert (quote.runs, charge.runs) == (0, 1)
+    assert sidecar.puts() == ["charge"]
+    assert sidecar.gets() == []
+
+
+async def test_repeated_ids_are_numbered(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(sidecar.headers())
+    for i in range(3):
+        assert await ctx.step("item", lambda i=i: i * 10) == i * 10
+    await ctx.step("other", lambda: "x")
+    assert sidecar.puts() == ["item", "item:1", "item:2", "other"]
+    assert sidecar.steps == {"item": 0, "item:1": 10, "item:2": 20, "other": "x"}
+
+
+async def test_numbering_matches_memoized_loop_steps(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    """A retry of a loop gets the same ids, so completed iterations are skipped."""
+    sidecar.steps = {"item": "a", "item:1": "b"}
+    ctx = make_ctx(sidecar.headers(attempt=2, steps=wire.encode_steps(sidecar.steps)))
+    fns = [Counter("A"), Counter("B"), Counter("C")]
+    assert [await ctx.step("item", fn) for fn in fns] == ["a", "b", "C"]
+    assert [fn.runs for fn in fns] == [0, 0, 1]
+    assert sidecar.puts() == ["item:2"]
+
+
+async def test_fetch_makes_one_get_on_first_need(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    sidecar.steps = {"a": 1, "b": {"big": "x" * 10}}
+    ctx = make_ctx(sidecar.headers(attempt=2, steps="fetch"))
+    assert sidecar.calls == []  # lazy: nothing until a step needs it
+    fa, fb, fc = Counter(0), Counter(0), Counter(3)
+    assert await ctx.step("a", fa) == 1
+    assert await ctx.step("b", fb) == {"big": "x" * 10}
+    assert await ctx.step("c", fc) == 3
+    assert (fa.runs, fb.runs, fc.runs) == (0, 0, 1)
+    assert sidecar.gets() == ["/steps"]
+    assert sidecar.puts() == ["c"]
+
+
+async def test_malformed_steps_header_falls_back_to_fetch(
+    sidecar: Sidecar, make_ctx: MakeCtx, caplog: pytest.LogCaptureFixture
+) -> None:
+    sidecar.steps = {"a": 1}
+    ctx = make_ctx(sidecar.headers(attempt=2, steps="%%not-base64%%"))
+    assert await ctx.step("a", lambda: 0) == 1
+    assert sidecar.gets() == ["/steps"]
+    assert "Durable-Steps" in caplog.text
+
+
+async def test_conflict_returns_the_stored_output(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    """Another attempt recorded the step after our headers were built: first write wins."""
+    sidecar.steps = {"charge": "ch_first"}
+    ctx = make_ctx(sidecar.headers(attempt=2))
+    assert await ctx.step("charge", lambda: "ch_second") == "ch_first"
+    assert [(c.method, c.raw_path) for c in sidecar.calls] == [
+        ("PUT", f"/v1/runs/{RUN}/steps/charge"),
+        ("GET", f"/v1/runs/{RUN}/steps/charge"),
+    ]
+    assert sidecar.steps == {"charge": "ch_first"}
+
+
+async def test_same_output_again_is_fine(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    sidecar.steps = {"charge": "ch_1"}
+    ctx = make_ctx(sidecar.headers(attempt=2))
+    assert await ctx.step("charge", lambda: "ch_1") == "ch_1"
+    assert sidecar.gets() == []
+
+
+async def test_stale_attempt_raises(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(sidecar.headers())
+    sidecar.token = "tok-2"  # attempt 2 has started
+    with pytest.raises(StaleAttempt) as raised:
+        await ctx.step("quote", lambda: 1)
+    assert raised.value.status == 409
+    assert raised.value.problem["type"] == PROBLEM + "stale-attempt"
+    assert sidecar.steps == {}
+
+
+async def test_other_refusals_raise_sidecar_error(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    sidecar.put_status = 413
+    ctx = make_ctx(sidecar.headers())
+    with pytest.raises(SidecarError) as raised:
+        await ctx.step("huge", lambda: "x")
+    assert type(raised.value) is SidecarError
+    assert raised.value.status == 413
+    assert raised.value.problem["type"] == PROBLEM + "too-large"
+    assert "413" in str(raised.value)
+
+
+async def test_failed_step_is_reported_and_reraised(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(sidecar.headers())
+    boom = RuntimeError("provider timeout")
+
+    def fail() -> Any:
+        raise boom
+
+    with pytest.raises(RuntimeError) as raised:
+        await ctx.step("charge", fail)
+    assert raised.value is boom
+    assert sidecar.errors == [("charge", "provider timeout")]
+    assert sidecar.steps == {}
+    # The failure report is best effort: a stale token does not mask the real error.
+    sidecar.token = "tok-2"
+    with pytest.raises(RuntimeError):
+        await ctx.step("charge", fail)
+
+
+async def test_sync_writes_ask_for_commit(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(sidecar.headers())
+    await ctx.step("pay", lambda: 1, sync=True)
+    await ctx.step("mail", lambda: 2)
+    assert [c.query for c in sidecar.calls] == ["durable=sync", ""]
+
+
+async def test_step_ids_are_one_quoted_segment(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(sidecar.headers())
+    await ctx.step("fetch page:1/2 é", lambda: 1)
+    assert sidecar.calls[0].raw_path == f"/v1/runs/{RUN}/steps/fetch%20page%3A1%2F2%20%C3%A9"
+    assert sidecar.steps == {"fetch page:1/2 é": 1}
+
+
+async def test_outputs_must_be_json(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    for ctx in (make_ctx(sidecar.headers()), make_ctx({})):
+        with pytest.raises(TypeError, match="not JSON-serialisable"):
+            await ctx.step("obj", object)
+    assert sidecar.calls == []
+
+
+async def test_step_ids_are_limited(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(sidecar.headers())
+    fn = Counter(1)
+    await ctx.step("x" * wire.MAX_STEP_ID, fn)
+    with pytest.raises(ValueError, match="longer than"):
+        await ctx.step("x" * (wire.MAX_STEP_ID + 1), fn)
+    assert fn.runs == 1
+
+
+async def test_without_gateway_steps_just_run(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx({"Content-Type": "application/json", "X-Other": "1"})
+    assert ctx.durable is False
+    fn = Counter({"a": 1})
+    assert await ctx.step("a", fn) == {"a": 1}
+    assert await ctx.step("a", fn) == {"a": 1}
+    assert fn.runs == 2
+    assert sidecar.calls == []
+
+
+async def test_unreachable_sidecar_raises(make_ctx: MakeCtx, unused_tcp_port: int) -> None:
+    headers = {
+        "Durable-Run-Id": RUN,
+        "Durable-Sidecar": f"http://127.0.0.1:{unused_tcp_port}/v1/runs/{RUN}",
+        "Durable-Token": "t",
+    }
+    ctx = make_ctx(headers)
+    with pytest.raises(SidecarError) as raised:
+        await ctx.step("a", lambda: 1)
+    assert raised.value.status is None
+
+
+# --- async-only and sync-only behaviour ------------------------------------------------
+
+
+async def test_async_functions_are_awaited(sidecar: Sidecar) -> None:
+    async def quote() -> dict[str, int]:
+        await asyncio.sleep(0)
+        return {"total": 42}
+
+    async with StepClient() as client:
+        ctx = client.context(sidecar.headers())
+        assert await ctx.step("quote", quote) == {"total": 42}
+    assert sidecar.steps == {"quote": {"total": 42}}
+
+
+async def test_gathered_steps_are_numbered_in_call_order(sidecar: Sidecar) -> None:
+    async def slow(value: str, release: asyncio.Event) -> str:
+        await release.wait()
+        return value
+
+    first, second = asyncio.Event(), asyncio.Event()
+    async with StepClient() as client:
+        ctx = client.context(sidecar.headers(steps="fetch"))
+        sidecar.steps = {}
+        second.set()  # the second call finishes first: ids must not follow completion order
+        task = asyncio.gather(
+            ctx.step("llm", lambda: slow("one", first)), ctx.step("llm", lambda: slow("two", second))
+        )
+        while "llm:1" not in sidecar.steps:
+            await asyncio.sleep(0)
+        first.set()
+        assert await task == ["one", "two"]
+    assert sidecar.steps == {"llm": "one", "llm:1": "two"}
+    assert sidecar.gets() == ["/steps"]  # concurrent first needs share one fetch
+
+
+@pytest.mark.parametrize("flavour", ["StepClient", "SyncStepClient"])
+async def test_clients_keep_one_connection_alive(sidecar: Sidecar, flavour: str) -> None:
+    if flavour == "StepClient":
+        async with StepClient() as client:
+            for request in range(2):
+                ctx = client.context(sidecar.headers())
+                for i in range(3):
+                    await ctx.step(f"s{request}-{i}", lambda: i)
+    else:
+
+        def run() -> None:
+            with SyncStepClient() as sync_client:
+                for request in range(2):
+                    ctx = sync_client.context(sidecar.headers())
+                    for i in range(3):
+                        ctx.step(f"s{request}-{i}", lambda: i)
+
+        await asyncio.to_thread(run)
+    assert len(sidecar.calls) == 6
+    assert len({c.peer for c in sidecar.calls}) == 1
+
+
+async def test_sync_client_replaces_a_connection_the_sidecar_closed(sidecar: Sidecar) -> None:
+    with SyncStepClient() as client:
+        ctx = client.context(sidecar.headers())
+        await asyncio.to_thread(ctx.step, "a", lambda: 1)
+        (kept_alive,) = sidecar.transports
+        kept_alive.close()  # the sidecar drops the idle keep-alive connection
+        assert await asyncio.to_thread(ctx.step, "b", lambda: 2) == 2
+    assert sidecar.steps == {"a": 1, "b": 2}
+    assert len({c.peer for c in sidecar.calls}) == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"durable-run-id": RUN, "durable-sidecar": "http://x", "durable-token": "t"},
+        {"DURABLE-RUN-ID": RUN, "Durable-SIDECAR": "http://x/", "durable-Token": "t"},
+    ],
+)
+def test_header_names_are_case_insensitive(headers: dict[str, str]) -> None:
+    ctx = SyncRunContext.from_headers({**headers, "Durable-Attempt": "3"})
+    assert (ctx.durable, ctx.run_id, ctx.attempt) == (True, RUN, 3)
+
+
+async def test_multidict_headers(sidecar: Sidecar) -> None:
+    from multidict import CIMultiDict
+
+    ctx = RunContext.from_headers(CIMultiDict(sidecar.headers(attempt=4)))
+    assert (ctx.durable, ctx.run_id, ctx.attempt) == (True, RUN, 4)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Durable-Run-Id": RUN},
+        {"Durable-Run-Id": RUN, "Durable-Sidecar": "http://x"},
+        {"Durable-Token": "t", "Durable-Sidecar": "http://x"},
+        {"Durable-Run-Id": RUN, "Durable-Sidecar": "http://x", "Durable-Token": "t",
+         "Durable-Attempt": "two"},
+    ],
+)  # fmt: skip
+def test_incomplete_headers_are_an_error(headers: dict[str, str]) -> None:
+    with pytest.raises(StepProtocolError):
+        RunContext.from_headers(headers)
+    with pytest.raises(StepProtocolError):
+        SyncRunContext.from_headers(headers)
+
+
+def test_context_without_gateway_reports_attempt_one() -> None:
+    ctx = SyncRunContext.from_headers({})
+    assert (ctx.durable, ctx.run_id, ctx.attempt) == (False, None, 1)
+    assert ctx.step("a", lambda: 5) == 5
+
+
+# --- the example backends --------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    url: str
+    proc: asyncio.subprocess.Process
+
+
+async def start(*argv: str) -> Backend:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, "--port", "0", stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+    assert line.startswith("listening on "), line
+    return Backend(f"http://127.0.0.1:{int(line.split()[-1])}", proc)
+
+
+async def stop(backend: Backend) -> None:
+    if backend.proc.returncode is None:
+        backend.proc.terminate()
+    await backend.proc.wait()
+
+
+BACKENDS = {
+    "python": [sys.executable, "examples/backend.py"],
+    "node": ["node", "examples/node_backend.mjs"],
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    argv = BACKENDS[request.param]
+    if shutil.which(argv[0]) is None:
+        pytest.skip(f"{argv[0]} is not installed")
+    started = await start(*argv)
+    yield started
+    await stop(started)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def get_json(
+    http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
+) -> tuple[int, Any, dict[str, str]]:
+    async with http.request(method, url, **kwargs) as resp:
+        return resp.status, orjson.loads(await resp.read()), dict(resp.headers)
+
+
+async def test_backend_health_and_echo(backend: Backend, http: aiohttp.ClientSession) -> None:
+    status, _, _ = await get_json(http, "GET", backend.url + "/_health")
+    assert status == 200
+    status, echo, _ = await get_json(
+        http,
+        "POST",
+        backend.url + "/demo/echo?a=1&b=two",
+        data=b'{"hello": "world"}',
+        headers={"X-Request-Id": "req-7", "Content-Type": "application/json"},
+    )
+    assert status == 200
+    assert echo["method"] == "POST"
+    assert echo["path"] == "/demo/echo"
+    assert echo["query"] == {"a": "1", "b": "two"}
+    assert echo["headers"]["X-Request-Id"] == "req-7"
+    assert echo["body"] == '{"hello": "world"}'
+    status, echo, _ = await get_json(http, "GET", backend.url + "/demo/echo")
+    assert (status, echo["method"], echo["body"]) == (200, "GET", "")
+
+
+async def test_backend_steps_without_gateway(backend: Backend, http: aiohttp.ClientSession) -> None:
+    status, body, _ = await get_json(http, "POST", backend.url + "/demo/steps?n=2")
+    assert status == 200
+    assert body == {
+        "run_id": None,
+        "attempt": 1,
+        "results": [
+            {"step": 1, "value": "computed on attempt 1"},
+            {"step": 2, "value": "computed on attempt 1"},
+        ],
+    }
+    status, counts, _ = await get_json(http, "GET", backend.url + "/_counts?run_id=none")
+    assert counts == {"counts": {"step-1": 1, "step-2": 1}}
+
+
+async def test_backend_resumes_from_the_failed_step(
+    backend: Backend, http: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    """The README story without a gateway: attempt 1 fails at step 2, attempt 2 resumes."""
+    url = backend.url + "/demo/steps?n=3&fail_at=2"
+    status, body, _ = await get_json(http, "POST", url, headers=sidecar.headers(attempt=1))
+    assert (status, body["attempt"]) == (500, 1)
+    assert list(sidecar.steps) == ["step-1"]
+
+    sidecar.token = "tok-2"
+    headers = sidecar.headers(attempt=2, steps=wire.encode_steps(sidecar.steps))
+    status, body, _ = await get_json(http, "POST", url, headers=headers)
+    assert status == 200
+    assert body["run_id"] == RUN
+    assert [r["value"] for r in body["results"]] == [
+        "computed on attempt 1",
+        "computed on attempt 2",
+        "computed on attempt 2",
+    ]
+    status, counts, _ = await get_json(http, "GET", f"{backend.url}/_counts?run_id={RUN}")
+    assert counts == {"counts": {"step-1": 1, "step-2": 1, "step-3": 1}}
+    status, everything, _ = await get_json(http, "GET", backend.url + "/_counts")
+    assert everything[RUN] == counts["counts"]
+    assert all(c.auth == "Bearer tok-1" for c in sidecar.calls[:1])
+    assert all(c.auth == "Bearer tok-2" for c in sidecar.calls[1:])
+
+
+async def test_backend_fetches_large_step_state(
+    backend: Backend, http: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    sidecar.steps = {"step-1": {"step": 1, "value": "stored"}}
+    headers = sidecar.headers(attempt=2, steps="fetch")
+    status, body, _ = await get_json(http, "GET", backend.url + "/demo/steps?n=2", headers=headers)
+    assert status == 200
+    assert body["results"][0] == {"step": 1, "value": "stored"}
+    assert sidecar.gets() == ["/steps"]
+    assert sidecar.puts() == ["step-2"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "header"),
+    [
+        ("mode=500", 500, None),
+        ("mode=503&retry_after=7", 503, ("Retry-After", "7")),
+        ("mode=400", 400, None),
+        ("mode=noretry", 500, ("Durable-Retry", "no")),
+    ],
+)
+async def test_backend_failure_modes(
+    backend: Backend,
+    http: aiohttp.ClientSession,
+    query: str,
+    status: int,
+    header: tuple[str, str] | None,
+) -> None:
+    url = f"{backend.url}/demo/steps?n=2&fail_at=1&fail_times=2&{query}"
+    for attempt in (1, 2):
+        headers = {"Durable-Attempt": str(attempt)}  # ignored without the other headers
+        got, body, resp_headers = await get_json(http, "POST", url, headers=headers)
+        assert (got, body["attempt"]) == (status, 1)
+        if header is not None:
+            assert resp_headers[header[0]] == header[1]
+
+
+async def test_backend_fail_times_counts_attempts(
+    backend: Backend, http: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    url = f"{backend.url}/demo/steps?n=1&fail_at=1&fail_times=2"
+    statuses = []
+    for attempt in (1, 2, 3):
+        headers = sidecar.headers(attempt=attempt)
+        statuses.append((await get_json(http, "POST", url, headers=headers))[0])
+    assert statuses == [500, 500, 200]
+
+
+async def test_backend_drop_closes_the_connection(
+    backend: Backend, http: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await get_json(http, "POST", backend.url + "/demo/steps?fail_at=1&mode=drop")
+
+
+async def test_backend_rejects_bad_queries(backend: Backend, http: aiohttp.ClientSession) -> None:
+    for query in ("mode=nope", "n=-1", "fail_at=x"):
+        status, _, _ = await get_json(http, "GET", f"{backend.url}/demo/steps?{query}")
+        assert status == 400, query
+
+
+async def test_backend_streams_chunks(backend: Backend, http: aiohttp.ClientSession) -> None:
+    async with http.get(backend.url + "/demo/stream?chunks=3&interval_ms=1") as resp:
+        assert resp.status == 200
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        lines = [line async for line in resp.content]
+    assert lines == [b"chunk 1\n", b"chunk 2\n", b"chunk 3\n"]
+
+
+async def test_python_backend_steps_sync_flag(
+    http: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    started = await start(sys.executable, "examples/backend.py", "--steps-sync")
+    try:
+        url = started.url + "/demo/steps?n=2"
+        status, _, _ = await get_json(http, "POST", url, headers=sidecar.headers())
+    finally:
+        await stop(started)
+    assert status == 200
+    assert [c.query for c in sidecar.calls] == ["durable=sync", "durable=sync"]
+
+
+# --- the framework examples ------------------------------------------------------------
+
+
+def load_example(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def flask_client(sidecar: Sidecar) -> Iterator[Any]:
+    app = load_example("flask_app.py").create_app()
+    yield app.test_client()
+
+
+async def test_flask_example_records_steps(flask_client: Any, sidecar: Sidecar) -> None:
+    text = "first paragraph\n\nsecond paragraph"
+
+    def post(headers: dict[str, str]) -> Any:
+        return flask_client.post("/api/digest", data=text, headers=headers)
+
+    plain = await asyncio.to_thread(post, {})
+    assert plain.status_code == 200 and plain.get_json()["run_id"] is None
+    durable = await asyncio.to_thread(post, sidecar.headers())
+    assert durable.status_code == 200
+    assert durable.get_json()["summaries"] == ["first paragraph", "second paragraph"]
+    assert sidecar.puts() == ["summary", "summary:1", "store"]
+    assert sidecar.calls[-1].query == "durable=sync"
+
+
+async def test_starlette_example_records_steps(sidecar: Sidecar) -> None:
+    from starlette.testclient import TestClient
+
+    app = load_example("starlette_app.py").create_app()
+
+    def post() -> Any:
+        with TestClient(app) as client:
+            return client.post("/api/order", json={"sku": "A1"}, headers=sidecar.headers())
+
+    resp = await asyncio.to_thread(post)
+    assert resp.status_code == 200
+    assert resp.json() == {"run_id": RUN, "order": "ok", "charge": f"ch_{RUN}:charge"[-11:]}
+    assert sidecar.puts() == ["quote", "charge"]
+
+
+AwaitableFactory = Callable[[], Awaitable[Any]]
