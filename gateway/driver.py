@@ -210,8 +210,11 @@ class Driver:
                 self._in_attempt += 1
                 self._drained.clear()
                 try:
-                    async with self._slot(run):
+                    async with self._slot(run, wait_forever=attempt > 1):
                         outcome, stored = await self._attempt(live, attempt)
+                except Unavailable as exc:  # the first attempt queued past queue_timeout
+                    self._finish(live, self._problem(run, 503, "queue-timeout", str(exc)))
+                    return
                 finally:
                     live.in_attempt = False
                     self._in_attempt -= 1
@@ -257,8 +260,12 @@ class Driver:
                 live.sink = None
 
     @contextlib.asynccontextmanager
-    async def _slot(self, run: Run) -> AsyncIterator[None]:
-        """A place in the route's concurrency queue for one attempt; a run waits for it."""
+    async def _slot(self, run: Run, *, wait_forever: bool) -> AsyncIterator[None]:
+        """A place in the route's concurrency queue for one attempt.
+
+        `queue_timeout` bounds only the first attempt's wait (the client is refused with
+        a 503); a run that has started waits as long as it takes for its retries.
+        """
         limiter = self.limits.concurrency.get(run.route.name)
         if limiter is None:
             yield
@@ -268,7 +275,8 @@ class Driver:
                 await limiter.acquire(run.limit_key)
                 break
             except Unavailable:
-                continue  # queue_timeout bounds a client's wait, not a durable run's
+                if not wait_forever:
+                    raise
         try:
             yield
         finally:
@@ -342,17 +350,16 @@ class Driver:
             f"upstream {run.route.upstream} gave no response: "
             f"{outcome.detail or outcome.kind.value}; {reason}"
         )
-        body = problem_body(
-            502,
-            "upstream-failed",
-            "Upstream failed",
-            detail,
-            run.run_id,
-            attempts=run.attempt,
-            outcome=outcome.kind.value,
-        )
+        return self._problem(run, 502, "upstream-failed", detail, outcome=outcome.kind.value)
+
+    def _problem(
+        self, run: Run, status: int, type_: str, detail: str, **extra: object
+    ) -> StoredResponse:
+        """A gateway-made final response for a run, as problem+json."""
+        title = "Upstream failed" if status == 502 else "Service unavailable"
+        body = problem_body(status, type_, title, detail, run.run_id, attempts=run.attempt, **extra)
         headers = [("Content-Type", CONTENT_TYPE), (wire.RUN_ID, run.run_id)]
-        return StoredResponse(502, headers, body)
+        return StoredResponse(status, headers, body)
 
     def _finish(self, live: LiveRun, response: StoredResponse) -> None:
         run = live.run

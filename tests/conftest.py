@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.helpers import ROOT, Proc, free_port, python, wait_http_ok
 
@@ -121,3 +124,29 @@ def durable_route(upstream: str, name: str = "demo", path: str = "/demo/*", **se
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@dataclass
+class HeldBackend:
+    """A backend that records each attempt's headers and answers when the test says so."""
+
+    attempts: asyncio.Queue[dict[str, str]] = field(default_factory=asyncio.Queue)
+    answers: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await self.attempts.put(dict(request.headers))
+        status = await self.answers.get()
+        return web.json_response({"status": status}, status=status)
+
+
+@pytest.fixture
+async def held() -> AsyncIterator[HeldBackend]:
+    backend = HeldBackend()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", backend.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    backend.url = str(server.make_url("")).rstrip("/")
+    yield backend
+    await server.close()

@@ -206,11 +206,13 @@ def _prepare_path(path: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+async def _connect(path: str, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
     # isolation_level=None: autocommit, so the only transactions are our explicit BEGINs.
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if read_only:
+            await conn.execute("PRAGMA query_only = ON")
     except BaseException:
         await conn.close()
         raise
@@ -243,7 +245,7 @@ class SqliteStore:
         path = path_from_url(url)
         _prepare_path(path)
         async with _mapped_errors(f"opening {path}"):
-            writer = await _connect(path, busy_timeout_ms)
+            writer = await _connect(path, busy_timeout_ms, read_only=False)
             try:
                 async with writer.execute("PRAGMA journal_mode = WAL") as cur:
                     mode = await cur.fetchone()
@@ -261,8 +263,7 @@ class SqliteStore:
                     log.info("sqlite %s: applied schema migrations %s", path, applied)
                 reader = writer
                 if path != MEMORY:
-                    reader = await _connect(path, busy_timeout_ms)
-                    await reader.execute("PRAGMA query_only = ON")
+                    reader = await _connect(path, busy_timeout_ms, read_only=True)
             except BaseException:
                 await writer.close()
                 raise

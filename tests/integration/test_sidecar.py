@@ -3,41 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import aiohttp
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from tests.conftest import GatewayFactory, durable_route
-
-
-@dataclass
-class HeldBackend:
-    """A backend that records each attempt's headers and answers when the test says so."""
-
-    attempts: asyncio.Queue[dict[str, str]] = field(default_factory=asyncio.Queue)
-    answers: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
-    url: str = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        await self.attempts.put(dict(request.headers))
-        status = await self.answers.get()
-        return web.json_response({"status": status}, status=status)
-
-
-@pytest.fixture
-async def held() -> AsyncIterator[HeldBackend]:
-    backend = HeldBackend()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", backend.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    backend.url = str(server.make_url("")).rstrip("/")
-    yield backend
-    await server.close()
+from tests.conftest import GatewayFactory, HeldBackend, durable_route
 
 
 async def start_run(
@@ -150,5 +119,21 @@ async def test_sidecar_rejects_bad_input_and_oversize(
         assert r.status == 201
     async with http.put(f"{base}/steps/third", json={"output": 3}, headers=auth) as r:
         assert r.status == 413  # max_steps
+    await held.answers.put(200)
+    (await request).release()
+
+
+async def test_large_steps_are_fetched_not_inlined(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    base, first, request, _ = await start_run(gateway_factory, held, http)
+    big = "z" * 5000
+    async with http.put(f"{base}/steps/big", json={"output": big}, headers=bearer(first)) as r:
+        assert r.status == 201
+    await held.answers.put(503)
+    second = await asyncio.wait_for(held.attempts.get(), 10)
+    assert second["Durable-Steps"] == "fetch"
+    async with http.get(f"{base}/steps", headers=bearer(second)) as r:
+        assert await r.json() == {"steps": {"big": {"output": big}}}
     await held.answers.put(200)
     (await request).release()
