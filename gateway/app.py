@@ -13,7 +13,7 @@ import signal
 
 from aiohttp import web
 
-from gateway import admin, attempts, ingress, results, sidecar
+from gateway import admin, attempts, ingress, metrics, results, sidecar
 from gateway.config import GatewayConfig
 from gateway.driver import Driver
 from gateway.limits import Limits
@@ -45,6 +45,7 @@ async def build_services(config: GatewayConfig) -> Services:
     secret = config.security.secret or await store.set_meta_if_absent("secret", new_secret())
     tokens = Tokens(secret.encode())
     writer = Writer(store)
+    writer.on_commit = metrics.observe_commit
     writer.start()
     session = attempts.new_session()
     limits = Limits(config.routes)

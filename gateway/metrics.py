@@ -82,3 +82,9 @@ STORE_BATCH = Histogram(
 )
 STORE_QUEUE = Gauge("durable_store_queue_depth", "Writes queued and not yet committed.")
 IN_FLIGHT = Gauge("durable_runs_in_flight", "Runs live in this process (running or waiting).")
+
+
+def observe_commit(writes: int, seconds: float) -> None:
+    """The writer's commit hook: one group-commit transaction finished."""
+    STORE_BATCH.observe(writes)
+    STORE_WRITE.observe(seconds)
