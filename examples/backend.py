@@ -14,7 +14,7 @@ Endpoints:
                      Durable-Retry: no)
       delay_ms=D     sleep D ms before answering (every attempt)
   GET /demo/stream?chunks=5&interval_ms=100   one line per chunk, streamed
-  *   /demo/echo     method, path, query, headers and body back as JSON
+  *   /demo/echo     method, path, query, headers (names lowercased) and body, as JSON
   GET /_counts[?run_id=]   how often each step's function ran
   GET /_health
 """
@@ -135,9 +135,10 @@ async def demo_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def demo_echo(request: web.Request) -> web.Response:
-    """What arrived, as JSON; repeated headers are joined with ", "."""
+    """What arrived, as JSON: header names lowercased, repeated headers joined with ", "."""
     headers: dict[str, str] = {}
     for name, value in request.headers.items():
+        name = name.lower()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return web.json_response(
         {

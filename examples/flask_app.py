@@ -30,8 +30,8 @@ def summarise(text: str) -> str:
 
 def create_app() -> Flask:
     app = Flask(__name__)
-    # One per process: keeps a keep-alive connection to the sidecar per worker thread.
-    steps = SyncStepClient()
+    # One per app: keeps a keep-alive connection to the sidecar per worker thread.
+    steps = app.extensions["step_client"] = SyncStepClient()
 
     @app.post("/api/digest")
     def digest() -> ResponseReturnValue:

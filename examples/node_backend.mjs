@@ -252,10 +252,11 @@ async function demoStream(req, res, query) {
 }
 
 function demoEcho(req, res, url, body) {
-  // rawHeaders keeps the names as sent (like the Python backend); repeats are joined.
+  // Names lowercased and repeats joined with ", ", like the Python backend (rawHeaders,
+  // because req.headers would keep only the first of some repeated headers).
   const headers = {};
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
-    const [name, value] = [req.rawHeaders[i], req.rawHeaders[i + 1]];
+    const [name, value] = [req.rawHeaders[i].toLowerCase(), req.rawHeaders[i + 1]];
     headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
   }
   sendJson(res, 200, {

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from step_protocol import wire
 
@@ -28,6 +29,8 @@ T = TypeVar("T")
 log = logging.getLogger("step_protocol")
 
 _JSON: Final = "application/json"
+_TIMEOUT: Final = 30.0
+"""Seconds a sidecar call may take; a `?durable=sync` write waits for a commit."""
 
 
 class HeadersLike(Protocol):
@@ -124,6 +127,8 @@ class _Journal:
 
     def next_id(self, base: str) -> str:
         """`base` first, then `base:1`, `base:2`, … (stable for a deterministic handler)."""
+        if not base:
+            raise ValueError("a step id must not be empty")
         n = self.uses.get(base, 0)
         self.uses[base] = n + 1
         step_id = f"{base}:{n}" if n else base
@@ -299,11 +304,13 @@ class RunContext:
 
     async def _request(self, method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
         headers = self._auth if body is None else {**self._auth, "Content-Type": _JSON}
+        # encoded=True: send the step id's percent-encoding as is (yarl would unquote `%3A`).
+        target = URL(url, encoded=True)
         try:
-            if self._session is not None:
-                async with self._session.request(method, url, data=body, headers=headers) as resp:
+            if (session := self._session) is not None:
+                async with session.request(method, target, data=body, headers=headers) as resp:
                     return resp.status, await resp.read()
-            async with aiohttp.request(method, url, data=body, headers=headers) as resp:
+            async with aiohttp.request(method, target, data=body, headers=headers) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _unreachable(exc) from exc
@@ -326,7 +333,7 @@ class StepClient:
 
     __slots__ = ("_session", "_timeout", "_limit")
 
-    def __init__(self, *, timeout: float = 30.0, limit: int = 100) -> None:
+    def __init__(self, *, timeout: float = _TIMEOUT, limit: int = 100) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._timeout = timeout
         self._limit = limit
@@ -375,16 +382,17 @@ def _connect(origin: _Origin, timeout: float) -> http.client.HTTPConnection:
 class SyncStepClient:
     """Keep-alive connections to the sidecar for blocking handlers: one per thread and host.
 
-    Create it once per process; `close()` closes every connection it opened.
+    Create it once per process; `close()` (or garbage collection) closes them all.
     """
 
-    __slots__ = ("_local", "_all", "_lock", "_timeout")
+    __slots__ = ("_conns", "_lock", "_timeout", "__weakref__")
 
-    def __init__(self, *, timeout: float = 30.0) -> None:
-        self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+    def __init__(self, *, timeout: float = _TIMEOUT) -> None:
+        # Keyed by thread: http.client connections must not be shared between threads.
+        self._conns: dict[tuple[int, _Origin], http.client.HTTPConnection] = {}
         self._lock = threading.Lock()
         self._timeout = timeout
+        weakref.finalize(self, _close_all, self._conns)
 
     def context(self, headers: HeadersLike) -> SyncRunContext:
         """The SyncRunContext for one request."""
@@ -392,23 +400,19 @@ class SyncStepClient:
 
     def connection(self, origin: _Origin, *, fresh: bool = False) -> http.client.HTTPConnection:
         """This thread's connection to `origin`; `fresh` replaces one the server closed."""
-        pool: dict[_Origin, http.client.HTTPConnection] | None = getattr(self._local, "pool", None)
-        if pool is None:
-            pool = self._local.pool = {}
-        conn = pool.get(origin)
-        if conn is None or fresh:
-            if conn is not None:
-                conn.close()
-            conn = pool[origin] = _connect(origin, self._timeout)
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        key = (threading.get_ident(), origin)
+        with self._lock:
+            conn = self._conns.get(key)
+            if conn is not None and not fresh:
+                return conn
+            self._conns[key] = new = _connect(origin, self._timeout)
+        if conn is not None:
+            conn.close()
+        return new
 
     def close(self) -> None:
         with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+            _close_all(self._conns)
 
     def __enter__(self) -> Self:
         return self
@@ -519,7 +523,7 @@ class SyncRunContext:
         if self._own and not fresh:
             return self._own[-1]
         _close_all(self._own)
-        self._own.append(_connect(self._origin, 30.0))
+        self._own.append(_connect(self._origin, _TIMEOUT))
         return self._own[-1]
 
     def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
@@ -554,7 +558,9 @@ def _unreachable(exc: BaseException) -> SidecarError:
     return SidecarError(None, {"detail": f"sidecar unreachable: {exc!r}"})
 
 
-def _close_all(conns: list[http.client.HTTPConnection]) -> None:
-    for conn in conns:
+def _close_all(
+    conns: list[http.client.HTTPConnection] | dict[Any, http.client.HTTPConnection],
+) -> None:
+    for conn in conns.values() if isinstance(conns, dict) else conns:
         conn.close()
     conns.clear()

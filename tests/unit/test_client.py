@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 
 from step_protocol import (
@@ -63,6 +64,8 @@ class Sidecar:
     put_status: int | None = None
     """Force every output PUT to answer this status (with a problem body)."""
     transports: list[asyncio.Transport] = field(default_factory=list)
+    on_record: Callable[[str], None] | None = None
+    """Called with each step id the stub records, from the server's loop."""
 
     def headers(self, *, attempt: int = 1, steps: str | None = None) -> dict[str, str]:
         headers = {
@@ -87,6 +90,9 @@ class Sidecar:
         return [c.raw_path.removeprefix(f"/v1/runs/{RUN}") for c in self.calls if c.method == "GET"]
 
 
+STUB = web.AppKey("stub", Sidecar)
+
+
 def problem(status: int, slug: str) -> web.Response:
     body = {"type": PROBLEM + slug, "title": slug, "status": status, "detail": slug}
     return web.Response(
@@ -95,7 +101,7 @@ def problem(status: int, slug: str) -> web.Response:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    stub: Sidecar = request.app["stub"]
+    stub = request.app[STUB]
     assert request.transport is not None
     if request.transport not in stub.transports:
         stub.transports.append(request.transport)
@@ -127,7 +133,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     assert request.method == "PUT" and isinstance(body, dict)
     if "error" in body:
         stub.errors.append((step_id, body["error"]["message"]))
-        return web.json_response({}, status=202)
+        return web.json_response({"recorded": "error"})
     if stub.put_status is not None:
         return problem(stub.put_status, "too-large" if stub.put_status == 413 else "unavailable")
     if step_id in stub.steps:
@@ -135,6 +141,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return web.json_response({})
         return problem(409, "step-conflict")
     stub.steps[step_id] = body["output"]
+    if stub.on_record is not None:
+        stub.on_record(step_id)
     return web.json_response({}, status=201)
 
 
@@ -142,7 +150,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def sidecar(aiohttp_server: AiohttpServer) -> Sidecar:
     stub = Sidecar()
     app = web.Application()
-    app["stub"] = stub
+    app[STUB] = stub
     app.router.add_route("*", "/{tail:.*}", handle)
     server = await aiohttp_server(app)
     stub.base = str(server.make_url(f"/v1/runs/{RUN}"))
@@ -212,9 +220,7 @@ class Counter:
 # --- client scenarios ------------------------------------------------------------------
 
 
-async def test_new_steps_are_put_with_the_bearer_token(
-    sidecar: Sidecar, make_ctx: MakeCtx
-) -> None:
+async def test_new_steps_are_put_with_the_bearer_token(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
     ctx = make_ctx(sidecar.headers())
     assert ctx.durable
     assert await ctx.step("quote", lambda: {"total": 42}) == {"total": 42}
@@ -243,7 +249,7 @@ async def test_memoized_steps_are_not_run_again(sidecar: Sidecar, make_ctx: Make
 async def test_repeated_ids_are_numbered(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
     ctx = make_ctx(sidecar.headers())
     for i in range(3):
-        assert await ctx.step("item", lambda i=i: i * 10) == i * 10
+        assert await ctx.step("item", Counter(i * 10)) == i * 10
     await ctx.step("other", lambda: "x")
     assert sidecar.puts() == ["item", "item:1", "item:2", "other"]
     assert sidecar.steps == {"item": 0, "item:1": 10, "item:2": 20, "other": "x"}
@@ -367,6 +373,8 @@ async def test_step_ids_are_limited(sidecar: Sidecar, make_ctx: MakeCtx) -> None
     await ctx.step("x" * wire.MAX_STEP_ID, fn)
     with pytest.raises(ValueError, match="longer than"):
         await ctx.step("x" * (wire.MAX_STEP_ID + 1), fn)
+    with pytest.raises(ValueError, match="empty"):
+        await ctx.step("", fn)
     assert fn.runs == 1
 
 
@@ -411,18 +419,18 @@ async def test_gathered_steps_are_numbered_in_call_order(sidecar: Sidecar) -> No
         await release.wait()
         return value
 
-    first, second = asyncio.Event(), asyncio.Event()
+    first, second, second_recorded = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    sidecar.on_record = lambda step_id: second_recorded.set() if step_id == "llm:1" else None
     async with StepClient() as client:
         ctx = client.context(sidecar.headers(steps="fetch"))
-        sidecar.steps = {}
         second.set()  # the second call finishes first: ids must not follow completion order
-        task = asyncio.gather(
-            ctx.step("llm", lambda: slow("one", first)), ctx.step("llm", lambda: slow("two", second))
+        both = asyncio.gather(
+            ctx.step("llm", lambda: slow("one", first)),
+            ctx.step("llm", lambda: slow("two", second)),
         )
-        while "llm:1" not in sidecar.steps:
-            await asyncio.sleep(0)
+        await second_recorded.wait()
         first.set()
-        assert await task == ["one", "two"]
+        assert list(await both) == ["one", "two"]
     assert sidecar.steps == {"llm": "one", "llm:1": "two"}
     assert sidecar.gets() == ["/steps"]  # concurrent first needs share one fetch
 
@@ -434,7 +442,7 @@ async def test_clients_keep_one_connection_alive(sidecar: Sidecar, flavour: str)
             for request in range(2):
                 ctx = client.context(sidecar.headers())
                 for i in range(3):
-                    await ctx.step(f"s{request}-{i}", lambda: i)
+                    await ctx.step(f"s{request}-{i}", Counter(i))
     else:
 
         def run() -> None:
@@ -442,7 +450,7 @@ async def test_clients_keep_one_connection_alive(sidecar: Sidecar, flavour: str)
                 for request in range(2):
                     ctx = sync_client.context(sidecar.headers())
                     for i in range(3):
-                        ctx.step(f"s{request}-{i}", lambda: i)
+                        ctx.step(f"s{request}-{i}", Counter(i))
 
         await asyncio.to_thread(run)
     assert len(sidecar.calls) == 6
@@ -473,8 +481,6 @@ def test_header_names_are_case_insensitive(headers: dict[str, str]) -> None:
 
 
 async def test_multidict_headers(sidecar: Sidecar) -> None:
-    from multidict import CIMultiDict
-
     ctx = RunContext.from_headers(CIMultiDict(sidecar.headers(attempt=4)))
     assert (ctx.durable, ctx.run_id, ctx.attempt) == (True, RUN, 4)
 
@@ -551,9 +557,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def get_json(
     http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
-) -> tuple[int, Any, dict[str, str]]:
+) -> tuple[int, Any, CIMultiDict[str]]:
     async with http.request(method, url, **kwargs) as resp:
-        return resp.status, orjson.loads(await resp.read()), dict(resp.headers)
+        return resp.status, orjson.loads(await resp.read()), CIMultiDict(resp.headers)
 
 
 async def test_backend_health_and_echo(backend: Backend, http: aiohttp.ClientSession) -> None:
@@ -570,7 +576,7 @@ async def test_backend_health_and_echo(backend: Backend, http: aiohttp.ClientSes
     assert echo["method"] == "POST"
     assert echo["path"] == "/demo/echo"
     assert echo["query"] == {"a": "1", "b": "two"}
-    assert echo["headers"]["X-Request-Id"] == "req-7"
+    assert echo["headers"]["x-request-id"] == "req-7"  # names are lowercased
     assert echo["body"] == '{"hello": "world"}'
     status, echo, _ = await get_json(http, "GET", backend.url + "/demo/echo")
     assert (status, echo["method"], echo["body"]) == (200, "GET", "")
@@ -716,7 +722,8 @@ def load_example(name: str) -> Any:
 @pytest.fixture
 def flask_client(sidecar: Sidecar) -> Iterator[Any]:
     app = load_example("flask_app.py").create_app()
-    yield app.test_client()
+    with app.extensions["step_client"]:
+        yield app.test_client()
 
 
 async def test_flask_example_records_steps(flask_client: Any, sidecar: Sidecar) -> None:
@@ -734,19 +741,57 @@ async def test_flask_example_records_steps(flask_client: Any, sidecar: Sidecar) 
     assert sidecar.calls[-1].query == "durable=sync"
 
 
+async def call_asgi(
+    app: Any, method: str, path: str, headers: dict[str, str], body: bytes
+) -> tuple[int, bytes]:
+    """One request through an ASGI app, inside its lifespan (no httpx or uvicorn needed)."""
+    lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    sent: list[dict[str, Any]] = []
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client never disconnects
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    lifespan_scope = {"type": "lifespan", "asgi": {"version": "3.0"}}
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(app(lifespan_scope, lifespan_in.get, lifespan_out.put))
+        await lifespan_in.put({"type": "lifespan.startup"})
+        assert (await lifespan_out.get())["type"] == "lifespan.startup.complete"
+        await app(scope, receive, send)
+        await lifespan_in.put({"type": "lifespan.shutdown"})
+        assert (await lifespan_out.get())["type"] == "lifespan.shutdown.complete"
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
 async def test_starlette_example_records_steps(sidecar: Sidecar) -> None:
-    from starlette.testclient import TestClient
-
     app = load_example("starlette_app.py").create_app()
-
-    def post() -> Any:
-        with TestClient(app) as client:
-            return client.post("/api/order", json={"sku": "A1"}, headers=sidecar.headers())
-
-    resp = await asyncio.to_thread(post)
-    assert resp.status_code == 200
-    assert resp.json() == {"run_id": RUN, "order": "ok", "charge": f"ch_{RUN}:charge"[-11:]}
+    headers = {**sidecar.headers(), "Content-Type": "application/json"}
+    status, body = await call_asgi(app, "POST", "/api/order", headers, b'{"sku": "A1"}')
+    assert status == 200
+    assert orjson.loads(body) == {"run_id": RUN, "order": "ok", "charge": "ch_3:charge"}
     assert sidecar.puts() == ["quote", "charge"]
-
-
-AwaitableFactory = Callable[[], Awaitable[Any]]
+    assert [c.query for c in sidecar.calls] == ["", "durable=sync"]
