@@ -12,6 +12,7 @@ import time
 from aiohttp import web
 
 from gateway import delivery
+from gateway.delivery import Prefer
 from gateway.errors import NotFound
 from gateway.services import SERVICES, Services
 from gateway.store import StoredResponse
@@ -61,7 +62,7 @@ async def get_result(request: web.Request) -> web.StreamResponse:
             return replay(live.run.response)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return _pending(request, run_id, prefer.wait is not None, live.run.status.value)
+            return _pending(request, run_id, prefer, live.run.status.value)
         try:
             async with asyncio.timeout(remaining):
                 await changed.wait()
@@ -72,13 +73,15 @@ async def get_result(request: web.Request) -> web.StreamResponse:
         raise NotFound("no such run, or a wrong token")
     if row.response is not None:
         return replay(row.response)
-    return _pending(request, run_id, False, row.status)
+    return _pending(request, run_id, prefer, row.status)
 
 
-def _pending(request: web.Request, run_id: str, honoured_wait: bool, status: str) -> web.Response:
+def _pending(request: web.Request, run_id: str, prefer: Prefer, status: str) -> web.Response:
+    """Still running after the long-poll: come back to the same URL."""
     headers = {"Location": str(request.url), "Retry-After": "1", wire.RUN_ID: run_id}
-    if honoured_wait:
-        headers["Preference-Applied"] = request.headers.get("Prefer", "").strip()
+    applied = delivery.preference_applied(prefer, honoured_async=False, honoured_wait=True)
+    if applied:
+        headers["Preference-Applied"] = applied
     return web.json_response({"run_id": run_id, "status": status}, status=202, headers=headers)
 
 
