@@ -13,9 +13,12 @@ Endpoints:
                      (close the connection) | hang (sleep an hour) | 400 | noretry (500 with
                      Durable-Retry: no)
       delay_ms=D     sleep D ms before answering (every attempt)
+      pause_ms=P     sleep P ms after each step (to catch a run mid-step)
+      chaos=X        before each step, fail with probability X (500 or drop), any attempt
   GET /demo/stream?chunks=5&interval_ms=100   one line per chunk, streamed
   *   /demo/echo     method, path, query, headers (names lowercased) and body, as JSON
   GET /_counts[?run_id=]   how often each step's function ran
+  GET /_violations   steps whose function ran again after the gateway acknowledged them
   GET /_health
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import signal
 import sys
 from collections import defaultdict
@@ -43,11 +47,23 @@ Counts = defaultdict[str, defaultdict[str, int]]
 STEPS: web.AppKey[StepClient] = web.AppKey("steps", StepClient)
 COUNTS: web.AppKey[Counts] = web.AppKey("counts", defaultdict)
 STEPS_SYNC: web.AppKey[bool] = web.AppKey("steps_sync", bool)
+ACKED: web.AppKey[set[tuple[str, str]]] = web.AppKey("acked", set)
+VIOLATIONS: web.AppKey[list[str]] = web.AppKey("violations", list)
 MODES = ("500", "503", "drop", "hang", "400", "noretry")
 
 
 class BadQuery(ValueError):
     """A query parameter the demo does not understand."""
+
+
+def _float(query: dict[str, str], name: str, default: float) -> float:
+    try:
+        value = float(query.get(name, default))
+    except ValueError:
+        raise BadQuery(f"{name} must be a number") from None
+    if not 0 <= value <= 1:
+        raise BadQuery(f"{name} must be between 0 and 1")
+    return value
 
 
 def _int(query: dict[str, str], name: str, default: int, *, low: int = 0) -> int:
@@ -69,6 +85,8 @@ async def demo_steps(request: web.Request) -> web.StreamResponse:
         fail_times = _int(query, "fail_times", 1)
         retry_after = _int(query, "retry_after", 1)
         delay_ms = _int(query, "delay_ms", 0)
+        pause_ms = _int(query, "pause_ms", 0)
+        chaos = _float(query, "chaos", 0.0)
         mode = query.get("mode", "500")
         if mode not in MODES:
             raise BadQuery(f"mode must be one of {', '.join(MODES)}")
@@ -78,20 +96,28 @@ async def demo_steps(request: web.Request) -> web.StreamResponse:
     ctx = request.app[STEPS].context(request.headers)
     run_key = ctx.run_id or "none"
     counts = request.app[COUNTS][run_key]
+    acked = request.app[ACKED]
     failing = ctx.attempt <= fail_times
     results: list[Any] = []
     for i in range(1, n + 2):
         if i == fail_at and failing:
             return await _fail(request, mode, ctx.attempt, retry_after)
+        if chaos and i <= n and random.random() < chaos:
+            return await _fail(request, random.choice(("500", "drop")), ctx.attempt, 0)
         if i > n:
             break
         step_id = f"step-{i}"
 
         def work(i: int = i, step_id: str = step_id) -> dict[str, Any]:
             counts[step_id] += 1
+            if (run_key, step_id) in acked:  # the gateway had acknowledged it: must not rerun
+                request.app[VIOLATIONS].append(f"{run_key}/{step_id}")
             return {"step": i, "value": f"computed on attempt {ctx.attempt}"}
 
         results.append(await ctx.step(step_id, work, sync=request.app[STEPS_SYNC]))
+        acked.add((run_key, step_id))
+        if pause_ms:
+            await asyncio.sleep(pause_ms / 1000)
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
     return web.json_response({"run_id": ctx.run_id, "attempt": ctx.attempt, "results": results})
@@ -151,6 +177,11 @@ async def demo_echo(request: web.Request) -> web.Response:
     )
 
 
+async def violations(request: web.Request) -> web.Response:
+    """Steps whose function ran again after the gateway had acknowledged them."""
+    return web.json_response({"violations": request.app[VIOLATIONS]})
+
+
 async def counts(request: web.Request) -> web.Response:
     all_counts = request.app[COUNTS]
     run_id = request.query.get("run_id")
@@ -167,6 +198,8 @@ def make_app(*, steps_sync: bool = False) -> web.Application:
     app = web.Application()
     step_counts: Counts = defaultdict(lambda: defaultdict(int))
     app[COUNTS] = step_counts
+    app[ACKED] = set()
+    app[VIOLATIONS] = []
     app[STEPS_SYNC] = steps_sync
 
     async def step_client(app: web.Application) -> AsyncIterator[None]:
@@ -180,6 +213,7 @@ def make_app(*, steps_sync: bool = False) -> web.Application:
     app.router.add_get("/demo/stream", demo_stream)
     app.router.add_route("*", "/demo/echo", demo_echo)
     app.router.add_get("/_counts", counts)
+    app.router.add_get("/_violations", violations)
     app.router.add_get("/_health", health)
     return app
 

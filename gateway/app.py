@@ -8,20 +8,23 @@ then close the store and the upstream session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
 from aiohttp import web
 
-from gateway import admin, attempts, ingress, metrics, results, sidecar
+from gateway import admin, attempts, ingress, leases, metrics, recovery, results, retention, sidecar
 from gateway.config import GatewayConfig
-from gateway.driver import Driver
+from gateway.driver import LEASE_TTL, Driver
+from gateway.errors import StoreUnavailable
 from gateway.limits import Limits
 from gateway.problems import problems_middleware
 from gateway.routes import RouteTable
 from gateway.services import SERVICES, Services
 from gateway.store import open_store
 from gateway.store.writer import Writer
+from gateway.tasks import spawn
 from gateway.tokens import Tokens, new_secret
 
 log = logging.getLogger("gateway")
@@ -98,6 +101,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     apps = build_apps(services)
     addresses = (config.server.ingress, config.server.sidecar, config.server.admin)
     runners: list[web.AppRunner] = []
+    background: list[asyncio.Task[None]] = []
     try:
         for app, (host, port) in zip(apps, addresses, strict=True):
             runner = web.AppRunner(
@@ -110,6 +114,17 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_address=True).start()
         services.ready = True
+        await recovery.recover(services.driver, services.store, config.routes)
+        background += [
+            spawn(
+                leases.renew_forever(services.store, services.driver.node_id, LEASE_TTL),
+                name="lease-renewer",
+            ),
+            spawn(
+                retention.purge_forever(services.store, config.storage.retention),
+                name="retention",
+            ),
+        ]
         log.info(
             "listening ingress=%s:%d sidecar=%s:%d admin=%s:%d store=%s durability=%s",
             *addresses[0],
@@ -121,6 +136,8 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         await stop.wait()
         log.info("shutting down (grace %.1fs)", config.server.shutdown_grace)
     finally:
+        for task in background:
+            task.cancel()
         await _shutdown(services, runners)
 
 
@@ -133,6 +150,8 @@ async def _shutdown(services: Services, runners: list[web.AppRunner]) -> None:
     for runner in runners:  # phase 3: listeners
         await runner.cleanup()
     await services.writer.close(timeout=services.config.server.shutdown_grace)  # phase 4
+    with contextlib.suppress(StoreUnavailable):  # the next start (or node) takes over at once
+        await services.store.release_leases(services.driver.node_id)
     await services.session.close()
     await services.store.close()
     log.info("stopped")

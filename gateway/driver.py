@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -43,6 +45,9 @@ from gateway.tokens import Tokens, new_run_id
 from step_protocol import wire
 
 log = logging.getLogger("gateway.driver")
+
+LEASE_TTL = 30.0
+"""Seconds a run's lease lasts unless renewed; another node may take the run after it."""
 
 
 class ClientSink:
@@ -87,6 +92,10 @@ class ClientSink:
             self.done.set_result(None)
 
 
+class _QueueTimeout(Exception):
+    """A new run's first attempt waited past its route's queue_timeout."""
+
+
 @dataclass(slots=True, eq=False)
 class LiveRun:
     """A run this process drives, with what its waiters need."""
@@ -96,6 +105,12 @@ class LiveRun:
     """The held original client, until an attempt streams into it or it is redirected."""
     in_attempt: bool = False
     task: asyncio.Task[None] | None = None
+    created: asyncio.Future[None] | None = None
+    """Resolves once the run's record is committed: wait for it before handing out its URL."""
+    idempotency: tuple[str, str, str] | None = None
+    """(route, key, fingerprint) when the request carried an Idempotency-Key."""
+    final_commit: asyncio.Future[None] | None = None
+    """Resolves once the final response is committed."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def changed(self) -> asyncio.Event:
@@ -129,6 +144,9 @@ class Driver:
         self._rng = random.Random()
         self._in_attempt = 0
         self._drained = asyncio.Event()
+        self._idempotent: dict[tuple[str, str], LiveRun] = {}
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[:8]}"
+        """Owner name of this process's leases."""
 
     def get(self, run_id: str) -> LiveRun | None:
         return self._live.get(run_id)
@@ -137,18 +155,56 @@ class Driver:
     def live_count(self) -> int:
         return len(self._live)
 
-    def admit(self, route: RouteConfig, request: StoredRequest, limit_key: str = "") -> LiveRun:
-        """Create a run, queue its record, and start driving it; never waits on storage."""
+    def admit(
+        self,
+        route: RouteConfig,
+        request: StoredRequest,
+        *,
+        limit_key: str = "",
+        idempotency: tuple[str, str] | None = None,
+    ) -> LiveRun:
+        """Create a run, queue its record, and start driving it; never waits on storage.
+
+        `idempotency` is (key, fingerprint); the key is stored with the run in one
+        transaction, and indexed here so a concurrent duplicate attaches at once.
+        """
         if not self.accepting:
             raise Unavailable("the gateway is shutting down")
         now = time.time()
-        run = Run(new_run_id(), route, request, now, limit_key=limit_key)
+        run = Run(new_run_id(), route, request, now, attempt=1, limit_key=limit_key)
         live = LiveRun(run)
-        self._live[run.run_id] = live
-        metrics.IN_FLIGHT.inc()
-        self.writer.submit(CreateRun(run.run_id, route.name, request, now))
-        live.task = spawn(self._drive(live), name=f"run-{run.run_id}")
+        live.created = self.writer.submit(
+            CreateRun(
+                run.run_id,
+                route.name,
+                request,
+                now,
+                attempt=1,
+                owner=self.node_id,
+                lease_until=now + LEASE_TTL,
+                idempotency=idempotency,
+            )
+        )
+        if idempotency is not None:
+            live.idempotency = (route.name, idempotency[0], idempotency[1])
+            self._idempotent[live.idempotency[:2]] = live
+        self._start(live, resumed=False)
         return live
+
+    def adopt(self, run: Run) -> LiveRun:
+        """Drive a run recovered from the store, from its next attempt."""
+        live = LiveRun(run)
+        self._start(live, resumed=True)
+        return live
+
+    def _start(self, live: LiveRun, *, resumed: bool) -> None:
+        self._live[live.run.run_id] = live
+        metrics.IN_FLIGHT.inc()
+        live.task = spawn(self._drive(live, resumed=resumed), name=f"run-{live.run.run_id}")
+
+    def attached(self, route: str, key: str) -> LiveRun | None:
+        """The live run an idempotency key belongs to, if it is live here."""
+        return self._idempotent.get((route, key))
 
     # --- steps (reported by the sidecar) ------------------------------------------
 
@@ -163,6 +219,11 @@ class Driver:
         if attempt != run.attempt or run.finished:
             raise StaleAttempt(
                 f"attempt {attempt} is superseded (current: {run.attempt})", run_id=run_id
+            )
+        if not self.writer.healthy:
+            raise Unavailable(
+                f"storage cannot take writes ({self.writer.last_error}); retry the step later",
+                run_id=run_id,
             )
         result = run.record_step(step_id, output)
         metrics.STEPS.labels(result.value).inc()
@@ -190,74 +251,91 @@ class Driver:
 
     # --- the run loop -----------------------------------------------------------------
 
-    async def _drive(self, live: LiveRun) -> None:
+    async def _drive(self, live: LiveRun, *, resumed: bool = False) -> None:
+        """Attempts until a final response: a resumed run first waits for its wake time."""
         run = live.run
-        route = run.route
-        policy = route.settings.retry
+        policy = run.route.settings.retry
         try:
+            if resumed:
+                if run.wake_at is not None and run.wake_at > time.time():
+                    await asyncio.sleep(run.wake_at - time.time())
+                await self._next_attempt(live)
             while True:
-                run.attempt += 1
-                run.status = RunStatus.RUNNING
-                run.wake_at = None
-                attempt = run.attempt
-                if attempt > 1:
-                    self.writer.submit(
-                        UpdateRun(run.run_id, RunStatus.RUNNING, attempt, None, time.time())
-                    )
-                    live.notify()
-                started = time.time()
-                live.in_attempt = True
-                self._in_attempt += 1
-                self._drained.clear()
-                try:
-                    async with self._slot(run, wait_forever=attempt > 1):
-                        outcome, stored = await self._attempt(live, attempt)
-                except Unavailable as exc:  # the first attempt queued past queue_timeout
-                    self._finish(live, self._problem(run, 503, "queue-timeout", str(exc)))
-                    return
-                finally:
-                    live.in_attempt = False
-                    self._in_attempt -= 1
-                    if not self._in_attempt:
-                        self._drained.set()
-                ended = time.time()
-                metrics.ATTEMPTS.labels(route.name, outcome.kind.value).inc()
-                self.writer.submit(
-                    RecordAttempt(
-                        run.run_id,
-                        attempt,
-                        started,
-                        ended,
-                        outcome.kind.value,
-                        outcome.status,
-                        outcome.detail,
-                    )
-                )
+                outcome, stored = await self._attempt_in_slot(live)
                 if stored is not None:
                     self._finish(live, stored)
                     return
-                decision = decide(outcome, policy, attempt, self._rng)
+                decision = decide(outcome, policy, run.attempt, self._rng)
                 if decision.verdict is Verdict.FINAL:
                     self._finish(live, self._failure_response(run, outcome, decision.reason))
                     return
-                metrics.RETRIES.labels(route.name).inc()
+                metrics.RETRIES.labels(run.route.name).inc()
                 run.status = RunStatus.BACKOFF
                 run.wake_at = time.time() + decision.delay
                 log.info(
                     "attempt %d failed (%s); retry in %.3fs",
-                    attempt,
+                    run.attempt,
                     outcome.detail or f"status {outcome.status}",
                     decision.delay,
                     extra={"run_id": run.run_id},
                 )
                 self.writer.submit(
-                    UpdateRun(run.run_id, RunStatus.BACKOFF, attempt, run.wake_at, time.time())
+                    UpdateRun(run.run_id, RunStatus.BACKOFF, run.attempt, run.wake_at, time.time())
                 )
                 live.notify()
                 await asyncio.sleep(decision.delay)
+                await self._next_attempt(live)
+        except _QueueTimeout as exc:
+            self._finish(live, self._problem(run, 503, "queue-timeout", str(exc)))
         finally:
             if live.sink is not None and not live.run.finished:
                 live.sink = None
+
+    async def _next_attempt(self, live: LiveRun) -> None:
+        """Number the next attempt, durably, before it is sent.
+
+        Waiting for the commit here (never on the first attempt, which CreateRun numbers)
+        means a restarted gateway always starts past any attempt a dead process may still
+        have running, so no two attempts ever share a number or a sidecar token.
+        """
+        run = live.run
+        run.attempt += 1
+        run.status = RunStatus.RUNNING
+        run.wake_at = None
+        await self.writer.submit(
+            UpdateRun(run.run_id, RunStatus.RUNNING, run.attempt, None, time.time())
+        )
+        live.notify()
+
+    async def _attempt_in_slot(self, live: LiveRun) -> tuple[AttemptOutcome, StoredResponse | None]:
+        """One attempt inside the route's concurrency slot, counted and recorded."""
+        run = live.run
+        attempt = run.attempt
+        started = time.time()
+        live.in_attempt = True
+        self._in_attempt += 1
+        self._drained.clear()
+        try:
+            async with self._slot(run, wait_forever=attempt > 1):
+                outcome, stored = await self._attempt(live, attempt)
+        finally:
+            live.in_attempt = False
+            self._in_attempt -= 1
+            if not self._in_attempt:
+                self._drained.set()
+        metrics.ATTEMPTS.labels(run.route.name, outcome.kind.value).inc()
+        self.writer.submit(
+            RecordAttempt(
+                run.run_id,
+                attempt,
+                started,
+                time.time(),
+                outcome.kind.value,
+                outcome.status,
+                outcome.detail,
+            )
+        )
+        return outcome, stored
 
     @contextlib.asynccontextmanager
     async def _slot(self, run: Run, *, wait_forever: bool) -> AsyncIterator[None]:
@@ -274,9 +352,9 @@ class Driver:
             try:
                 await limiter.acquire(run.limit_key)
                 break
-            except Unavailable:
+            except Unavailable as exc:
                 if not wait_forever:
-                    raise
+                    raise _QueueTimeout(str(exc)) from None
         try:
             yield
         finally:
@@ -369,7 +447,7 @@ class Driver:
         run.status = RunStatus.SUCCEEDED if response.status < 400 else RunStatus.FAILED
         run.wake_at = None
         metrics.RUNS.labels(run.route.name, run.status.value).inc()
-        committed = self.writer.submit(
+        committed = live.final_commit = self.writer.submit(
             FinishRun(run.run_id, run.status.value, response, time.time())
         )
         committed.add_done_callback(lambda _: self._forget(run.run_id))
@@ -377,8 +455,11 @@ class Driver:
 
     def _forget(self, run_id: str) -> None:
         """Drop a finished run from memory once the store has it."""
-        if self._live.pop(run_id, None) is not None:
+        live = self._live.pop(run_id, None)
+        if live is not None:
             metrics.IN_FLIGHT.dec()
+            if live.idempotency is not None:
+                self._idempotent.pop(live.idempotency[:2], None)
 
     # --- shutdown -----------------------------------------------------------------------
 

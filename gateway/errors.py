@@ -12,6 +12,7 @@
         ├── BodyTooLarge           413 (request body, step output, run state, step count)
         ├── StepConflict           409 (different output for a completed step)
         ├── StaleAttempt           409 (a newer attempt has started)
+        ├── IdempotencyMismatch    422 (same Idempotency-Key, different request)
         └── Unavailable            503 (storage fault, queue timeout, shutting down)
 
 Upstream failures are not exceptions: `attempts.py` turns them into an AttemptOutcome.
@@ -91,6 +92,14 @@ class StepConflict(ProblemError):
 
 class StaleAttempt(ProblemError):
     status, type, title = 409, "stale-attempt", "A newer attempt of this run has started"
+
+
+class IdempotencyMismatch(ProblemError):
+    status, type, title = (
+        422,
+        "idempotency-key-reused",
+        "Idempotency key reused for another request",
+    )
 
 
 class Unavailable(ProblemError):

@@ -12,11 +12,17 @@ import time
 
 from aiohttp import web
 
-from gateway import delivery, metrics, proxy
+from gateway import delivery, idempotency, metrics, proxy
 from gateway.config import RouteConfig
 from gateway.delivery import Delivery, Prefer
 from gateway.driver import ClientSink, LiveRun
-from gateway.errors import BodyTooLarge, RouteNotFound
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    IdempotencyMismatch,
+    RouteNotFound,
+    Unavailable,
+)
 from gateway.headers import traceparent_for, upstream_request_headers
 from gateway.limits import Limits, limit_key
 from gateway.results import replay, result_url
@@ -44,14 +50,79 @@ async def handle(request: web.Request) -> web.StreamResponse:
         metrics.REQUESTS.labels(route.name, "plain").inc()
         return await proxy.forward(request, route, services.session)
     metrics.REQUESTS.labels(route.name, "durable").inc()
+    writer = services.writer
+    if not writer.healthy or writer.saturated:
+        raise Unavailable(
+            f"storage cannot take new runs now ({writer.last_error or 'write queue full'})",
+            retry_after=1,
+        )
     body = await _read_body(request, route.settings.max_body)
+    idem = _idempotency(request, route, body)
+    if idem is not None:
+        existing = await _existing_run(request, route, *idem)
+        if existing is not None:
+            return existing
     stored = StoredRequest(request.method, request.path_qs, _upstream_headers(request), body)
     key = ""
     if route.concurrency is not None:
         key = limit_key(route.concurrency.key, request.headers, request.query, request.remote)
-    live = services.driver.admit(route, stored, limit_key=key)
+    live = services.driver.admit(route, stored, limit_key=key, idempotency=idem)
     metrics.OVERHEAD.labels(route.name).observe(time.perf_counter() - start)
     return await _answer(request, route, live)
+
+
+def _idempotency(request: web.Request, route: RouteConfig, body: bytes) -> tuple[str, str] | None:
+    """(key, fingerprint) when the route uses Idempotency-Key and the request has one."""
+    mode = route.settings.idempotency
+    if mode == "off":
+        return None
+    raw = request.headers.get(idempotency.HEADER)
+    if raw is None:
+        if mode == "required":
+            raise BadRequest(f"route {route.name!r} requires an {idempotency.HEADER} header")
+        return None
+    key = idempotency.parse_key(raw)
+    return key, idempotency.fingerprint(request.method, request.path_qs, body)
+
+
+async def _existing_run(
+    request: web.Request, route: RouteConfig, key: str, fingerprint: str
+) -> web.StreamResponse | None:
+    """Attach to the run a key already belongs to: replay it, or wait on it; 422 on misuse."""
+    services = request.app[SERVICES]
+    live = services.driver.attached(route.name, key)
+    if live is None:
+        found = await services.store.find_idempotency(route.name, key)
+        live = services.driver.attached(route.name, key)  # admitted while we were reading
+        if live is None:
+            if found is None:
+                return None
+            if found[0] != fingerprint:
+                raise _mismatch(key, found[1])
+            live = services.driver.get(found[1])
+            if live is None:
+                row = await services.store.get_run(found[1])
+                if row is None:
+                    return None  # purged a moment ago: the key is free again
+                if row.response is None:  # unfinished, owned elsewhere: its result URL waits
+                    return _to_result(request, found[1], 303, Prefer(), honoured_wait=False)
+                return _replayed(replay(row.response))
+    if live.idempotency is not None and live.idempotency[2] != fingerprint:
+        raise _mismatch(key, live.run.run_id)
+    return await _answer(request, route, live, attached=True)
+
+
+def _mismatch(key: str, run_id: str) -> IdempotencyMismatch:
+    return IdempotencyMismatch(
+        f"{idempotency.HEADER} {key!r} was first used with a different request "
+        "(method, path, query or body)",
+        run_id=run_id,
+    )
+
+
+def _replayed(response: web.StreamResponse) -> web.StreamResponse:
+    response.headers[idempotency.REPLAYED] = "true"
+    return response
 
 
 def _check_rate(request: web.Request, route: RouteConfig, limits: Limits) -> None:
@@ -93,35 +164,51 @@ def _upstream_headers(request: web.Request) -> list[tuple[str, str]]:
     )
 
 
-async def _answer(request: web.Request, route: RouteConfig, live: LiveRun) -> web.StreamResponse:
-    """Hold the client while the wait fits the budget; else 303 or 202 to the result URL."""
+async def _answer(
+    request: web.Request, route: RouteConfig, live: LiveRun, *, attached: bool = False
+) -> web.StreamResponse:
+    """Hold the client while the wait fits the budget; else 303 or 202 to the result URL.
+
+    The original client's connection is offered to the attempts (`sink`), so the final
+    response streams into it; an attached duplicate only ever gets a replay.
+    """
     prefer = delivery.parse_prefer(request.headers.getall("Prefer", []))
     run = live.run
+    run_id = run.run_id
     if prefer.respond_async:
         metrics.DELIVERIES.labels(route.name, Delivery.ACCEPTED.value).inc()
-        return _to_result(request, live, 202, prefer, honoured_wait=False)
+        await _committed(live)
+        return _to_result(request, run_id, 202, prefer, honoured_wait=False)
     budget = delivery.hold_budget(prefer, route.settings.hold)
-    sink = ClientSink(request)
-    live.sink = sink
+    sink = None
+    if not attached:
+        sink = live.sink = ClientSink(request)
     began = time.monotonic()
     while True:
         changed = live.changed()
-        if sink.response is not None:  # an attempt claimed the connection and streams into it
+        if sink is not None and sink.response is not None:  # an attempt streams into it
             await sink.done
             mode = "direct" if run.attempt == 1 else "held"
             metrics.DELIVERIES.labels(route.name, mode).inc()
             return sink.response
         if run.finished and run.response is not None:
-            live.sink = None
+            if sink is not None:
+                live.sink = None
             metrics.DELIVERIES.labels(route.name, "held").inc()
-            return replay(run.response)
+            if not attached:
+                return replay(run.response)
+            if live.final_commit is not None:  # a replay must be what the store will keep
+                await asyncio.shield(live.final_commit)
+            return _replayed(replay(run.response))
         elapsed = time.monotonic() - began
         wake_in = run.wake_at - time.time() if run.wake_at is not None else None
         stopping = not request.app[SERVICES].driver.accepting
         if stopping or delivery.choose(prefer, elapsed, budget, wake_in) is Delivery.REDIRECT:
-            live.sink = None
+            if sink is not None:
+                live.sink = None
             metrics.DELIVERIES.labels(route.name, Delivery.REDIRECT.value).inc()
-            return _to_result(request, live, 303, prefer, honoured_wait=prefer.wait is not None)
+            await _committed(live)
+            return _to_result(request, run_id, 303, prefer, honoured_wait=prefer.wait is not None)
         try:
             async with asyncio.timeout(budget - elapsed):
                 await changed.wait()
@@ -129,10 +216,15 @@ async def _answer(request: web.Request, route: RouteConfig, live: LiveRun) -> we
             pass
 
 
+async def _committed(live: LiveRun) -> None:
+    """A result URL is a promise: hand one out only once the run's record is committed."""
+    if live.created is not None:
+        await asyncio.shield(live.created)
+
+
 def _to_result(
-    request: web.Request, live: LiveRun, status: int, prefer: Prefer, *, honoured_wait: bool
+    request: web.Request, run_id: str, status: int, prefer: Prefer, *, honoured_wait: bool
 ) -> web.Response:
-    run_id = live.run.run_id
     location = result_url(request, run_id)
     headers = {"Location": location, wire.RUN_ID: run_id}
     if status == 202:
@@ -142,5 +234,5 @@ def _to_result(
     )
     if applied:
         headers["Preference-Applied"] = applied
-    body = {"run_id": run_id, "status": live.run.status.value, "result_url": location}
+    body = {"run_id": run_id, "result_url": location}
     return web.json_response(body, status=status, headers=headers)

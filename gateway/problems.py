@@ -54,7 +54,11 @@ def problem_response(
 
 
 def from_error(err: ProblemError) -> web.Response:
-    return problem_response(err.status, err.type, err.title, err.detail, err.run_id, **err.extra)
+    retry_after = err.extra.get("retry_after")
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return problem_response(
+        err.status, err.type, err.title, err.detail, err.run_id, headers=headers, **err.extra
+    )
 
 
 @web.middleware
@@ -67,7 +71,10 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return from_error(err)
     except StoreUnavailable as err:
         metrics.REJECTED.labels("503").inc()
-        return problem_response(503, "store-unavailable", "Storage unavailable", str(err))
+        log.warning("storage unavailable while serving %s: %s", request.path, err)
+        return problem_response(
+            503, "store-unavailable", "Storage unavailable", str(err), headers={"Retry-After": "1"}
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

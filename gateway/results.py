@@ -59,6 +59,8 @@ async def get_result(request: web.Request) -> web.StreamResponse:
             break
         changed = live.changed()
         if live.run.finished and live.run.response is not None:
+            if live.final_commit is not None:  # what a result URL shows must survive a crash
+                await asyncio.shield(live.final_commit)
             return replay(live.run.response)
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,14 @@ def backend(tmp_path: Path) -> Iterator[Backend]:
     b.proc.stop()
 
 
+@pytest.fixture
+def sync_backend(tmp_path: Path) -> Iterator[Backend]:
+    """The example backend writing every step with `?durable=sync`."""
+    b = start_backend("python", tmp_path, "--steps-sync")
+    yield b
+    b.proc.stop()
+
+
 @dataclass
 class Gateway:
     ingress: str
@@ -55,10 +64,41 @@ class Gateway:
     admin: str
     config_path: Path
     db_path: Path
-    proc: Proc
+    env: dict[str, str] | None = None
+    starts: int = 1
+    proc: Proc = field(init=False)
 
     def url(self, path: str) -> str:
         return self.ingress + path
+
+    def launch(self) -> None:
+        """Start the gateway process on this config and wait for it to be healthy."""
+        log = self.config_path.with_suffix(f".{self.starts}.log")
+        self.proc = Proc(
+            [python(), "-m", "gateway", "--config", str(self.config_path), "--log-level", "debug"],
+            log,
+            env=self.env,
+        )
+        try:
+            wait_http_ok(self.admin + "/healthz", proc=self.proc.popen)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{self.proc.output()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        self.proc.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Start again on the same config, ports and store."""
+        self.proc.stop()
+        self.starts += 1
+        self.launch()
+
+    def logs(self) -> str:
+        return "".join(
+            p.read_text(errors="replace")
+            for p in sorted(self.config_path.parent.glob(self.config_path.stem + ".*.log"))
+        )
 
 
 GatewayFactory = Callable[..., Gateway]
@@ -73,6 +113,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         routes_yaml: str,
         *,
         extra_yaml: str = "",
+        storage: str = "",
         db: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> Gateway:
@@ -88,24 +129,17 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
             storage:
               url: sqlite:///{db_path}
             """)
+            + textwrap.indent(textwrap.dedent(storage).strip() + "\n" if storage else "", "  ")
             + textwrap.dedent(extra_yaml)
             + "routes:\n"
             + textwrap.indent(textwrap.dedent(routes_yaml), "  ")
         )
         config_path = tmp_path / f"gateway-{ports[0]}.yaml"
         config_path.write_text(config)
-        proc = Proc(
-            [python(), "-m", "gateway", "--config", str(config_path), "--log-level", "debug"],
-            tmp_path / f"gateway-{ports[0]}.log",
-            env=env,
-        )
         ingress, sidecar, admin = (f"http://127.0.0.1:{p}" for p in ports)
-        gw = Gateway(ingress, sidecar, admin, config_path, db_path, proc)
+        gw = Gateway(ingress, sidecar, admin, config_path, db_path, env)
+        gw.launch()
         started.append(gw)
-        try:
-            wait_http_ok(gw.admin + "/healthz", proc=proc.popen)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n{proc.output()}") from None
         return gw
 
     yield start

@@ -125,7 +125,47 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX runs_route_created ON runs (route, created_at)",
         ),
     ),
+    # Leases and idempotency keys. The lease index holds unfinished runs only, so claims
+    # and renewals scan a few rows however many finished runs retention keeps; its
+    # predicate must match UNFINISHED word for word for SQLite to use it.
+    Migration(
+        version=2,
+        sqlite=(
+            "ALTER TABLE runs ADD COLUMN owner TEXT",
+            "ALTER TABLE runs ADD COLUMN lease_until REAL",
+            "CREATE INDEX runs_unfinished_lease ON runs (lease_until, owner)"
+            " WHERE status NOT IN ('succeeded', 'failed', 'cancelled')",
+            # Small rows looked up by their key: WITHOUT ROWID stores each once.
+            """CREATE TABLE idempotency_keys (
+                route TEXT NOT NULL,
+                idem_key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                run_id TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (route, idem_key)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX idempotency_keys_run ON idempotency_keys (run_id)",
+        ),
+        postgres=(
+            "ALTER TABLE runs ADD COLUMN owner TEXT",
+            "ALTER TABLE runs ADD COLUMN lease_until DOUBLE PRECISION",
+            "CREATE INDEX runs_unfinished_lease ON runs (lease_until, owner)"
+            " WHERE status NOT IN ('succeeded', 'failed', 'cancelled')",
+            """CREATE TABLE idempotency_keys (
+                route TEXT NOT NULL,
+                idem_key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                run_id TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (route, idem_key)
+            )""",
+            "CREATE INDEX idempotency_keys_run ON idempotency_keys (run_id)",
+        ),
+    ),
 )
+
+UNFINISHED: Final = "status NOT IN ('succeeded', 'failed', 'cancelled')"
+"""The SQL test for an unfinished run; the same text as the lease index's predicate."""
 
 LATEST: Final = MIGRATIONS[-1].version
 

@@ -1,14 +1,19 @@
 """Embedded SQLite store (aiosqlite): one write connection fed by the writer, one for reads.
 
-Never commits part of a batch, and never lets a read see a write that has not committed.
+Never commits part of a batch, never lets a read see a write that has not committed, and
+never lets two gateway processes use one file (an exclusive lock on `<file>.lock`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -31,7 +36,7 @@ from gateway.store import (
     UpdateRun,
     Write,
 )
-from gateway.store.schema import migrate_sqlite
+from gateway.store.schema import UNFINISHED, migrate_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +47,8 @@ _PREFIX: Final = "sqlite:///"
 _SQL: Final[dict[type[Any], str]] = {
     CreateRun: (
         "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at,"
-        " method, path_qs, req_headers, req_body) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (run_id) DO NOTHING"
+        " method, path_qs, req_headers, req_body, owner, lease_until)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING"
     ),
     PutStep: (
         "INSERT INTO steps (run_id, step_id, output, attempt, created_at)"
@@ -60,9 +65,16 @@ _SQL: Final[dict[type[Any], str]] = {
     ),
     FinishRun: (
         "UPDATE runs SET status = ?, resp_status = ?, resp_headers = ?, resp_body = ?,"
-        " finished_at = ?, updated_at = ?, wake_at = NULL WHERE run_id = ?"
+        " finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL, lease_until = NULL"
+        " WHERE run_id = ?"
     ),
 }
+
+# Written with its CreateRun, after it; the first key on a route wins.
+_INSERT_KEY: Final = (
+    "INSERT INTO idempotency_keys (route, idem_key, fingerprint, run_id, created_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (route, idem_key) DO NOTHING"
+)
 
 # The table each kind writes; writes to different tables or runs never depend on each other.
 _TABLE: Final[dict[type[Any], str]] = {
@@ -75,7 +87,30 @@ _TABLE: Final[dict[type[Any], str]] = {
 
 _RUN_COLUMNS: Final = (
     "run_id, route, status, attempt, created_at, updated_at, finished_at, wake_at,"
-    " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body"
+    " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body,"
+    " owner, lease_until"
+)
+
+# Due runs first: no wake time (run now), then the earliest wake, then the oldest;
+# run_id only makes the order total, so pages never depend on how ties fall.
+_CLAIM: Final = (
+    f"SELECT {_RUN_COLUMNS} FROM runs WHERE {UNFINISHED} AND {{which}}"
+    " ORDER BY wake_at NULLS FIRST, created_at, run_id LIMIT ?"
+)
+_EXPIRED: Final = "(lease_until IS NULL OR lease_until < ?)"
+# Stealing takes live leases too, except this owner's own: it is running those already.
+_NOT_MINE: Final = "(lease_until IS NULL OR lease_until < ? OR owner IS NOT ?)"
+
+_PURGEABLE: Final = (
+    "SELECT run_id FROM runs WHERE finished_at < ?"
+    " AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?"
+)
+# Dependents first; the run row goes last, so no key or step ever outlives its run.
+_PURGE: Final = (
+    "DELETE FROM idempotency_keys WHERE run_id = ?",
+    "DELETE FROM steps WHERE run_id = ?",
+    "DELETE FROM attempts WHERE run_id = ?",
+    "DELETE FROM runs WHERE run_id = ?",
 )
 
 
@@ -143,12 +178,15 @@ def _row(write: Write) -> tuple[Any, ...]:
                 write.run_id,
                 write.route,
                 write.status,
+                write.attempt,
                 write.created_at,
                 write.created_at,
                 req.method,
                 req.path_qs,
                 encode_headers(req.headers),
                 req.body,
+                write.owner,
+                write.lease_until,
             )
         case RecordAttempt():
             return (
@@ -189,21 +227,107 @@ def _run_row(row: Any) -> RunRow:
         wake_at=row[7],
         request=StoredRequest(row[8], row[9], decode_headers(row[10]), bytes(row[11])),
         response=response,
+        owner=row[15],
+        lease_until=row[16],
     )
 
 
+def _plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The batch as (statement, parameter rows) pairs, one executemany each, in order."""
+    plan: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for group in group_writes(writes):
+        plan.append((_SQL[type(group[0])], [_row(w) for w in group]))
+        keys = [
+            (w.route, w.idempotency[0], w.idempotency[1], w.run_id, w.created_at)
+            for w in group
+            if isinstance(w, CreateRun) and w.idempotency is not None
+        ]
+        if keys:
+            plan.append((_INSERT_KEY, keys))
+    return plan
+
+
+# Primary result codes (the low byte of an extended code) worth a plain explanation.
+_CAUSES: Final[dict[int, tuple[str, str]]] = {
+    5: ("database is locked", "is locked by another connection (busy past busy_timeout)"),
+    6: ("database table is locked", "is locked by another connection"),
+    8: ("readonly database", "is read-only: check the permissions of the file and its directory"),
+    10: ("disk i/o error", "hit a disk I/O error"),
+    13: ("database or disk is full", "is full: the disk is out of space or the size cap was hit"),
+    14: ("unable to open database", "cannot be opened: check the path and its permissions"),
+}
+
+
+def describe_error(exc: sqlite3.Error, path: str, doing: str) -> str:
+    """A message an operator can act on: what failed, on which file, and the likely cause."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    for primary, (needle, cause) in _CAUSES.items():
+        if (code is not None and code & 0xFF == primary) or needle in text.lower():
+            return f"sqlite: {doing} failed: {path} {cause} ({text})"
+    return f"sqlite: {doing} failed on {path}: {text}"
+
+
 @contextlib.asynccontextmanager
-async def _mapped_errors(doing: str) -> AsyncIterator[None]:
+async def _mapped_errors(path: str, doing: str) -> AsyncIterator[None]:
     """Turn database faults into StoreUnavailable, the one error callers handle."""
     try:
         yield
     except sqlite3.Error as exc:
-        raise StoreUnavailable(f"sqlite: {doing} failed: {exc}") from exc
+        raise StoreUnavailable(describe_error(exc, path, doing)) from exc
 
 
 def _prepare_path(path: str) -> None:
     if path != MEMORY:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"sqlite: cannot create the directory of {path}: {exc}") from exc
+
+
+def lock_path(path: str) -> str:
+    return path + ".lock"
+
+
+def _take_file_lock(path: str) -> int:
+    """Hold `<path>.lock` exclusively for this process; returns its descriptor.
+
+    flock, not the database's own locks: it is held for the store's whole life, and
+    the kernel drops it when the process dies, even by kill -9, so a lock never
+    outlives its gateway. The file keeps the holder's pid for the error message; it
+    is never deleted, since unlinking a lock file lets two processes lock two files.
+    """
+    name = lock_path(path)
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreUnavailable(f"sqlite: cannot open the lock file {name}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = ""
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            with contextlib.suppress(OSError):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StoreUnavailable(f"sqlite: cannot lock {name}: {exc}") from exc
+        raise StoreUnavailable(
+            f"sqlite store {path} is in use by another gateway process (pid {holder or '?'})"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid only improves a message; the lock itself is held
+    return fd
+
+
+def _drop_file_lock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 async def _connect(path: str, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
@@ -221,75 +345,207 @@ async def _connect(path: str, busy_timeout_ms: int, *, read_only: bool) -> aiosq
 
 @final
 class SqliteStore:
-    """The Store Protocol on one SQLite file in WAL mode."""
+    """The Store Protocol on one SQLite file in WAL mode, used by one process at a time."""
 
-    __slots__ = ("path", "_writer", "_reader", "_write_lock", "_read_guard", "_closed")
+    __slots__ = (
+        "path",
+        "exclusive",
+        "_writer",
+        "_reader",
+        "_write_lock",
+        "_read_guard",
+        "_lock_fd",
+        "_closed",
+    )
 
-    def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+    def __init__(
+        self,
+        path: str,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        lock_fd: int | None = None,
+    ):
         self.path = path
+        # The file lock keeps other gateways out; nothing else can see a :memory: one.
+        self.exclusive = lock_fd is not None or path == MEMORY
         self._writer = writer
         self._reader = reader
         # Transactions on the write connection must not interleave: aiosqlite orders
-        # calls, not transactions (apply and set_meta_if_absent both BEGIN).
+        # calls, not transactions (apply, claims, purges and meta writes all BEGIN).
         self._write_lock = asyncio.Lock()
         # With one shared connection (:memory:), a read between a batch's statements
         # would see uncommitted rows; with two, WAL gives reads a committed snapshot.
         self._read_guard: contextlib.AbstractAsyncContextManager[Any] = (
             self._write_lock if reader is writer else contextlib.nullcontext()
         )
+        self._lock_fd = lock_fd
         self._closed = False
 
     @classmethod
-    async def open(cls, url: str, *, busy_timeout_ms: int = 5000) -> SqliteStore:
-        """Open the file a `sqlite:///…` url names, creating it and migrating it."""
+    async def open(
+        cls, url: str, *, busy_timeout_ms: int = 5000, max_page_count: int | None = None
+    ) -> SqliteStore:
+        """Open the file a `sqlite:///…` url names, creating, locking and migrating it.
+
+        Raises StoreUnavailable when another process holds the file. `max_page_count`
+        is a test fault point: it caps the file's size so writes fail as on a full disk.
+        """
         path = path_from_url(url)
         _prepare_path(path)
-        async with _mapped_errors(f"opening {path}"):
-            writer = await _connect(path, busy_timeout_ms, read_only=False)
-            try:
-                async with writer.execute("PRAGMA journal_mode = WAL") as cur:
-                    mode = await cur.fetchone()
-                if path != MEMORY and (mode is None or str(mode[0]).lower() != "wal"):
-                    log.warning("sqlite %s: WAL unavailable, journal_mode is %s", path, mode)
-                # NORMAL with WAL syncs at checkpoints, not at every commit: a committed
-                # transaction survives a process crash (kill -9), since it is in the WAL
-                # file in the OS page cache; a power loss or OS crash may drop the last
-                # commits, never corrupt the file. A `synchronous: full` option may come.
-                await writer.execute("PRAGMA synchronous = NORMAL")
-                # No foreign keys: the store never relies on cascades, and checks cost.
-                await writer.execute("PRAGMA foreign_keys = OFF")
-                applied = await migrate_sqlite(writer)
-                if applied:
-                    log.info("sqlite %s: applied schema migrations %s", path, applied)
-                reader = writer
-                if path != MEMORY:
-                    reader = await _connect(path, busy_timeout_ms, read_only=True)
-            except BaseException:
-                await writer.close()
-                raise
-        return cls(path, writer, reader)
+        lock_fd = None if path == MEMORY else _take_file_lock(path)
+        try:
+            async with _mapped_errors(path, "opening"):
+                writer = await _connect(path, busy_timeout_ms, read_only=False)
+                try:
+                    reader = await cls._set_up(path, writer, busy_timeout_ms, max_page_count)
+                except BaseException:
+                    await writer.close()
+                    raise
+        except BaseException:
+            _drop_file_lock(lock_fd)
+            raise
+        return cls(path, writer, reader, lock_fd)
 
-    async def apply(self, writes: Sequence[Write]) -> None:
-        """Commit all writes in one IMMEDIATE transaction; roll back and raise on failure.
+    @staticmethod
+    async def _set_up(
+        path: str, writer: aiosqlite.Connection, busy_timeout_ms: int, max_page_count: int | None
+    ) -> aiosqlite.Connection:
+        """Pragmas and migrations on the write connection; returns the read connection."""
+        async with writer.execute("PRAGMA journal_mode = WAL") as cur:
+            mode = await cur.fetchone()
+        if path != MEMORY and (mode is None or str(mode[0]).lower() != "wal"):
+            log.warning("sqlite %s: WAL unavailable, journal_mode is %s", path, mode)
+        # NORMAL with WAL syncs at checkpoints, not at every commit: a committed
+        # transaction survives a process crash (kill -9), since it is in the WAL
+        # file in the OS page cache; a power loss or OS crash may drop the last
+        # commits, never corrupt the file. A `synchronous: full` option may come.
+        await writer.execute("PRAGMA synchronous = NORMAL")
+        # A burst can grow the WAL far past its usual size; cut it back after each
+        # checkpoint, so the files on disk stay bounded under a steady load.
+        await writer.execute("PRAGMA journal_size_limit = 67108864")
+        # No foreign keys: the store never relies on cascades, and checks cost.
+        await writer.execute("PRAGMA foreign_keys = OFF")
+        applied = await migrate_sqlite(writer)
+        if applied:
+            log.info("sqlite %s: applied schema migrations %s", path, applied)
+        if max_page_count is not None:
+            log.warning("sqlite %s: test fault point: max_page_count = %d", path, max_page_count)
+            await writer.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+        if path == MEMORY:
+            return writer
+        return await _connect(path, busy_timeout_ms, read_only=True)
+
+    async def set_max_page_count(self, pages: int) -> int:
+        """Test fault point: cap (or lift the cap on) the file's size; returns the cap.
+
+        SQLite never sets it below the pages already in use.
+        """
+        self._check_open()
+        async with self._write_lock, _mapped_errors(self.path, "setting max_page_count"):
+            async with self._writer.execute(f"PRAGMA max_page_count = {int(pages)}") as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One IMMEDIATE transaction on the write connection: all of it commits, or none.
 
         IMMEDIATE takes the write lock up front, so a busy database fails (after
-        busy_timeout) before any statement runs instead of on upgrade mid-batch.
+        busy_timeout) before any statement runs, instead of on upgrade mid-way. After a
+        failure the connection is rolled back and stays usable for the next try.
         """
+        self._check_open()
+        async with self._write_lock, _mapped_errors(self.path, doing):
+            self._check_open()  # close() may have run while we waited for the lock
+            conn = self._writer
+            if conn.in_transaction:  # a rollback that itself failed left one open
+                await conn.rollback()
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException:
+                # Queued behind the failed statement on the connection's thread, so it
+                # runs after it even when we were cancelled; a no-op if SQLite already
+                # rolled back (it does on SQLITE_FULL and some I/O errors).
+                try:
+                    await conn.rollback()
+                except sqlite3.Error as exc:
+                    log.warning(
+                        "sqlite %s: rollback failed, retried before next use: %s", self.path, exc
+                    )
+                raise
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Commit all writes in one transaction; roll back and raise on failure."""
         if not writes:
             return
         self._check_open()
-        plan = [(_SQL[type(group[0])], [_row(w) for w in group]) for group in group_writes(writes)]
-        async with self._write_lock, _mapped_errors(f"writing {len(writes)} writes"):
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in plan:
-                    await self._writer.executemany(sql, rows)
-                await self._writer.execute("COMMIT")
-            except BaseException:
-                # Queued behind the failed statement on the connection's thread, so it
-                # runs after it even when we were cancelled; a no-op without a transaction.
-                await self._writer.rollback()
-                raise
+        plan = _plan(writes)
+        async with self._transaction(f"writing {len(writes)} writes") as conn:
+            for sql, rows in plan:
+                await conn.executemany(sql, rows)
+
+    async def claim_unfinished(
+        self, owner: str, now: float, lease_ttl: float, limit: int = 1000, *, steal: bool = False
+    ) -> list[RunRow]:
+        """See Store.claim_unfinished; read and lease in one transaction, so it is atomic."""
+        until = now + lease_ttl
+        params: tuple[Any, ...]
+        if steal:
+            sql, params = _CLAIM.format(which=_NOT_MINE), (now, owner, limit)
+        else:
+            sql, params = _CLAIM.format(which=_EXPIRED), (now, limit)
+        async with self._transaction("claiming unfinished runs") as conn:
+            async with conn.execute(sql, params) as cur:
+                rows = [_run_row(row) for row in await cur.fetchall()]
+            await conn.executemany(
+                "UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?",
+                [(owner, until, row.run_id) for row in rows],
+            )
+        return [dataclasses.replace(row, owner=owner, lease_until=until) for row in rows]
+
+    async def renew_leases(self, owner: str, until: float) -> int:
+        return await self._update_leases(
+            f"UPDATE runs SET lease_until = ? WHERE owner = ? AND {UNFINISHED}",
+            (until, owner),
+            "renewing leases",
+        )
+
+    async def release_leases(self, owner: str) -> int:
+        return await self._update_leases(
+            f"UPDATE runs SET lease_until = NULL WHERE owner = ? AND {UNFINISHED}",
+            (owner,),
+            "releasing leases",
+        )
+
+    async def _update_leases(self, sql: str, params: tuple[Any, ...], doing: str) -> int:
+        async with self._transaction(doing) as conn:
+            async with conn.execute(sql, params) as cur:
+                return cur.rowcount
+
+    async def find_idempotency(self, route: str, key: str) -> tuple[str, str] | None:
+        row = await self._read_one(
+            "SELECT fingerprint, run_id FROM idempotency_keys WHERE route = ? AND idem_key = ?",
+            route,
+            key,
+        )
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
+        """Delete up to `limit` runs finished before cutoff, and all that hangs off them.
+
+        The ids are read inside the same transaction that deletes them, so every
+        table loses exactly the same runs.
+        """
+        async with self._transaction("purging finished runs") as conn:
+            async with conn.execute(_PURGEABLE, (cutoff, limit)) as cur:
+                ids = [(row[0],) for row in await cur.fetchall()]
+            if ids:
+                for sql in _PURGE:
+                    await conn.executemany(sql, ids)
+        return len(ids)
 
     async def get_run(self, run_id: str) -> RunRow | None:
         row = await self._read_one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", run_id)
@@ -313,34 +569,30 @@ class SqliteStore:
 
     async def set_meta_if_absent(self, key: str, value: str) -> str:
         """Insert and read back in one transaction, so racing processes agree on one value."""
-        self._check_open()
-        async with self._write_lock, _mapped_errors(f"setting meta {key!r}"):
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                await self._writer.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                    (key, value),
-                )
-                async with self._writer.execute(
-                    "SELECT value FROM meta WHERE key = ?", (key,)
-                ) as cur:
-                    row = await cur.fetchone()
-                await self._writer.execute("COMMIT")
-            except BaseException:
-                await self._writer.rollback()
-                raise
+        async with self._transaction(f"setting meta {key!r}") as conn:
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (key, value),
+            )
+            async with conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+                row = await cur.fetchone()
         assert row is not None  # inserted or already there, inside the same transaction
         return str(row[0])
 
     async def close(self) -> None:
-        """Close both connections; later calls raise StoreUnavailable. Idempotent."""
+        """Close both connections and drop the file lock; later calls raise. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        async with self._write_lock:
-            if self._reader is not self._writer:
-                await self._reader.close()
-            await self._writer.close()
+        try:
+            async with self._write_lock:
+                if self._reader is not self._writer:
+                    await self._reader.close()
+                await self._writer.close()
+        finally:
+            # Only once both connections are closed: the next holder may write at once.
+            _drop_file_lock(self._lock_fd)
+            self._lock_fd = None
 
     def _check_open(self) -> None:
         if self._closed:
@@ -348,12 +600,12 @@ class SqliteStore:
 
     async def _read_one(self, sql: str, *params: Any) -> Any:
         self._check_open()
-        async with self._read_guard, _mapped_errors("reading"):
+        async with self._read_guard, _mapped_errors(self.path, "reading"):
             async with self._reader.execute(sql, params) as cur:
                 return await cur.fetchone()
 
     async def _read_all(self, sql: str, *params: Any) -> list[Any]:
         self._check_open()
-        async with self._read_guard, _mapped_errors("reading"):
+        async with self._read_guard, _mapped_errors(self.path, "reading"):
             async with self._reader.execute(sql, params) as cur:
                 return list(await cur.fetchall())

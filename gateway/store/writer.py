@@ -35,9 +35,13 @@ class Writer:
     __slots__ = (
         "committed_batches",
         "committed_writes",
+        "failed_tries",
         "on_commit",
+        "failing_since",
+        "last_error",
         "_store",
         "_max_batch",
+        "_max_queue",
         "_queue",
         "_inflight",
         "_wakeup",
@@ -49,15 +53,22 @@ class Writer:
         "_stopping",
     )
 
-    def __init__(self, store: Store, *, max_batch: int = 2000) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+    def __init__(self, store: Store, *, max_batch: int = 2000, max_queue: int = 100_000) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError("max_batch and max_queue must be >= 1")
         self.committed_batches = 0
         self.committed_writes = 0
+        self.failed_tries = 0
+        """Failed `apply` calls since start, over every burst."""
         self.on_commit: Callable[[int, float], None] | None = None
         """Called after each commit with (batch size, seconds in apply); for metrics."""
+        self.failing_since: float | None = None
+        """Wall-clock time of the first failure of the current burst; None when healthy."""
+        self.last_error: str | None = None
+        """The latest failure's message; kept after recovery, for the record."""
         self._store = store
         self._max_batch = max_batch
+        self._max_queue = max_queue
         self._queue: deque[tuple[Write, asyncio.Future[None]]] = deque()
         self._inflight: list[tuple[Write, asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
@@ -74,6 +85,16 @@ class Writer:
         """Writes submitted and not yet committed (queued plus the batch in flight)."""
         return len(self._queue) + len(self._inflight)
 
+    @property
+    def healthy(self) -> bool:
+        """False from a failed commit until the next one succeeds: durable routes answer 503."""
+        return self.failing_since is None
+
+    @property
+    def saturated(self) -> bool:
+        """The queue is at its bound: admit no new runs (writes of admitted ones still queue)."""
+        return self.depth >= self._max_queue
+
     def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("writer already started")
@@ -85,7 +106,8 @@ class Writer:
         Never awaits. Ignoring the future is fine: it only ever gets a result, or is
         cancelled at shutdown, so it cannot log "exception was never retrieved".
         Raises StoreUnavailable once `close()` has begun, rather than queue a write
-        that nothing would commit.
+        that nothing would commit; never for a full queue (see `saturated`), since a
+        run already admitted must be able to record its progress.
         """
         if self._closed:
             raise StoreUnavailable("store writer is closed")
@@ -167,24 +189,34 @@ class Writer:
         """
         delay = BACKOFF_FIRST
         failures = 0
+        burst_started = 0.0
         while True:
             started = time.perf_counter()
             try:
                 await self._store.apply(writes)
             except Exception as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                self.failed_tries += 1
                 if not failures:
-                    log.error(
-                        "store write of %d writes failed; retrying until it commits: %s",
-                        len(writes),
-                        exc,
-                        exc_info=exc,
+                    burst_started = started
+                    self.failing_since = time.time()
+                    # A store fault explains itself; anything else is a bug: show where.
+                    log.warning(
+                        "store writes failing, retrying until they commit: %s",
+                        self.last_error,
+                        exc_info=None if isinstance(exc, StoreUnavailable) else exc,
                     )
                 failures += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             if failures:
-                log.warning("store writes recovered after %d failed tries", failures)
+                self.failing_since = None
+                log.info(
+                    "store writes recovered after %.1f s, %d retries",
+                    time.perf_counter() - burst_started,
+                    failures,
+                )
             return time.perf_counter() - started
 
     def _release_flushers(self) -> None:

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
-import pytest
 
-from tests.conftest import Backend, GatewayFactory, durable_route, start_backend
+from tests.conftest import Backend, GatewayFactory, durable_route
 
 REQUESTS = 200
-
-
-@pytest.fixture
-def sync_backend(tmp_path: Path) -> Iterator[Backend]:
-    b = start_backend("python", tmp_path, "--steps-sync")
-    yield b
-    b.proc.stop()
 
 
 async def test_200_concurrent_requests_with_random_failures(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -15,6 +16,8 @@ import pytest
 
 from gateway.errors import StoreUnavailable
 from gateway.store import (
+    FINAL_STATUSES,
+    TEST_MAX_PAGES_ENV,
     AttemptRow,
     CreateRun,
     FinishRun,
@@ -28,7 +31,7 @@ from gateway.store import (
     open_store,
     schema,
 )
-from gateway.store.sqlite import group_writes, path_from_url
+from gateway.store.sqlite import SqliteStore, describe_error, group_writes, path_from_url
 
 if TYPE_CHECKING:
     from tests.store.conftest import Database
@@ -42,6 +45,9 @@ HEADERS = [
     ("X-Tag", "b"),
     ("X-Raw", "caf\udce9"),
 ]
+
+
+REQUEST = StoredRequest("POST", "/api/chat", [], b"{}")
 
 
 def create(run_id: str, *, at: float = 100.0, body: bytes = ALL_BYTES) -> CreateRun:
@@ -58,7 +64,8 @@ async def test_create_and_get_run_round_trip(store: Store) -> None:
     run = await store.get_run("r1")
 
     assert run is not None
-    assert (run.run_id, run.route, run.status, run.attempt) == ("r1", "chat", "running", 0)
+    assert (run.run_id, run.route, run.status, run.attempt) == ("r1", "chat", "running", 1)
+    assert (run.owner, run.lease_until) == (None, None)
     assert (run.created_at, run.updated_at, run.finished_at, run.wake_at) == (
         100.5,
         100.5,
@@ -325,6 +332,48 @@ async def test_a_closed_store_refuses_calls(database: Database) -> None:
         await store.apply([create("r1")])
 
 
+async def test_idempotency_key_is_stored_with_its_run(store: Store) -> None:
+    await store.apply([CreateRun("r1", "chat", REQUEST, 100.0, idempotency=("k1", "fp-1"))])
+
+    assert await store.find_idempotency("chat", "k1") == ("fp-1", "r1")
+    assert await store.find_idempotency("other-route", "k1") is None
+    assert await store.find_idempotency("chat", "k2") is None
+
+
+async def test_idempotency_key_conflict_keeps_the_first(store: Store) -> None:
+    await store.apply([CreateRun("r1", "chat", REQUEST, 100.0, idempotency=("k", "fp-1"))])
+    await store.apply(
+        [
+            CreateRun("r2", "chat", REQUEST, 101.0, idempotency=("k", "fp-2")),
+            # Within one batch too; and the same key on another route is another key.
+            CreateRun("r3", "chat", REQUEST, 102.0, idempotency=("k", "fp-3")),
+            CreateRun("r4", "admin", REQUEST, 103.0, idempotency=("k", "fp-4")),
+        ]
+    )
+
+    assert await store.find_idempotency("chat", "k") == ("fp-1", "r1")
+    assert await store.find_idempotency("admin", "k") == ("fp-4", "r4")
+    # The key is ignored, not the run: the caller decided to admit it.
+    assert await store.get_run("r2") is not None
+
+
+async def test_idempotency_key_is_never_stored_without_its_run(
+    store: Store, database: Database
+) -> None:
+    database.fail_step_insert("boom")
+
+    with pytest.raises(StoreUnavailable):
+        await store.apply(
+            [
+                CreateRun("r1", "chat", REQUEST, 100.0, idempotency=("k", "fp")),
+                step("r1", "boom"),
+            ]
+        )
+
+    assert await store.find_idempotency("chat", "k") is None
+    assert database.count("idempotency_keys") == 0
+
+
 # --- SQLite specifics ------------------------------------------------------------
 
 
@@ -457,3 +506,114 @@ def test_grouping_packs_kinds_and_keeps_per_run_order() -> None:
         ["UpdateRun"],
     ]
     assert sorted(map(id, writes)) == sorted(id(w) for g in groups for w in g)
+
+
+def test_unfinished_matches_the_final_statuses() -> None:
+    quoted = {f"'{status}'" for status in FINAL_STATUSES}
+    assert schema.UNFINISHED.startswith("status NOT IN (")
+    assert set(schema.UNFINISHED.removeprefix("status NOT IN (").rstrip(")").split(", ")) == quoted
+
+
+async def test_sqlite_lease_queries_use_the_unfinished_index(tmp_path: Path) -> None:
+    """The partial index is only used when a query repeats its predicate exactly."""
+    store = await open_store("sqlite:///" + str(tmp_path / "gw.db"))
+    await store.close()
+    queries = [
+        f"SELECT run_id FROM runs WHERE {schema.UNFINISHED}"
+        " AND (lease_until IS NULL OR lease_until < 5) ORDER BY wake_at",
+        f"UPDATE runs SET lease_until = 1 WHERE owner = 'a' AND {schema.UNFINISHED}",
+    ]
+    with closing(sqlite3.connect(tmp_path / "gw.db")) as conn:
+        for query in queries:
+            plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + query))
+            assert "runs_unfinished_lease" in plan, (query, plan)
+
+
+V1_RUN = (
+    "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at, method, path_qs,"
+    " req_headers, req_body) VALUES (?, 'chat', 'backoff', 2, 100.0, 110.0, 'POST', '/x',"
+    " '[[\"A\",\"b\"]]', X'00ff')"
+)
+
+
+async def test_sqlite_a_v1_database_migrates_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(schema.SQLITE_META)
+        for statement in schema.MIGRATIONS[0].sqlite:
+            conn.execute(statement)
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('secret', 'old')")
+        conn.execute(V1_RUN, ("old-run",))
+        conn.execute("INSERT INTO steps VALUES ('old-run', 's1', X'7b7d', 1, 105.0)")
+
+    store = await open_store("sqlite:///" + str(path))
+    try:
+        assert await store.get_meta("schema_version") == str(schema.LATEST) == "2"
+        assert await store.get_meta("secret") == "old"
+        old = await store.get_run("old-run")
+        assert old is not None
+        assert (old.status, old.attempt, old.owner, old.lease_until) == ("backoff", 2, None, None)
+        assert old.request == StoredRequest("POST", "/x", [("A", "b")], b"\x00\xff")
+        assert await store.load_steps("old-run") == {"s1": b"{}"}
+        claimed = await store.claim_unfinished("me", 200.0, 30.0)
+        assert [(r.run_id, r.owner, r.lease_until) for r in claimed] == [("old-run", "me", 230.0)]
+        await store.apply([CreateRun("new", "chat", REQUEST, 200.0, idempotency=("k", "f"))])
+        assert await store.find_idempotency("chat", "k") == ("f", "new")
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+async def test_sqlite_full_database_rolls_back_and_recovers(tmp_path: Path) -> None:
+    url = "sqlite:///" + str(tmp_path / "full.db")
+    # Below the pages in use, SQLite caps the file at its current size: no growth at all.
+    store = await SqliteStore.open(url, max_page_count=1)
+    big = b'"' + b"x" * 200_000 + b'"'
+    batch: list[Write] = [create("r1"), step("r1", "big", big)]
+    try:
+        with pytest.raises(StoreUnavailable, match="is full") as info:
+            await store.apply(batch)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        assert await store.get_run("r1") is None
+        # Still full: fails the same way, rather than "transaction within a transaction".
+        with pytest.raises(StoreUnavailable, match="is full"):
+            await store.apply(batch)
+
+        assert await store.set_max_page_count(1_000_000) == 1_000_000
+        await store.apply(batch)
+        assert await store.load_steps("r1") == {"big": big}
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(tmp_path / "full.db")) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+async def test_open_store_reads_the_test_max_pages_fault_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TEST_MAX_PAGES_ENV, "1")
+    store = await open_store("sqlite:///" + str(tmp_path / "capped.db"))
+    try:
+        with pytest.raises(StoreUnavailable, match="is full"):
+            await store.apply([create("r1", body=b"x" * 100_000)])
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), "is full"),
+        (sqlite3.OperationalError("disk I/O error"), "disk I/O error"),
+        (sqlite3.OperationalError("database is locked"), "is locked by another connection"),
+        (sqlite3.OperationalError("attempt to write a readonly database"), "is read-only"),
+        (sqlite3.ProgrammingError("Error binding parameter 1"), "Error binding parameter 1"),
+    ],
+)
+def test_sqlite_errors_are_described_for_operators(error: sqlite3.Error, cause: str) -> None:
+    message = describe_error(error, "/data/gw.db", "writing 3 writes")
+
+    assert message.startswith("sqlite: writing 3 writes failed")
+    assert "/data/gw.db" in message and cause in message

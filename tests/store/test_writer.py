@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -25,6 +26,7 @@ from gateway.store import (
     UpdateRun,
     Write,
 )
+from gateway.store.sqlite import SqliteStore
 from gateway.store.writer import Writer
 
 if TYPE_CHECKING:
@@ -69,6 +71,27 @@ class FlakyProbe:
 
     async def set_meta_if_absent(self, key: str, value: str) -> str:
         return await self.store.set_meta_if_absent(key, value)
+
+    @property
+    def exclusive(self) -> bool:
+        return self.store.exclusive
+
+    async def claim_unfinished(
+        self, owner: str, now: float, lease_ttl: float, limit: int = 1000, *, steal: bool = False
+    ) -> list[RunRow]:
+        return await self.store.claim_unfinished(owner, now, lease_ttl, limit, steal=steal)
+
+    async def renew_leases(self, owner: str, until: float) -> int:
+        return await self.store.renew_leases(owner, until)
+
+    async def release_leases(self, owner: str) -> int:
+        return await self.store.release_leases(owner)
+
+    async def find_idempotency(self, route: str, key: str) -> tuple[str, str] | None:
+        return await self.store.find_idempotency(route, key)
+
+    async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
+        return await self.store.purge_before(cutoff, limit)
 
     async def close(self) -> None:
         await self.store.close()
@@ -168,6 +191,7 @@ async def test_failing_store_is_retried_until_every_write_lands(
     probe = FlakyProbe(store, after=3)
     writer = Writer(probe, max_batch=40)
     writer.start()
+    assert writer.healthy and writer.failing_since is None and writer.last_error is None
     try:
         with database.hold_write_lock():
             futures = [writer.submit(put("r", f"s{i}")) for i in range(100)]
@@ -176,18 +200,96 @@ async def test_failing_store_is_retried_until_every_write_lands(
             assert not any(f.done() for f in futures)
             assert writer.depth == 100
             assert writer.committed_writes == 0
+            assert not writer.healthy and writer.failing_since is not None
+            assert writer.last_error is not None and "locked" in writer.last_error
         await asyncio.gather(*futures)
+        assert writer.healthy and writer.failing_since is None
     finally:
         await writer.close(timeout=10)
         await store.close()
 
     assert database.count("steps") == 100
     assert writer.committed_writes == 100
-    assert probe.failures >= 3
-    # One report for the whole burst of failures, one when it is over.
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and errors[0].exc_info is not None
-    assert len([r for r in caplog.records if "recovered" in r.getMessage()]) == 1
+    assert probe.failures >= 3 and writer.failed_tries == probe.failures
+    # One report for the whole burst of failures, with its cause, and one when it is over.
+    started = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(started) == 1 and "locked" in started[0].getMessage()
+    assert started[0].exc_info is None  # a store fault is explained, not a traceback
+    recovered = [r for r in caplog.records if "recovered" in r.getMessage()]
+    assert len(recovered) == 1 and recovered[0].levelno == logging.INFO
+    assert f"{probe.failures} retries" in recovered[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_full_database_makes_the_writer_unhealthy_until_space_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.store.writer")
+    store = await SqliteStore.open("sqlite:///" + str(tmp_path / "full.db"), max_page_count=1)
+    probe = FlakyProbe(store, after=2)
+    writer = Writer(probe)
+    writer.start()
+    big = b'"' + b"x" * 50_000 + b'"'
+    try:
+        futures = [writer.submit(PutStep("r", f"s{i}", big, 1, 1.0)) for i in range(20)]
+        await probe.failed_enough.wait()
+        assert not writer.healthy
+        assert writer.last_error is not None and "is full" in writer.last_error
+        assert not any(f.done() for f in futures)
+
+        await store.set_max_page_count(1_000_000)  # space is back
+        await asyncio.gather(*futures)
+
+        assert writer.healthy
+        assert await store.load_steps("r") == {f"s{i}": big for i in range(20)}
+    finally:
+        await writer.close(timeout=10)
+        await store.close()
+    ours = [r for r in caplog.records if r.name == "gateway.store.writer"]
+    assert len([r for r in ours if r.levelno == logging.WARNING]) == 1
+    assert len([r for r in ours if "recovered" in r.getMessage()]) == 1
+
+
+async def test_a_bug_in_apply_is_logged_with_its_traceback(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(FlakyProbe):
+        async def apply(self, writes: Sequence[Write]) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("bug")
+            await self.store.apply(writes)
+
+    writer = Writer(Broken(store, after=1))
+    writer.start()
+    try:
+        await writer.submit(put("r", "s"))
+    finally:
+        await writer.close(timeout=10)
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.exc_info is not None and "bug" in warning.getMessage()
+    assert writer.last_error == "bug" and writer.healthy
+
+
+async def test_saturated_at_the_queue_bound_yet_still_accepting(
+    store: Store, database: Database
+) -> None:
+    writer = Writer(store, max_queue=5)
+    futures = [writer.submit(put("r", f"s{i}")) for i in range(4)]
+    assert not writer.saturated
+    futures.append(writer.submit(put("r", "s4")))
+    assert writer.saturated
+    # Runs already admitted must still record progress: submit never refuses for depth.
+    futures += [writer.submit(put("r", f"s{i}")) for i in range(5, 8)]
+    assert writer.depth == 8 and writer.saturated
+
+    writer.start()
+    try:
+        await asyncio.gather(*futures)
+        assert not writer.saturated
+    finally:
+        await writer.close(timeout=10)
+    assert database.count("steps") == 8
 
 
 async def test_close_flushes_then_refuses_new_writes(store: Store, database: Database) -> None:

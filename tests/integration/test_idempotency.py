@@ -1,0 +1,106 @@
+"""Idempotency-Key: replay, 422 on a different request, 400 when required, duplicates attach."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from tests.conftest import Backend, GatewayFactory, durable_route
+
+
+async def test_same_key_replays_the_stored_response(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url))
+    headers = {"Idempotency-Key": '"order-42"'}
+    async with http.post(gw.url("/demo/steps?n=2"), data=b"{}", headers=headers) as resp:
+        assert resp.status == 200
+        assert "Idempotent-Replayed" not in resp.headers
+        first = await resp.json()
+    for key in ('"order-42"', "order-42"):  # quoted and bare are the same key
+        async with http.post(
+            gw.url("/demo/steps?n=2"), data=b"{}", headers={"Idempotency-Key": key}
+        ) as resp:
+            assert resp.status == 200
+            assert resp.headers["Idempotent-Replayed"] == "true"
+            assert await resp.json() == first
+    async with http.get(backend.url + f"/_counts?run_id={first['run_id']}") as resp:
+        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1}
+
+
+async def test_same_key_different_request_is_422(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url))
+    headers = {"Idempotency-Key": "k1"}
+    async with http.post(gw.url("/demo/echo"), data=b"one", headers=headers) as resp:
+        assert resp.status == 200
+    async with http.post(gw.url("/demo/echo"), data=b"two", headers=headers) as resp:
+        assert resp.status == 422
+        assert resp.content_type == "application/problem+json"
+    async with http.post(gw.url("/demo/echo?x=1"), data=b"one", headers=headers) as resp:
+        assert resp.status == 422
+    async with http.post(gw.url("/demo/echo"), data=b"one", headers=headers) as resp:
+        assert resp.status == 200  # a 422 is never stored as the key's result
+        assert resp.headers["Idempotent-Replayed"] == "true"
+
+
+async def test_required_key_missing_is_400_and_not_stored(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url, idempotency="required"))
+    async with http.post(gw.url("/demo/echo")) as resp:
+        assert resp.status == 400
+        assert resp.content_type == "application/problem+json"
+    async with http.post(gw.url("/demo/echo"), headers={"Idempotency-Key": "x" * 256}) as resp:
+        assert resp.status == 400
+    async with http.post(gw.url("/demo/echo"), headers={"Idempotency-Key": "ok"}) as resp:
+        assert resp.status == 200
+
+
+async def test_idempotency_off_ignores_the_header(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url, idempotency="off"))
+    run_ids = set()
+    for _ in range(2):
+        async with http.post(gw.url("/demo/echo"), headers={"Idempotency-Key": "same"}) as resp:
+            assert "Idempotent-Replayed" not in resp.headers
+            run_ids.add(resp.headers["Durable-Run-Id"])
+    assert len(run_ids) == 2
+
+
+async def test_concurrent_duplicates_attach_to_one_run(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url))
+    headers = {"Idempotency-Key": "burst"}
+
+    async def one() -> tuple[str, str | None]:
+        async with http.post(
+            gw.url("/demo/steps?n=2&pause_ms=200"), data=b"{}", headers=headers
+        ) as resp:
+            assert resp.status == 200
+            return (await resp.json())["run_id"], resp.headers.get("Idempotent-Replayed")
+
+    results = await asyncio.gather(*(one() for _ in range(10)))
+    assert len({run_id for run_id, _ in results}) == 1
+    assert sum(1 for _, replayed in results if replayed == "true") == 9
+    async with http.get(backend.url + "/_counts") as resp:
+        counts = await resp.json()
+    assert counts == {results[0][0]: {"step-1": 1, "step-2": 1}}  # one execution
+
+
+async def test_key_survives_a_restart(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url))
+    headers = {"Idempotency-Key": "persist"}
+    async with http.post(gw.url("/demo/steps?n=1"), headers=headers) as resp:
+        first = await resp.json()
+    gw.restart()
+    async with aiohttp.ClientSession() as fresh:  # no keep-alive connection to the old process
+        async with fresh.post(gw.url("/demo/steps?n=1"), headers=headers) as resp:
+            assert resp.headers["Idempotent-Replayed"] == "true"
+            assert await resp.json() == first

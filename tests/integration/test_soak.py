@@ -1,0 +1,90 @@
+"""Soak: concurrent clients, a backend failing at random steps, the gateway SIGKILLed and
+restarted a few times; every accepted request still gets its final response.
+
+CI runs the short version; `DURABLE_SOAK_SECONDS=300 pytest -s -m soak` runs a long one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import Backend, GatewayFactory, durable_route
+from tests.helpers import assert_eventually
+
+SECONDS = float(os.environ.get("DURABLE_SOAK_SECONDS", "20"))
+CLIENTS = int(os.environ.get("DURABLE_SOAK_CLIENTS", "16"))
+RESTARTS = int(os.environ.get("DURABLE_SOAK_RESTARTS", "3"))
+RETRY = "{max_attempts: 50, initial_backoff: 20ms, max_backoff: 300ms}"
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(SECONDS * 4 + 120)
+async def test_soak_with_gateway_kills(
+    sync_backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(
+        durable_route(sync_backend.url, retry=RETRY, hold="0s"), storage="durability: sync"
+    )
+    accepted: list[str] = []
+    refused = 0
+    deadline = time.monotonic() + SECONDS
+
+    async def client(i: int) -> None:
+        nonlocal refused
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            url = gw.url(f"/demo/steps?n=3&chaos=0.15&c={i}&r={n}")
+            try:
+                async with http.post(url, headers={"Prefer": "respond-async"}) as resp:
+                    assert resp.status == 202, await resp.text()
+                    accepted.append(resp.headers["Location"])
+            except aiohttp.ClientError:  # the gateway is down: never accepted, try again
+                refused += 1
+                await asyncio.sleep(0.05)
+
+    async def killer() -> int:
+        restarts = 0
+        for _ in range(RESTARTS):
+            await asyncio.sleep(SECONDS / (RESTARTS + 1))
+            gw.kill()
+            await asyncio.to_thread(gw.launch)
+            restarts += 1
+        return restarts
+
+    *_, restarts = await asyncio.gather(*(client(i) for i in range(CLIENTS)), killer())
+
+    limit = asyncio.Semaphore(32)
+
+    async def final(location: str) -> dict[str, Any]:
+        async def finished() -> dict[str, Any]:
+            async with limit, http.get(location, headers={"Prefer": "wait=10"}) as resp:
+                assert resp.status == 200, f"{resp.status} {await resp.text()}"
+                body: dict[str, Any] = await resp.json()
+                return body
+
+        body: dict[str, Any] = await assert_eventually(finished, within=SECONDS * 2 + 60)
+        return body
+
+    bodies = await asyncio.gather(*(final(location) for location in accepted))
+    async with http.get(sync_backend.url + "/_counts") as resp:
+        counts: dict[str, dict[str, int]] = await resp.json()
+    async with http.get(sync_backend.url + "/_violations") as resp:
+        violations = (await resp.json())["violations"]
+    retries = sum(body["attempt"] - 1 for body in bodies)
+    reexecuted = sum(n - 1 for run in counts.values() for n in run.values())
+    print(
+        f"\nsoak: {SECONDS:.0f}s, {CLIENTS} clients, {len(accepted)} requests accepted "
+        f"({refused} refused while down), {retries} retries, {restarts} SIGKILL restarts, "
+        f"{reexecuted} step re-executions (none acknowledged: {len(violations)} violations)"
+    )
+    assert restarts == RESTARTS
+    assert len(bodies) == len(accepted) > 0
+    assert all(len(body["results"]) == 3 for body in bodies)
+    assert violations == []
