@@ -9,109 +9,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
-import fcntl
-import json
 import logging
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final, final
 
 import aiosqlite
-import orjson
 
 from gateway.errors import StoreUnavailable
-from gateway.store import (
-    AttemptRow,
-    CreateRun,
-    FinishRun,
-    Headers,
-    PutStep,
-    RecordAttempt,
-    RunRow,
-    StoredRequest,
-    StoredResponse,
-    UpdateRun,
-    Write,
-)
+from gateway.store import AttemptRow, RunRow, Write, filelock
 from gateway.store.schema import UNFINISHED, migrate_sqlite
+from gateway.store.sqlite_sql import (
+    CLAIM,
+    EXPIRED,
+    NOT_MINE,
+    PURGE,
+    PURGEABLE,
+    RUN_COLUMNS,
+    group_writes,
+    plan,
+    run_row,
+)
+
+__all__ = ["MEMORY", "SqliteStore", "describe_error", "group_writes", "path_from_url"]
 
 log = logging.getLogger(__name__)
 
 MEMORY: Final = ":memory:"
 _PREFIX: Final = "sqlite:///"
-
-# One statement per kind of write. Parameters come from `_row` in the same order.
-_SQL: Final[dict[type[Any], str]] = {
-    CreateRun: (
-        "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at,"
-        " method, path_qs, req_headers, req_body, owner, lease_until)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING"
-    ),
-    PutStep: (
-        "INSERT INTO steps (run_id, step_id, output, attempt, created_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
-    ),
-    RecordAttempt: (
-        "INSERT INTO attempts (run_id, attempt, started_at, ended_at, outcome, status, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, attempt) DO UPDATE SET"
-        " started_at = excluded.started_at, ended_at = excluded.ended_at,"
-        " outcome = excluded.outcome, status = excluded.status, detail = excluded.detail"
-    ),
-    UpdateRun: (
-        "UPDATE runs SET status = ?, attempt = ?, wake_at = ?, updated_at = ? WHERE run_id = ?"
-    ),
-    FinishRun: (
-        "UPDATE runs SET status = ?, resp_status = ?, resp_headers = ?, resp_body = ?,"
-        " finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL, lease_until = NULL"
-        " WHERE run_id = ?"
-    ),
-}
-
-# Written with its CreateRun, after it; the first key on a route wins.
-_INSERT_KEY: Final = (
-    "INSERT INTO idempotency_keys (route, idem_key, fingerprint, run_id, created_at)"
-    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (route, idem_key) DO NOTHING"
-)
-
-# The table each kind writes; writes to different tables or runs never depend on each other.
-_TABLE: Final[dict[type[Any], str]] = {
-    CreateRun: "runs",
-    UpdateRun: "runs",
-    FinishRun: "runs",
-    PutStep: "steps",
-    RecordAttempt: "attempts",
-}
-
-_RUN_COLUMNS: Final = (
-    "run_id, route, status, attempt, created_at, updated_at, finished_at, wake_at,"
-    " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body,"
-    " owner, lease_until"
-)
-
-# Due runs first: no wake time (run now), then the earliest wake, then the oldest;
-# run_id only makes the order total, so pages never depend on how ties fall.
-_CLAIM: Final = (
-    f"SELECT {_RUN_COLUMNS} FROM runs WHERE {UNFINISHED} AND {{which}}"
-    " ORDER BY wake_at NULLS FIRST, created_at, run_id LIMIT ?"
-)
-_EXPIRED: Final = "(lease_until IS NULL OR lease_until < ?)"
-# Stealing takes live leases too, except this owner's own: it is running those already.
-_NOT_MINE: Final = "(lease_until IS NULL OR lease_until < ? OR owner IS NOT ?)"
-
-_PURGEABLE: Final = (
-    "SELECT run_id FROM runs WHERE finished_at < ?"
-    " AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?"
-)
-# Dependents first; the run row goes last, so no key or step ever outlives its run.
-_PURGE: Final = (
-    "DELETE FROM idempotency_keys WHERE run_id = ?",
-    "DELETE FROM steps WHERE run_id = ?",
-    "DELETE FROM attempts WHERE run_id = ?",
-    "DELETE FROM runs WHERE run_id = ?",
-)
 
 
 def path_from_url(url: str) -> str:
@@ -122,129 +48,6 @@ def path_from_url(url: str) -> str:
             "sqlite:////absolute/path.db or sqlite:///:memory:"
         )
     return url[len(_PREFIX) :]
-
-
-def group_writes(writes: Sequence[Write]) -> list[list[Write]]:
-    """Pack a batch into as few same-kind groups as order allows, one executemany each.
-
-    Only writes to the same (table, run) must keep their order: every statement touches
-    rows of its own run in its own table, and the whole batch is one transaction. So a
-    write joins the first group of its kind at or after the group holding its
-    predecessor on that (table, run), and a group keeps submission order inside it.
-    A mixed batch of many runs thus costs about one statement per kind, not per write.
-    """
-    groups: list[list[Write]] = []
-    kinds: list[type[Any]] = []
-    last: dict[tuple[str, str], int] = {}
-    for write in writes:
-        kind = type(write)
-        key = (_TABLE[kind], write.run_id)
-        index = last.get(key, 0)
-        while index < len(groups) and kinds[index] is not kind:
-            index += 1
-        if index == len(groups):
-            groups.append([])
-            kinds.append(kind)
-        groups[index].append(write)
-        last[key] = index
-    return groups
-
-
-def encode_headers(headers: Headers) -> bytes:
-    """Header pairs as a JSON array; lossless for aiohttp's surrogate-escaped bytes."""
-    try:
-        return orjson.dumps(headers)
-    except TypeError:
-        # orjson refuses lone surrogates (non-UTF-8 header bytes as aiohttp decodes
-        # them); the json module escapes them as \udcXX and reads them back intact.
-        return json.dumps(headers).encode()
-
-
-def decode_headers(raw: bytes) -> Headers:
-    try:
-        pairs = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pairs = json.loads(raw)
-    return [(str(name), str(value)) for name, value in pairs]
-
-
-def _row(write: Write) -> tuple[Any, ...]:
-    """Statement parameters for one write, in `_SQL` order."""
-    match write:
-        case PutStep():
-            return (write.run_id, write.step_id, write.output, write.attempt, write.created_at)
-        case CreateRun(request=req):
-            return (
-                write.run_id,
-                write.route,
-                write.status,
-                write.attempt,
-                write.created_at,
-                write.created_at,
-                req.method,
-                req.path_qs,
-                encode_headers(req.headers),
-                req.body,
-                write.owner,
-                write.lease_until,
-            )
-        case RecordAttempt():
-            return (
-                write.run_id,
-                write.attempt,
-                write.started_at,
-                write.ended_at,
-                write.outcome,
-                write.status,
-                write.detail,
-            )
-        case UpdateRun():
-            return (write.status, write.attempt, write.wake_at, write.updated_at, write.run_id)
-        case FinishRun(response=resp):
-            return (
-                write.status,
-                resp.status,
-                encode_headers(resp.headers),
-                resp.body,
-                write.finished_at,
-                write.finished_at,
-                write.run_id,
-            )
-
-
-def _run_row(row: Any) -> RunRow:
-    response = None
-    if row[12] is not None:
-        response = StoredResponse(row[12], decode_headers(row[13]), bytes(row[14]))
-    return RunRow(
-        run_id=row[0],
-        route=row[1],
-        status=row[2],
-        attempt=row[3],
-        created_at=row[4],
-        updated_at=row[5],
-        finished_at=row[6],
-        wake_at=row[7],
-        request=StoredRequest(row[8], row[9], decode_headers(row[10]), bytes(row[11])),
-        response=response,
-        owner=row[15],
-        lease_until=row[16],
-    )
-
-
-def _plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The batch as (statement, parameter rows) pairs, one executemany each, in order."""
-    plan: list[tuple[str, list[tuple[Any, ...]]]] = []
-    for group in group_writes(writes):
-        plan.append((_SQL[type(group[0])], [_row(w) for w in group]))
-        keys = [
-            (w.route, w.idempotency[0], w.idempotency[1], w.run_id, w.created_at)
-            for w in group
-            if isinstance(w, CreateRun) and w.idempotency is not None
-        ]
-        if keys:
-            plan.append((_INSERT_KEY, keys))
-    return plan
 
 
 # Primary result codes (the low byte of an extended code) worth a plain explanation.
@@ -283,51 +86,6 @@ def _prepare_path(path: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailable(f"sqlite: cannot create the directory of {path}: {exc}") from exc
-
-
-def lock_path(path: str) -> str:
-    return path + ".lock"
-
-
-def _take_file_lock(path: str) -> int:
-    """Hold `<path>.lock` exclusively for this process; returns its descriptor.
-
-    flock, not the database's own locks: it is held for the store's whole life, and
-    the kernel drops it when the process dies, even by kill -9, so a lock never
-    outlives its gateway. The file keeps the holder's pid for the error message; it
-    is never deleted, since unlinking a lock file lets two processes lock two files.
-    """
-    name = lock_path(path)
-    try:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StoreUnavailable(f"sqlite: cannot open the lock file {name}: {exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = ""
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            with contextlib.suppress(OSError):
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise StoreUnavailable(f"sqlite: cannot lock {name}: {exc}") from exc
-        raise StoreUnavailable(
-            f"sqlite store {path} is in use by another gateway process (pid {holder or '?'})"
-        ) from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass  # the pid only improves a message; the lock itself is held
-    return fd
-
-
-def _drop_file_lock(fd: int | None) -> None:
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 async def _connect(path: str, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
@@ -392,7 +150,7 @@ class SqliteStore:
         """
         path = path_from_url(url)
         _prepare_path(path)
-        lock_fd = None if path == MEMORY else _take_file_lock(path)
+        lock_fd = None if path == MEMORY else filelock.acquire(path)
         try:
             async with _mapped_errors(path, "opening"):
                 writer = await _connect(path, busy_timeout_ms, read_only=False)
@@ -402,7 +160,7 @@ class SqliteStore:
                     await writer.close()
                     raise
         except BaseException:
-            _drop_file_lock(lock_fd)
+            filelock.release(lock_fd)
             raise
         return cls(path, writer, reader, lock_fd)
 
@@ -482,9 +240,9 @@ class SqliteStore:
         if not writes:
             return
         self._check_open()
-        plan = _plan(writes)
+        statements = plan(writes)
         async with self._transaction(f"writing {len(writes)} writes") as conn:
-            for sql, rows in plan:
+            for sql, rows in statements:
                 await conn.executemany(sql, rows)
 
     async def claim_unfinished(
@@ -494,12 +252,12 @@ class SqliteStore:
         until = now + lease_ttl
         params: tuple[Any, ...]
         if steal:
-            sql, params = _CLAIM.format(which=_NOT_MINE), (now, owner, limit)
+            sql, params = CLAIM.format(which=NOT_MINE), (now, owner, limit)
         else:
-            sql, params = _CLAIM.format(which=_EXPIRED), (now, limit)
+            sql, params = CLAIM.format(which=EXPIRED), (now, limit)
         async with self._transaction("claiming unfinished runs") as conn:
             async with conn.execute(sql, params) as cur:
-                rows = [_run_row(row) for row in await cur.fetchall()]
+                rows = [run_row(row) for row in await cur.fetchall()]
             await conn.executemany(
                 "UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?",
                 [(owner, until, row.run_id) for row in rows],
@@ -540,16 +298,16 @@ class SqliteStore:
         table loses exactly the same runs.
         """
         async with self._transaction("purging finished runs") as conn:
-            async with conn.execute(_PURGEABLE, (cutoff, limit)) as cur:
+            async with conn.execute(PURGEABLE, (cutoff, limit)) as cur:
                 ids = [(row[0],) for row in await cur.fetchall()]
             if ids:
-                for sql in _PURGE:
+                for sql in PURGE:
                     await conn.executemany(sql, ids)
         return len(ids)
 
     async def get_run(self, run_id: str) -> RunRow | None:
-        row = await self._read_one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", run_id)
-        return None if row is None else _run_row(row)
+        row = await self._read_one(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", run_id)
+        return None if row is None else run_row(row)
 
     async def load_steps(self, run_id: str) -> dict[str, bytes]:
         rows = await self._read_all("SELECT step_id, output FROM steps WHERE run_id = ?", run_id)
@@ -591,7 +349,7 @@ class SqliteStore:
                 await self._writer.close()
         finally:
             # Only once both connections are closed: the next holder may write at once.
-            _drop_file_lock(self._lock_fd)
+            filelock.release(self._lock_fd)
             self._lock_fd = None
 
     def _check_open(self) -> None:

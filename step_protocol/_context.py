@@ -1,0 +1,240 @@
+"""What both flavours of run context share: the Durable-* headers parsed, the step journal,
+how sidecar answers are read, and the errors. Pure: no I/O here, so the async client
+(`client.py`) and the blocking one (`_sync_client.py`) cannot read the protocol differently.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol, final
+
+import orjson
+
+from step_protocol import wire
+
+log = logging.getLogger("step_protocol")
+
+JSON: Final = "application/json"
+TIMEOUT: Final = 30.0
+"""Seconds a sidecar call may take; a `?durable=sync` write waits for a commit."""
+
+
+class HeadersLike(Protocol):
+    """Anything with `items()` of header pairs: dict, multidict, Starlette or Werkzeug headers."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+class StepProtocolError(Exception):
+    """Base of every error this package raises."""
+
+
+class SidecarError(StepProtocolError):
+    """The sidecar refused a call or could not be reached (`status` is None then).
+
+    The step was not recorded: let the handler fail so the gateway retries it.
+    """
+
+    def __init__(self, status: int | None, problem: dict[str, Any]):
+        self.status = status
+        self.problem = problem
+        detail = problem.get("detail") or problem.get("title") or ""
+        super().__init__(f"sidecar answered {status}: {detail}" if status else str(detail))
+
+
+class StaleAttempt(SidecarError):
+    """A newer attempt of this run has started; this one's writes are refused.
+
+    Nothing this attempt does counts any more: let it propagate and end the handler.
+    """
+
+
+# --- the parsed headers and the per-context journal (pure) -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the gateway told this attempt in its Durable-* headers."""
+
+    run_id: str
+    attempt: int
+    sidecar: str
+    """Base URL of the run's sidecar API, without a trailing slash."""
+    token: str
+    steps: dict[str, Any] | None
+    """Completed steps `{step_id: output}`; None means `GET {sidecar}/steps` first."""
+
+
+def parse_headers(headers: HeadersLike) -> RunInfo | None:
+    """RunInfo from request headers (any case); None when the gateway sent none.
+
+    Raises StepProtocolError when only some of the required headers are present: a
+    handler must not silently run without durability behind the gateway.
+    """
+    found: dict[str, str] = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("durable-"):
+            found[lower] = value
+    run_id = found.get("durable-run-id")
+    sidecar = found.get("durable-sidecar")
+    token = found.get("durable-token")
+    if run_id is None and sidecar is None and token is None:
+        return None
+    if not (run_id and sidecar and token):
+        raise StepProtocolError(
+            f"incomplete durable headers: need {wire.RUN_ID}, {wire.SIDECAR} and {wire.TOKEN}"
+        )
+    try:
+        attempt = int(found.get("durable-attempt", "1"))
+    except ValueError:
+        raise StepProtocolError(f"malformed {wire.ATTEMPT} header") from None
+    try:
+        steps = wire.decode_steps(found.get("durable-steps"))
+    except ValueError as exc:
+        # The sidecar is the source of truth, so a mangled header costs one GET, not the run.
+        log.warning("%s; fetching steps from the sidecar instead", exc)
+        steps = None
+    return RunInfo(run_id, attempt, sidecar.rstrip("/"), token, steps)
+
+
+@final
+class Journal:
+    """Step ids handed out so far and the memoized outputs, for one context."""
+
+    __slots__ = ("memo", "uses")
+
+    def __init__(self, memo: dict[str, Any] | None) -> None:
+        self.memo = memo
+        self.uses: dict[str, int] = {}
+
+    def next_id(self, base: str) -> str:
+        """`base` first, then `base:1`, `base:2`, … (stable for a deterministic handler)."""
+        if not base:
+            raise ValueError("a step id must not be empty")
+        n = self.uses.get(base, 0)
+        self.uses[base] = n + 1
+        step_id = f"{base}:{n}" if n else base
+        if len(step_id) > wire.MAX_STEP_ID:
+            raise ValueError(f"step id longer than {wire.MAX_STEP_ID} characters: {step_id!r}")
+        return step_id
+
+
+class PutResult(enum.Enum):
+    """What a step PUT's answer means for the caller."""
+
+    RECORDED = "recorded"
+    """Accepted (201 new, 200 same output): the value sent is the step's output."""
+    CONFLICT = "conflict"
+    """Another write won (first write wins): read the stored output back."""
+
+
+def _problem(status: int, body: bytes) -> dict[str, Any]:
+    try:
+        problem = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        problem = None
+    if isinstance(problem, dict):
+        return problem
+    return {"status": status, "detail": body[:500].decode("utf-8", "replace")}
+
+
+def _refusal(status: int, body: bytes) -> SidecarError:
+    problem = _problem(status, body)
+    if status == 409 and wire.problem_slug(problem.get("type")) == wire.PROBLEM_STALE_ATTEMPT:
+        return StaleAttempt(status, problem)
+    return SidecarError(status, problem)
+
+
+def put_outcome(status: int, body: bytes) -> PutResult:
+    """Classify a step PUT's answer; raises for anything but 200, 201 and a step conflict."""
+    if status in (200, 201):
+        return PutResult.RECORDED
+    error = _refusal(status, body)
+    if status == 409 and not isinstance(error, StaleAttempt):
+        return PutResult.CONFLICT
+    raise error
+
+
+def json_ok(status: int, body: bytes) -> dict[str, Any]:
+    """The JSON object of a 200 answer; raises SidecarError otherwise."""
+    if status != 200:
+        raise _refusal(status, body)
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise SidecarError(status, {"detail": f"sidecar sent invalid JSON: {exc}"}) from exc
+    if not isinstance(answer, dict):
+        raise SidecarError(status, {"detail": "sidecar sent a non-object JSON body"})
+    return answer
+
+
+def output_body(step_id: str, value: object) -> bytes:
+    try:
+        return wire.put_output_body(value)
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        raise TypeError(f"output of step {step_id!r} is not JSON-serialisable: {exc}") from exc
+
+
+def steps_from(answer: dict[str, Any]) -> dict[str, Any]:
+    steps = answer.get("steps")
+    if not isinstance(steps, dict):
+        raise SidecarError(200, {"detail": "GET steps answer has no `steps` object"})
+    return {k: v.get("output") for k, v in steps.items() if isinstance(v, dict)}
+
+
+def step_path(step_id: str) -> str:
+    """Where a step lives under the sidecar URL."""
+    return f"/steps/{wire.step_path(step_id)}"
+
+
+def put_path(path: str, sync: bool) -> str:
+    """The step path a PUT goes to; `sync` asks the gateway to commit before answering."""
+    return f"{path}?{wire.SYNC_QUERY}" if sync else path
+
+
+def error_body(exc: Exception) -> bytes:
+    """The PUT body that reports a failed try of a step."""
+    return wire.put_error_body(str(exc) or type(exc).__name__)
+
+
+def unreachable(exc: BaseException) -> SidecarError:
+    return SidecarError(None, {"detail": f"sidecar unreachable: {exc!r}"})
+
+
+# --- the part of a run context both flavours share -------------------------------------
+
+
+class ContextBase:
+    """The run, its step journal and its token: the state both RunContext flavours keep."""
+
+    __slots__ = ("_info", "_journal", "_auth")
+
+    def __init__(self, info: RunInfo | None) -> None:
+        self._info = info
+        self._journal = Journal(info.steps if info else {})
+        self._auth = {"Authorization": f"Bearer {info.token}"} if info else {}
+
+    @property
+    def durable(self) -> bool:
+        """False when the request did not come through the gateway: steps just run."""
+        return self._info is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._info.run_id if self._info else None
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first attempt (and outside the gateway), then 2, 3, …"""
+        return self._info.attempt if self._info else 1
+
+    def _headers(self, body: bytes | None) -> dict[str, str]:
+        """Headers of a sidecar call: the token, and the JSON type when there is a body."""
+        return self._auth if body is None else {**self._auth, "Content-Type": JSON}
