@@ -15,6 +15,14 @@ Endpoints:
       delay_ms=D     sleep D ms before answering (every attempt)
       pause_ms=P     sleep P ms after each step (to catch a run mid-step)
       chaos=X        before each step, fail with probability X (500 or drop), any attempt
+  GET|POST /demo/sleep?seconds=N&n=2   step-1, a durable sleep "nap" of N seconds, then
+                 step-2..step-n; JSON {"run_id", "attempt", "results"}. While the nap lasts
+                 the handler answers 202 {"suspended": true, ...} (the gateway ignores it)
+  GET|POST /demo/wait?event=order.paid&order_id=42[&timeout=30][&lookback=10m]   step-1,
+                 a wait "paid" for the event (matching data.order_id when order_id is given;
+                 no timeout: wait forever), then step-2 with the event; JSON {"run_id",
+                 "attempt", "event", "results"}; event is null when the timeout passed.
+                 Without the gateway nothing can deliver an event: 501 with {"error"}
   GET /demo/stream?chunks=5&interval_ms=100   one line per chunk, streamed
   *   /demo/echo     method, path, query, headers (names lowercased) and body, as JSON
   GET /_counts[?run_id=]   how often each step's function ran
@@ -41,7 +49,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout: python examples/backend.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from step_protocol import StepClient
+from step_protocol import StepClient, StepProtocolError, aiohttp_middleware, wire
 
 Counts = defaultdict[str, defaultdict[str, int]]
 STEPS: web.AppKey[StepClient] = web.AppKey("steps", StepClient)
@@ -64,6 +72,28 @@ def _float(query: dict[str, str], name: str, default: float) -> float:
     if not 0 <= value <= 1:
         raise BadQuery(f"{name} must be between 0 and 1")
     return value
+
+
+def _number(query: dict[str, str], name: str, default: float) -> float:
+    try:
+        value = float(query.get(name, default))
+    except ValueError:
+        raise BadQuery(f"{name} must be a number") from None
+    if not 0 <= value < float("inf"):
+        raise BadQuery(f"{name} must be >= 0")
+    return value
+
+
+def _duration(query: dict[str, str], name: str) -> float | str | None:
+    """Seconds as a number, or a duration string like `30s` or `1h` passed on as is."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        seconds = wire.parse_duration(raw)
+    except ValueError as exc:
+        raise BadQuery(f"{name}: {exc}") from None
+    return seconds if raw.strip().replace(".", "", 1).isdigit() else raw
 
 
 def _int(query: dict[str, str], name: str, default: int, *, low: int = 0) -> int:
@@ -121,6 +151,70 @@ async def demo_steps(request: web.Request) -> web.StreamResponse:
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
     return web.json_response({"run_id": ctx.run_id, "attempt": ctx.attempt, "results": results})
+
+
+def _counted_step(request: web.Request, run_key: str, i: int, attempt: int) -> Any:
+    """The work of step-i: counted per run, like /demo/steps."""
+    counts = request.app[COUNTS][run_key]
+
+    def work() -> dict[str, Any]:
+        counts[f"step-{i}"] += 1
+        return {"step": i, "value": f"computed on attempt {attempt}"}
+
+    return work
+
+
+async def demo_sleep(request: web.Request) -> web.StreamResponse:
+    """step-1, a durable sleep, then the other steps; Suspend ends it via the middleware."""
+    query = dict(request.query)
+    try:
+        seconds = _number(query, "seconds", 1.0)
+        n = _int(query, "n", 2, low=1)
+    except BadQuery as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    ctx = request.app[STEPS].context(request.headers)
+    run_key = ctx.run_id or "none"
+    results = [await ctx.step("step-1", _counted_step(request, run_key, 1, ctx.attempt))]
+    # Behind the gateway: raises Suspend until the nap is over (aiohttp_middleware answers
+    # 202 and the gateway calls this handler again after the wake time). Without: sleeps.
+    await ctx.sleep("nap", seconds=seconds)
+    for i in range(2, n + 1):
+        results.append(await ctx.step(f"step-{i}", _counted_step(request, run_key, i, ctx.attempt)))
+    return web.json_response({"run_id": ctx.run_id, "attempt": ctx.attempt, "results": results})
+
+
+async def demo_wait(request: web.Request) -> web.StreamResponse:
+    """step-1, a wait for an event, then step-2 with the event in its output."""
+    query = dict(request.query)
+    try:
+        timeout = _duration(query, "timeout")
+        lookback = _duration(query, "lookback")
+    except BadQuery as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    event = query.get("event", "order.paid")
+    order_id = query.get("order_id")
+    ctx = request.app[STEPS].context(request.headers)
+    run_key = ctx.run_id or "none"
+    counts = request.app[COUNTS][run_key]
+    results = [await ctx.step("step-1", _counted_step(request, run_key, 1, ctx.attempt))]
+    match = {"data.order_id": order_id} if order_id is not None else None
+    try:
+        # Behind the gateway: raises Suspend until a matching event arrives or the timeout
+        # passes; the middleware answers 202 and the gateway calls us again then.
+        ev = await ctx.wait_for_event(
+            "paid", event, match=match, timeout=timeout, lookback=lookback
+        )
+    except StepProtocolError as exc:  # not behind the gateway: no one can deliver events
+        return web.json_response({"error": str(exc)}, status=501)
+
+    def step_2() -> dict[str, Any]:
+        counts["step-2"] += 1
+        return {"step": 2, "value": f"computed on attempt {ctx.attempt}", "event": ev}
+
+    results.append(await ctx.step("step-2", step_2))
+    return web.json_response(
+        {"run_id": ctx.run_id, "attempt": ctx.attempt, "event": ev, "results": results}
+    )
 
 
 async def _fail(request: web.Request, mode: str, attempt: int, retry_after: int) -> web.Response:
@@ -195,7 +289,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 def make_app(*, steps_sync: bool = False) -> web.Application:
-    app = web.Application()
+    # aiohttp_middleware answers a Suspend (a sleep or wait not over yet) with 202 JSON.
+    app = web.Application(middlewares=[aiohttp_middleware])
     step_counts: Counts = defaultdict(lambda: defaultdict(int))
     app[COUNTS] = step_counts
     app[ACKED] = set()
@@ -210,6 +305,9 @@ def make_app(*, steps_sync: bool = False) -> web.Application:
     app.cleanup_ctx.append(step_client)
     app.router.add_route("GET", "/demo/steps", demo_steps)
     app.router.add_route("POST", "/demo/steps", demo_steps)
+    for method in ("GET", "POST"):
+        app.router.add_route(method, "/demo/sleep", demo_sleep)
+        app.router.add_route(method, "/demo/wait", demo_wait)
     app.router.add_get("/demo/stream", demo_stream)
     app.router.add_route("*", "/demo/echo", demo_echo)
     app.router.add_get("/_counts", counts)

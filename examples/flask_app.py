@@ -1,4 +1,4 @@
-"""Example: durable steps in a Flask (blocking) handler with SyncStepClient.
+"""Example: durable steps and a durable sleep in Flask (blocking) handlers with SyncStepClient.
 
 Shows the client only; it never talks to anything but the sidecar URL it is given.
 
@@ -20,7 +20,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from step_protocol import SyncStepClient
+from step_protocol import SyncStepClient, flask_register
 
 
 def summarise(text: str) -> str:
@@ -32,6 +32,8 @@ def create_app() -> Flask:
     app = Flask(__name__)
     # One per app: keeps a keep-alive connection to the sidecar per worker thread.
     steps = app.extensions["step_client"] = SyncStepClient()
+    # Answers a `Suspend` (a sleep or wait not over yet) from any view with 202 JSON.
+    flask_register(app)
 
     @app.post("/api/digest")
     def digest() -> ResponseReturnValue:
@@ -47,6 +49,16 @@ def create_app() -> Flask:
             sync=True,
         )
         return jsonify(run_id=ctx.run_id, attempt=ctx.attempt, summaries=summaries, **receipt)
+
+    @app.post("/api/remind")
+    def remind() -> ResponseReturnValue:
+        ctx = steps.context(request.headers)
+        text = ctx.step("draft", lambda: summarise(request.get_data(as_text=True)))
+        # Behind the gateway this raises Suspend until the delay is over (flask_register
+        # answers it; no worker thread is held meanwhile). Without the gateway it blocks.
+        ctx.sleep("cooldown", seconds=float(request.args.get("delay", "60")))
+        sent = ctx.step("send", lambda: {"sent": text})
+        return jsonify(run_id=ctx.run_id, attempt=ctx.attempt, **sent)
 
     return app
 

@@ -1,6 +1,6 @@
 // Example backend in Node.js 20, standard library only: the step protocol with raw calls.
 //
-// It implements step_protocol/SPEC.md (protocol version 1) without any SDK, so it
+// It implements step_protocol/SPEC.md (protocol version 2) without any SDK, so it
 // doubles as documentation for writing a backend in a language we ship no client for.
 // It never keeps state beyond its in-process step counters.
 //
@@ -9,9 +9,17 @@
 // Endpoints and failure knobs are those of examples/backend.py:
 //   GET|POST /demo/steps?n=3[&fail_at=K&fail_times=F&mode=500|503|drop|hang|400|noretry
 //                          &retry_after=S&delay_ms=D]
+//   GET|POST /demo/sleep?seconds=N&n=2          step-1, durable sleep "nap", step-2..n
+//   GET|POST /demo/wait?event=order.paid&order_id=42[&timeout=30][&lookback=10m]
+//                                                step-1, wait "paid" for the event, step-2
 //   GET /demo/stream?chunks=5&interval_ms=100
 //   *   /demo/echo
 //   GET /_counts[?run_id=]    GET /_health
+//
+// While a sleep or wait is not over, the handler ends at once with
+// 202 {"suspended": true, "kind", "wake_at", "step_id"}: the gateway ignores that answer and
+// calls the handler again later. Without the gateway, /demo/sleep sleeps in-process and
+// /demo/wait answers 501 (nothing could deliver an event).
 
 import http from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -95,17 +103,26 @@ const problemSlug = (problem) => String(problem?.type ?? "").split("/").pop();
 class StaleAttempt extends Error {}
 
 /**
- * Run `fn` as the step `baseId`, or hand back its output if an earlier attempt finished it.
- * Repeated ids in one attempt become id, id:1, id:2, ... (SPEC.md §4, "Repeated ids").
+ * Thrown when the sidecar answers 202 to a sleep or wait: the run must suspend. The request
+ * handler catches it and ends at once (SPEC.md §4.7, "Suspension"); the gateway ignores
+ * whatever the suspended attempt answers and re-invokes the request later.
  */
-async function step(ctx, baseId, fn, { sync = false } = {}) {
-  if (ctx === null) return await fn(); // not behind the gateway: just run it
+class Suspend extends Error {
+  constructor(kind, stepId, wakeAt) {
+    super(`${kind} ${stepId} suspends the run until ${wakeAt ?? "a matching event"}`);
+    Object.assign(this, { kind, stepId, wakeAt });
+  }
+}
 
+/** The next id for `baseId` in this attempt: id, id:1, id:2, ... (steps, sleeps, waits alike). */
+function nextId(ctx, baseId) {
   const n = ctx.uses.get(baseId) ?? 0;
   ctx.uses.set(baseId, n + 1);
-  const stepId = n === 0 ? baseId : `${baseId}:${n}`;
+  return n === 0 ? baseId : `${baseId}:${n}`;
+}
 
-  // Durable-Steps said `fetch`: one GET for all completed steps, on first need.
+/** Completed steps {id: output}: from Durable-Steps, or one GET when it said `fetch`. */
+async function completedSteps(ctx) {
   if (ctx.steps === null) {
     const { status, json } = await sidecar(ctx, "GET", "/steps");
     if (status !== 200) throw new Error(`GET steps answered ${status}`);
@@ -113,7 +130,28 @@ async function step(ctx, baseId, fn, { sync = false } = {}) {
       Object.entries(json.steps).map(([id, step]) => [id, step.output]),
     );
   }
-  if (Object.hasOwn(ctx.steps, stepId)) return ctx.steps[stepId]; // memoized: skip the work
+  return ctx.steps;
+}
+
+/** A refusal of the sidecar as an exception: stale attempt, or anything else. */
+function refusal(status, json) {
+  if (status === 409 && problemSlug(json) === "stale-attempt") {
+    return new StaleAttempt("a newer attempt of this run has started");
+  }
+  return new Error(`sidecar answered ${status}: ${json?.detail ?? ""}`);
+}
+
+/**
+ * Run `fn` as the step `baseId`, or hand back its output if an earlier attempt finished it.
+ * Repeated ids in one attempt become id, id:1, id:2, ... (SPEC.md §4, "Repeated ids").
+ */
+async function step(ctx, baseId, fn, { sync = false } = {}) {
+  if (ctx === null) return await fn(); // not behind the gateway: just run it
+
+  const stepId = nextId(ctx, baseId);
+  // Durable-Steps said `fetch`: one GET for all completed steps, on first need.
+  const done = await completedSteps(ctx);
+  if (Object.hasOwn(done, stepId)) return done[stepId]; // memoized: skip the work
 
   const path = `/steps/${stepPath(stepId)}`;
   let output;
@@ -132,17 +170,54 @@ async function step(ctx, baseId, fn, { sync = false } = {}) {
     output,
   });
   if (status === 200 || status === 201) return output; // recorded (201) or already identical (200)
-  if (status === 409 && problemSlug(json) === "stale-attempt") {
-    throw new StaleAttempt("a newer attempt of this run has started");
-  }
-  if (status === 409) {
+  if (status === 409 && problemSlug(json) !== "stale-attempt") {
     // step-conflict: another attempt recorded a different output first; first write wins.
     const stored = await sidecar(ctx, "GET", path);
     if (stored.status !== 200) throw new Error(`GET step answered ${stored.status}`);
     return stored.json.output;
   }
-  throw new Error(`sidecar answered ${status}: ${json?.detail ?? ""}`);
+  throw refusal(status, json);
 }
+
+/**
+ * Durable sleep (SPEC.md §4.5). A sleep is a step: once over, it is in Durable-Steps and
+ * needs no call. Otherwise POST it: 200 = over, go on; 202 = not yet: throw Suspend so the
+ * handler ends now. The first call fixes the wake time; later calls only ask.
+ */
+async function durableSleep(ctx, baseId, seconds) {
+  if (ctx === null) return await sleep(seconds * 1000); // not behind the gateway: just sleep
+  const stepId = nextId(ctx, baseId);
+  if (Object.hasOwn(await completedSteps(ctx), stepId)) return; // over on an earlier attempt
+  const { status, json } = await sidecar(ctx, "POST", `/steps/${stepPath(stepId)}/sleep`, {
+    seconds,
+  });
+  if (status === 200) return; // {"done": true, "wake_at": ...}: the sleep is over
+  if (status === 202) throw new Suspend("sleep", stepId, json?.wake_at ?? null);
+  throw refusal(status, json);
+}
+
+/**
+ * Wait for an event (SPEC.md §4.6): the event object {name, id, data, ts}, or null when the
+ * timeout passed first. Memoized like any step (a timed-out wait is stored as null, so test
+ * with hasOwn, not truthiness). 202 = nothing yet: throw Suspend; the gateway re-invokes the
+ * request when a matching event arrives or the timeout passes.
+ */
+async function waitForEvent(ctx, baseId, event, { match, timeout, lookback } = {}) {
+  if (ctx === null) throw new NoGateway("cannot wait for events without the gateway");
+  const stepId = nextId(ctx, baseId);
+  const done = await completedSteps(ctx);
+  if (Object.hasOwn(done, stepId)) return done[stepId];
+  const body = { event };
+  if (match !== undefined) body.match = match;
+  if (timeout !== undefined) body.timeout = timeout;
+  if (lookback !== undefined) body.lookback = lookback;
+  const { status, json } = await sidecar(ctx, "POST", `/steps/${stepPath(stepId)}/wait`, body);
+  if (status === 200) return json.event; // the event, or null on timeout
+  if (status === 202) throw new Suspend("wait", stepId, json?.timeout_at ?? null);
+  throw refusal(status, json);
+}
+
+class NoGateway extends Error {}
 
 // ---------------------------------------------------------------------------------------
 // The demo endpoints
@@ -214,6 +289,92 @@ async function demoSteps(req, res, query) {
   }
   if (delayMs) await sleep(delayMs);
   sendJson(res, 200, { run_id: ctx?.runId ?? null, attempt, results });
+}
+
+/** A duration query parameter: a number of seconds, or a string like 30s passed on as is. */
+function durationParam(query, name) {
+  const raw = query.get(name);
+  if (raw === null) return undefined;
+  if (/^(\d+(\.\d*)?|\.\d+)$/.test(raw)) return Number(raw);
+  if (/^((\d+(\.\d*)?|\.\d+)(ms|s|m|h|d))+$/.test(raw)) return raw;
+  throw new RangeError(`${name} must be seconds or a duration like 30s`);
+}
+
+function countedStep(ctx, i) {
+  const runKey = ctx?.runId ?? "none";
+  if (!counts.has(runKey)) counts.set(runKey, new Map());
+  const runCounts = counts.get(runKey);
+  return () => {
+    runCounts.set(`step-${i}`, (runCounts.get(`step-${i}`) ?? 0) + 1);
+    return { step: i, value: `computed on attempt ${ctx?.attempt ?? 1}` };
+  };
+}
+
+/**
+ * The suspension pattern: a sleep or wait that is not over throws Suspend; end the handler
+ * at once with any answer (the gateway ignores it: the run is suspended, and the request is
+ * sent again after the wake time or when the event arrives). Returns true when it answered.
+ */
+function answerSuspend(res, err) {
+  if (!(err instanceof Suspend)) return false;
+  sendJson(res, 202, {
+    suspended: true,
+    kind: err.kind,
+    wake_at: err.wakeAt,
+    step_id: err.stepId,
+  });
+  return true;
+}
+
+async function demoSleep(req, res, query) {
+  let seconds, n;
+  try {
+    seconds = durationParam(query, "seconds") ?? 1;
+    if (typeof seconds !== "number") throw new RangeError("seconds must be a number");
+    n = intParam(query, "n", 2);
+    if (n < 1) throw new RangeError("n must be >= 1");
+  } catch (err) {
+    return sendJson(res, 400, { error: err.message });
+  }
+  const ctx = durableContext(req.headers);
+  const results = [];
+  try {
+    results.push(await step(ctx, "step-1", countedStep(ctx, 1)));
+    await durableSleep(ctx, "nap", seconds); // throws Suspend while the nap lasts
+    for (let i = 2; i <= n; i++) results.push(await step(ctx, `step-${i}`, countedStep(ctx, i)));
+  } catch (err) {
+    if (answerSuspend(res, err)) return; // 202: end the handler now, do nothing more
+    throw err;
+  }
+  sendJson(res, 200, { run_id: ctx?.runId ?? null, attempt: ctx?.attempt ?? 1, results });
+}
+
+async function demoWait(req, res, query) {
+  let timeout, lookback;
+  try {
+    timeout = durationParam(query, "timeout"); // absent: wait forever
+    lookback = durationParam(query, "lookback");
+  } catch (err) {
+    return sendJson(res, 400, { error: err.message });
+  }
+  const event = query.get("event") ?? "order.paid";
+  const orderId = query.get("order_id");
+  const match = orderId === null ? undefined : { "data.order_id": orderId };
+  const ctx = durableContext(req.headers);
+  const results = [];
+  let ev;
+  try {
+    results.push(await step(ctx, "step-1", countedStep(ctx, 1)));
+    ev = await waitForEvent(ctx, "paid", event, { match, timeout, lookback }); // may Suspend
+    const work = countedStep(ctx, 2);
+    results.push(await step(ctx, "step-2", () => ({ ...work(), event: ev })));
+  } catch (err) {
+    if (answerSuspend(res, err)) return; // 202: end the handler now, do nothing more
+    if (err instanceof NoGateway) return sendJson(res, 501, { error: err.message });
+    throw err;
+  }
+  const [runId, attempt] = [ctx?.runId ?? null, ctx?.attempt ?? 1];
+  sendJson(res, 200, { run_id: runId, attempt, event: ev, results });
 }
 
 async function fail(req, res, mode, attempt, retryAfter) {
@@ -290,6 +451,10 @@ const server = http.createServer(async (req, res) => {
     const route = `${req.method} ${url.pathname}`;
     if (route === "GET /demo/steps" || route === "POST /demo/steps") {
       await demoSteps(req, res, url.searchParams);
+    } else if (route === "GET /demo/sleep" || route === "POST /demo/sleep") {
+      await demoSleep(req, res, url.searchParams);
+    } else if (route === "GET /demo/wait" || route === "POST /demo/wait") {
+      await demoWait(req, res, url.searchParams);
     } else if (route === "GET /demo/stream") {
       await demoStream(req, res, url.searchParams);
     } else if (url.pathname === "/demo/echo") {

@@ -1,4 +1,4 @@
-"""Example: durable steps in a Starlette (async) handler with StepClient; FastAPI is alike.
+"""Example: durable steps and an event wait in Starlette (async) handlers; FastAPI is alike.
 
 Shows the client only; it never talks to anything but the sidecar URL it is given.
 
@@ -23,7 +23,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from step_protocol import RunContext, StepClient
+from step_protocol import RunContext, StepClient, Suspend, starlette_exception_handler
 
 
 async def quote(sku: str) -> dict[str, int]:
@@ -56,7 +56,28 @@ def create_app() -> Starlette:
         charge_id = await ctx.step("charge", lambda: charge(priced["total"], key), sync=True)
         return JSONResponse({"run_id": ctx.run_id, "order": "ok", "charge": charge_id})
 
-    return Starlette(routes=[Route("/api/order", order, methods=["POST"])], lifespan=lifespan)
+    async def ship(request: Request) -> JSONResponse:
+        ctx = steps.context(request.headers)
+        order_id = request.path_params["order_id"]
+        slot = await ctx.step("reserve", lambda: {"slot": len(order_id)})
+        # Behind the gateway this raises Suspend until the payment event for this order is
+        # posted (POST /v1/events on the admin listener) or an hour passes: the exception
+        # handler answers 202 and the gateway calls `ship` again then. None: timed out.
+        paid = await ctx.wait_for_event(
+            "paid", "order.paid", match={"data.order_id": order_id}, timeout="1h"
+        )
+        return JSONResponse({"run_id": ctx.run_id, "shipped": paid is not None, **slot})
+
+    app = Starlette(
+        routes=[
+            Route("/api/order", order, methods=["POST"]),
+            Route("/api/ship/{order_id}", ship, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    # Answers a `Suspend` (a sleep or wait not over yet) with 202 JSON; FastAPI: the same.
+    app.add_exception_handler(Suspend, starlette_exception_handler)
+    return app
 
 
 app = create_app()

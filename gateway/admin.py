@@ -12,17 +12,18 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import metrics
+from gateway import events, metrics
 from gateway.errors import Unauthorized
 from gateway.services import SERVICES
 
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+"""The health checks, and the dashboard page and its static files, which hold no data."""
 
 
 @web.middleware
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SERVICES].config.security.admin_token
-    if token and request.path not in _OPEN_PATHS:
+    if token and request.path not in _OPEN_PATHS and not request.path.startswith("/static/"):
         sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(sent.encode(), token.encode()):
             raise Unauthorized("the admin API needs `Authorization: Bearer <admin_token>`")
@@ -32,6 +33,10 @@ async def admin_auth(request: web.Request, handler: Handler) -> web.StreamRespon
 async def get_metrics(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     metrics.STORE_QUEUE.set(services.writer.depth)
+    pending = await services.store.count_pending()
+    for kind in ("sleep", "wait"):
+        metrics.SUSPENDED.labels(kind).set(pending.get(kind, 0))
+    metrics.TIMERS.set(await services.store.count_timers())
     body = generate_latest()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -56,4 +61,5 @@ def routes() -> web.RouteTableDef:
     table.get("/metrics")(get_metrics)
     table.get("/healthz")(healthz)
     table.get("/readyz")(readyz)
+    table.post("/v1/events")(events.post_event)
     return table

@@ -14,13 +14,26 @@ import signal
 
 from aiohttp import web
 
-from gateway import admin, attempts, ingress, leases, metrics, recovery, results, retention, sidecar
+from gateway import (
+    admin,
+    attempts,
+    dashboard,
+    ingress,
+    leases,
+    metrics,
+    recovery,
+    results,
+    retention,
+    runs_api,
+    sidecar,
+)
 from gateway.config import GatewayConfig
 from gateway.driver import LEASE_TTL, Driver
 from gateway.errors import StoreUnavailable
 from gateway.limits import Limits
 from gateway.problems import problems_middleware
 from gateway.routes import RouteTable
+from gateway.scheduler import Scheduler
 from gateway.services import SERVICES, Services
 from gateway.store import open_store
 from gateway.store.writer import Writer
@@ -53,6 +66,7 @@ async def build_services(config: GatewayConfig) -> Services:
     session = attempts.new_session()
     limits = Limits(config.routes)
     driver = Driver(
+        store=store,
         writer=writer,
         session=session,
         tokens=tokens,
@@ -60,6 +74,8 @@ async def build_services(config: GatewayConfig) -> Services:
         sync_steps=config.storage.durability == "sync",
         limits=limits,
     )
+    scheduler = Scheduler(store, driver, config.routes)
+    driver.on_suspend = scheduler.poke
     return Services(
         config=config,
         store=store,
@@ -69,6 +85,7 @@ async def build_services(config: GatewayConfig) -> Services:
         routes=RouteTable(config.routes),
         limits=limits,
         session=session,
+        scheduler=scheduler,
     )
 
 
@@ -86,6 +103,8 @@ def build_apps(services: Services) -> tuple[web.Application, web.Application, we
     sidecar_app.add_routes(sidecar.routes())
     admin_app = web.Application(middlewares=[problems_middleware, admin.admin_auth])
     admin_app.add_routes(admin.routes())
+    admin_app.add_routes(runs_api.routes())
+    admin_app.add_routes(dashboard.routes())
     for app in (ingress_app, sidecar_app, admin_app):
         app[SERVICES] = services
     return ingress_app, sidecar_app, admin_app
@@ -114,8 +133,9 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_address=True).start()
         services.ready = True
-        await recovery.recover(services.driver, services.store, config.routes)
+        await recovery.recover(services.scheduler)
         background += [
+            spawn(services.scheduler.run_forever(), name="scheduler"),
             spawn(
                 leases.renew_forever(services.store, services.driver.node_id, LEASE_TTL),
                 name="lease-renewer",

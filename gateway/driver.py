@@ -14,29 +14,34 @@ import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-from aiohttp import web
+import orjson
 from multidict import CIMultiDict
 
 from gateway import attempts, metrics
 from gateway.attempts import AttemptRequest
 from gateway.config import RouteConfig
-from gateway.errors import NotFound, StaleAttempt, Unavailable
+from gateway.errors import Conflict, NotFound, StaleAttempt, Unavailable
 from gateway.headers import client_response_headers
 from gateway.limits import Limits
+from gateway.live import LiveRun
 from gateway.problems import CONTENT_TYPE, problem_body
-from gateway.retries import AttemptOutcome, Verdict, decide
-from gateway.runs import Run, RunStatus, StepResult
+from gateway.retries import AttemptOutcome, Decision, Verdict, decide
+from gateway.runs import FINAL_STATUSES, PendingKind, Run, RunStatus, StepResult
 from gateway.store import (
+    CancelRun,
     CreateRun,
     FinishRun,
+    FullStore,
     PutStep,
     RecordAttempt,
+    ResetRun,
     StoredRequest,
     StoredResponse,
+    SuspendRun,
     UpdateRun,
 )
 from gateway.store.writer import Writer
@@ -50,82 +55,15 @@ LEASE_TTL = 30.0
 """Seconds a run's lease lasts unless renewed; another node may take the run after it."""
 
 
-class ClientSink:
-    """The held client's connection: the attempt that turns out final streams into it."""
-
-    __slots__ = ("request", "response", "alive", "done")
-
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.response: web.StreamResponse | None = None
-        self.alive = True
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
-        resp = web.StreamResponse(status=status)
-        for name, value in headers:
-            resp.headers.add(name, value)
-        self.response = resp
-        try:
-            await resp.prepare(self.request)
-        except (ConnectionError, RuntimeError):
-            self.alive = False
-
-    async def write(self, chunk: bytes) -> None:
-        if self.alive and self.response is not None:
-            try:
-                await self.response.write(chunk)
-            except (ConnectionError, RuntimeError):
-                self.alive = False  # the client left; the run goes on without it
-
-    async def end(self, ok: bool) -> None:
-        """Finish the client's response; on a broken upstream body, cut the connection."""
-        if self.alive and self.response is not None:
-            try:
-                if ok:
-                    await self.response.write_eof()
-                elif self.request.transport is not None:
-                    self.request.transport.close()
-            except (ConnectionError, RuntimeError):
-                pass
-        if not self.done.done():
-            self.done.set_result(None)
-
-
 class _QueueTimeout(Exception):
     """A new run's first attempt waited past its route's queue_timeout."""
-
-
-@dataclass(slots=True, eq=False)
-class LiveRun:
-    """A run this process drives, with what its waiters need."""
-
-    run: Run
-    sink: ClientSink | None = None
-    """The held original client, until an attempt streams into it or it is redirected."""
-    in_attempt: bool = False
-    task: asyncio.Task[None] | None = None
-    created: asyncio.Future[None] | None = None
-    """Resolves once the run's record is committed: wait for it before handing out its URL."""
-    idempotency: tuple[str, str, str] | None = None
-    """(route, key, fingerprint) when the request carried an Idempotency-Key."""
-    final_commit: asyncio.Future[None] | None = None
-    """Resolves once the final response is committed."""
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def changed(self) -> asyncio.Event:
-        """An event set at the run's next change; take it before reading the state."""
-        return self._changed
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
 
 
 class Driver:
     def __init__(
         self,
         *,
+        store: FullStore,
         writer: Writer,
         session: aiohttp.ClientSession,
         tokens: Tokens,
@@ -133,6 +71,7 @@ class Driver:
         sync_steps: bool,
         limits: Limits,
     ) -> None:
+        self.store = store
         self.writer = writer
         self.session = session
         self.tokens = tokens
@@ -145,6 +84,12 @@ class Driver:
         self._in_attempt = 0
         self._drained = asyncio.Event()
         self._idempotent: dict[tuple[str, str], LiveRun] = {}
+        self._watchers: weakref.WeakValueDictionary[str, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
+        """Result URLs long-polling a run that lives in the store; gone when they leave."""
+        self.on_suspend: Callable[[], None] | None = None
+        """Called after a suspension commits (the scheduler re-reads its next wake time)."""
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[:8]}"
         """Owner name of this process's leases."""
 
@@ -192,12 +137,38 @@ class Driver:
         return live
 
     def adopt(self, run: Run) -> LiveRun:
-        """Drive a run recovered from the store, from its next attempt."""
-        live = LiveRun(run)
-        self._start(live, resumed=True)
+        """Drive a run taken from the store (recovered, due, retried) from its next attempt.
+
+        A suspended run kept in memory for its waiters is the same LiveRun again, so
+        a held client sees it finish; if its task is still settling its suspension, that
+        task goes on instead of a second one.
+        """
+        live = self._live.get(run.run_id)
+        if live is None:
+            live = LiveRun(run)
+            self._start(live, resumed=True)
+            return live
+        current = live.run
+        current.steps.update(run.steps)
+        current.state_bytes = sum(len(v) for v in current.steps.values())
+        current.pending = run.pending
+        current.status, current.wake_at = RunStatus.RUNNING, None
+        if live.task is not None and not live.task.done():
+            live.wake_requested = True
+        else:
+            live.task = spawn(self._drive(live, resumed=True), name=f"run-{run.run_id}")
         return live
 
+    def watch(self, run_id: str) -> asyncio.Event:
+        """An event set when a run now only in the store becomes live here (is resumed)."""
+        event = self._watchers.get(run_id)
+        if event is None:
+            self._watchers[run_id] = event = asyncio.Event()
+        return event
+
     def _start(self, live: LiveRun, *, resumed: bool) -> None:
+        if (watcher := self._watchers.pop(live.run.run_id, None)) is not None:
+            watcher.set()
         self._live[live.run.run_id] = live
         metrics.IN_FLIGHT.inc()
         live.task = spawn(self._drive(live, resumed=resumed), name=f"run-{live.run.run_id}")
@@ -208,10 +179,8 @@ class Driver:
 
     # --- steps (reported by the sidecar) ------------------------------------------
 
-    async def put_step(
-        self, run_id: str, attempt: int, step_id: str, output: bytes, sync: bool
-    ) -> StepResult:
-        """Record a step for an attempt; answers once queued, or once committed when sync."""
+    def current(self, run_id: str, attempt: int) -> LiveRun:
+        """The live run an attempt's token may write to: 404 unknown, 409 superseded."""
         live = self._live.get(run_id)
         if live is None:
             raise NotFound("run is not running", run_id=run_id)
@@ -225,13 +194,39 @@ class Driver:
                 f"storage cannot take writes ({self.writer.last_error}); retry the step later",
                 run_id=run_id,
             )
+        return live
+
+    def record_step(
+        self, live: LiveRun, step_id: str, output: bytes
+    ) -> tuple[StepResult, asyncio.Future[None] | None]:
+        """Apply a step write to a live run; with the commit future when it was new."""
+        run = live.run
         result = run.record_step(step_id, output)
         metrics.STEPS.labels(result.value).inc()
-        if result is StepResult.CREATED:
-            done = self.writer.submit(PutStep(run_id, step_id, output, attempt, time.time()))
-            if sync or self.sync_steps:
-                await done
+        if result is not StepResult.CREATED:
+            return result, None
+        done = self.writer.submit(PutStep(run.run_id, step_id, output, run.attempt, time.time()))
+        return result, done
+
+    async def put_step(
+        self, run_id: str, attempt: int, step_id: str, output: bytes, sync: bool
+    ) -> StepResult:
+        """Record a step for an attempt; answers once queued, or once committed when sync."""
+        result, done = self.record_step(self.current(run_id, attempt), step_id, output)
+        if done is not None and (sync or self.sync_steps):
+            await done
         return result
+
+    def wait_completed(self, run_id: str, step_id: str, output: bytes) -> None:
+        """An event completed a wait in the store: mirror it in the live run, if any."""
+        live = self._live.get(run_id)
+        if live is None:
+            return
+        run = live.run
+        run.pending.pop(step_id, None)
+        if step_id not in run.steps:
+            run.steps[step_id] = output
+            run.state_bytes += len(output)
 
     def step_error(self, run_id: str, attempt: int, step_id: str, message: str) -> None:
         live = self._live.get(run_id)
@@ -262,11 +257,19 @@ class Driver:
                 await self._next_attempt(live)
             while True:
                 outcome, stored = await self._attempt_in_slot(live)
+                if run.suspension is not None:
+                    if not await self._suspend(live):
+                        return  # the run lives in the store until it is due
+                    await self._next_attempt(live)
+                    continue
                 if stored is not None:
                     self._finish(live, stored)
                     return
-                decision = decide(outcome, policy, run.attempt, self._rng)
+                decision = decide(outcome, policy, run.attempt - run.suspends, self._rng)
                 if decision.verdict is Verdict.FINAL:
+                    if self._pauses(run, decision):
+                        await self._pause(live, decision.reason)
+                        return
                     self._finish(live, self._failure_response(run, outcome, decision.reason))
                     return
                 metrics.RETRIES.labels(run.route.name).inc()
@@ -290,6 +293,89 @@ class Driver:
         finally:
             if live.sink is not None and not live.run.finished:
                 live.sink = None
+
+    @staticmethod
+    def _pauses(run: Run, decision: Decision) -> bool:
+        return decision.exhausted and run.route.settings.on_exhausted == "pause"
+
+    async def _pause(self, live: LiveRun, reason: str) -> None:
+        """`on_exhausted: pause`: keep the run and its steps until an operator retries it."""
+        run = live.run
+        run.status, run.wake_at = RunStatus.PAUSED, None
+        log.warning(
+            "paused (%s): waiting for an operator's retry", reason, extra={"run_id": run.run_id}
+        )
+        live.notify()
+        await self.writer.submit(
+            UpdateRun(run.run_id, RunStatus.PAUSED, run.attempt, None, time.time())
+        )
+        if live.evictable:
+            self._forget(run.run_id)
+
+    async def _suspend(self, live: LiveRun) -> bool:
+        """Park a run whose attempt asked to sleep or wait; True when it may go on at once.
+
+        It goes on when the step it blocked on completed meanwhile (an event arrived) or
+        its timer is already due; otherwise it is committed as `suspended`, with its
+        earliest timer as wake time, and leaves memory unless a client waits on it here.
+        """
+        run = live.run
+        blocked, run.suspension = run.suspension, None
+        assert blocked is not None
+        run.suspends += 1
+        wake = run.next_wake()
+        now = time.time()
+        if blocked.step_id in run.steps or (wake is not None and wake <= now):
+            return True
+        run.status, run.wake_at = RunStatus.SUSPENDED, wake
+        metrics.SUSPENSIONS.labels(blocked.kind.value).inc()
+        log.info(
+            "suspended on %s %r until %s",
+            blocked.kind.value,
+            blocked.step_id,
+            "an event" if wake is None else f"{wake - now:.3f}s from now",
+            extra={"run_id": run.run_id},
+        )
+        live.wake_requested = False
+        live.notify()
+        await self.writer.submit(SuspendRun(run.run_id, run.attempt, wake, now))
+        if self.on_suspend is not None:
+            self.on_suspend()
+        if await self._missed_event(live):
+            return True
+        if live.wake_requested:  # due or woken while the suspension was committing
+            return True
+        if live.evictable:
+            self._forget(run.run_id)
+        return False
+
+    async def _missed_event(self, live: LiveRun) -> bool:
+        """Complete a wait with an event that came while its run was still running.
+
+        `POST /v1/events` only wakes runs already suspended in the store; an event that
+        arrived between the wait's first call and the suspension's commit is found here.
+        """
+        run = live.run
+        for pending in list(run.pending.values()):
+            if pending.kind is not PendingKind.WAIT or pending.event is None:
+                continue
+            match = orjson.loads(pending.match) if pending.match else {}
+            for row in await self.store.events_since(pending.event, pending.created_at):
+                found = wire.event_output(row.event_id, row.name, orjson.loads(row.data), row.ts)
+                if not wire.event_matches(match, found):
+                    continue
+                output = orjson.dumps(found, option=orjson.OPT_SORT_KEYS)
+                if await self.store.complete_wait(run.run_id, pending.step_id, output, time.time()):
+                    self.wait_completed(run.run_id, pending.step_id, output)
+                    return True
+        return False
+
+    def release(self, live: LiveRun) -> None:
+        """A waiter leaves: a suspended run nobody waits on lives in the store alone."""
+        live.waiters -= 1
+        if live.run.status is RunStatus.SUSPENDED and live.evictable and live.task is not None:
+            if live.task.done():
+                self._forget(live.run.run_id)
 
     async def _next_attempt(self, live: LiveRun) -> None:
         """Number the next attempt, durably, before it is sent.
@@ -323,14 +409,15 @@ class Driver:
             self._in_attempt -= 1
             if not self._in_attempt:
                 self._drained.set()
-        metrics.ATTEMPTS.labels(run.route.name, outcome.kind.value).inc()
+        kind = "suspended" if run.suspension is not None else outcome.kind.value
+        metrics.ATTEMPTS.labels(run.route.name, kind).inc()
         self.writer.submit(
             RecordAttempt(
                 run.run_id,
                 attempt,
                 started,
                 time.time(),
-                outcome.kind.value,
+                kind,
                 outcome.status,
                 outcome.detail,
             )
@@ -371,10 +458,10 @@ class Driver:
             return outcome, None
         metrics.UPSTREAM_LATENCY.labels(run.route.name).observe(time.perf_counter() - sent)
         try:
-            if (
-                decide(outcome, run.route.settings.retry, attempt, self._rng).verdict
-                is Verdict.RETRY
-            ):
+            if run.suspension is not None:
+                return outcome, None  # an attempt that suspended: its response is ignored
+            decision = decide(outcome, run.route.settings.retry, attempt - run.suspends, self._rng)
+            if decision.verdict is Verdict.RETRY or self._pauses(run, decision):
                 return outcome, None  # the body of a retried response is not kept
             return await self._receive(live, resp, outcome)
         finally:
@@ -452,6 +539,58 @@ class Driver:
         )
         committed.add_done_callback(lambda _: self._forget(run.run_id))
         live.notify()
+
+    # --- operator actions (admin API) ------------------------------------------------
+
+    async def cancel(self, run_id: str, row_status: str | None) -> None:
+        """Cancel an unfinished run: its result becomes a 409 problem, its timers go.
+
+        `row_status` is the store's status when the run is not live here.
+        """
+        live = self._live.get(run_id)
+        status = live.run.status.value if live is not None else row_status
+        if status is None:
+            raise NotFound("no such run", run_id=run_id)
+        if status in FINAL_STATUSES:
+            raise Conflict(f"the run is already {status}", run_id=run_id)
+        response = self._cancelled_response(run_id)
+        now = time.time()
+        if live is not None:
+            if live.task is not None and not live.task.done():
+                live.task.cancel()
+            run = live.run
+            run.status, run.response, run.wake_at = RunStatus.CANCELLED, response, None
+            run.pending.clear()
+            live.final_commit = self.writer.submit(CancelRun(run_id, response, now))
+            live.final_commit.add_done_callback(lambda _: self._forget(run_id))
+            live.notify()
+            await asyncio.shield(live.final_commit)
+        else:
+            await self.writer.submit(CancelRun(run_id, response, now))
+        metrics.RUNS.labels(self._route_name(live), RunStatus.CANCELLED.value).inc()
+        log.info("cancelled by an operator", extra={"run_id": run_id})
+
+    async def retry(self, run: Run) -> None:
+        """Run a failed or cancelled run again from its completed steps (a new attempt)."""
+        live = self._live.get(run.run_id)
+        if live is not None and not live.run.finished and live.run.status is not RunStatus.PAUSED:
+            raise Conflict(f"the run is {live.run.status.value}, not failed", run_id=run.run_id)
+        if live is not None:
+            self._forget(run.run_id)
+        await self.writer.submit(ResetRun(run.run_id, run.attempt, time.time()))
+        run.status, run.response = RunStatus.RUNNING, None
+        self.adopt(run)
+        log.info("retried by an operator", extra={"run_id": run.run_id})
+
+    def _cancelled_response(self, run_id: str) -> StoredResponse:
+        body = problem_body(
+            409, "run-cancelled", "Run cancelled", "an operator cancelled this run", run_id
+        )
+        return StoredResponse(409, [("Content-Type", CONTENT_TYPE), (wire.RUN_ID, run_id)], body)
+
+    @staticmethod
+    def _route_name(live: LiveRun | None) -> str:
+        return live.run.route.name if live is not None else "unknown"
 
     def _forget(self, run_id: str) -> None:
         """Drop a finished run from memory once the store has it."""

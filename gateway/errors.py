@@ -13,6 +13,7 @@
         ├── StepConflict           409 (different output for a completed step)
         ├── StaleAttempt           409 (a newer attempt has started)
         ├── IdempotencyMismatch    422 (same Idempotency-Key, different request)
+        ├── Conflict               409 (an operator action that does not fit the run's state)
         └── Unavailable            503 (storage fault, queue timeout, shutting down)
 
 Upstream failures are not exceptions: `attempts.py` turns them into an AttemptOutcome.
@@ -92,6 +93,10 @@ class StepConflict(ProblemError):
 
 class StaleAttempt(ProblemError):
     status, type, title = 409, "stale-attempt", "A newer attempt of this run has started"
+
+
+class Conflict(ProblemError):
+    status, type, title = 409, "conflict", "Conflict with the run's state"
 
 
 class IdempotencyMismatch(ProblemError):

@@ -15,7 +15,6 @@ from aiohttp import web
 from gateway import delivery, idempotency, metrics, proxy
 from gateway.config import RouteConfig
 from gateway.delivery import Delivery, Prefer
-from gateway.driver import ClientSink, LiveRun
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -25,6 +24,7 @@ from gateway.errors import (
 )
 from gateway.headers import traceparent_for, upstream_request_headers
 from gateway.limits import Limits, limit_key
+from gateway.live import ClientSink, LiveRun
 from gateway.results import replay, result_url
 from gateway.services import SERVICES
 from gateway.store import StoredRequest
@@ -183,6 +183,26 @@ async def _answer(
     sink = None
     if not attached:
         sink = live.sink = ClientSink(request)
+    live.waiters += 1
+    try:
+        return await _hold(request, route, live, prefer, budget, sink, attached)
+    finally:
+        if sink is not None and live.sink is sink:
+            live.sink = None
+        request.app[SERVICES].driver.release(live)
+
+
+async def _hold(
+    request: web.Request,
+    route: RouteConfig,
+    live: LiveRun,
+    prefer: Prefer,
+    budget: float,
+    sink: ClientSink | None,
+    attached: bool,
+) -> web.StreamResponse:
+    run = live.run
+    run_id = run.run_id
     began = time.monotonic()
     while True:
         changed = live.changed()

@@ -82,6 +82,21 @@ STORE_BATCH = Histogram(
 )
 STORE_QUEUE = Gauge("durable_store_queue_depth", "Writes queued and not yet committed.")
 IN_FLIGHT = Gauge("durable_runs_in_flight", "Runs live in this process (running or waiting).")
+SUSPENDED = Gauge(
+    "durable_runs_suspended", "Suspended runs in the store, by what they wait for.", ["kind"]
+)
+TIMERS = Gauge(
+    "durable_timers_pending", "Durable timers in the store: sleeps and waits with a timeout."
+)
+EVENTS = Counter(
+    "durable_events_total",
+    "Events posted to /v1/events, by result (received, duplicate).",
+    ["result"],
+)
+EVENTS_MATCHED = Counter("durable_events_matched_total", "Waits completed by a posted event.")
+ADMIN_ACTIONS = Counter(
+    "durable_admin_actions_total", "Operator actions on runs (cancel, retry).", ["action"]
+)
 
 
 def observe_commit(writes: int, seconds: float) -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway import delivery
 from gateway.delivery import Prefer
 from gateway.errors import NotFound
+from gateway.live import LiveRun
 from gateway.services import SERVICES, Services
 from gateway.store import StoredResponse
 from step_protocol import wire
@@ -55,8 +56,39 @@ async def get_result(request: web.Request) -> web.StreamResponse:
     deadline = time.monotonic() + wait
     while True:
         live = services.driver.get(run_id)
-        if live is None:
-            break
+        if live is not None:
+            live.waiters += 1
+            try:
+                answer = await _wait_live(request, live, prefer, deadline)
+            finally:
+                services.driver.release(live)
+            if answer is not None:
+                return answer
+            continue
+        row = await services.store.get_run(run_id)
+        if row is None:
+            raise NotFound("no such run, or a wrong token")
+        if row.response is not None:
+            return replay(row.response)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _pending(request, run_id, prefer, row.status)
+        if services.driver.get(run_id) is not None:
+            continue  # resumed while the store was read
+        resumed = services.driver.watch(run_id)  # suspended in the store: wait until due
+        try:
+            async with asyncio.timeout(remaining):
+                await resumed.wait()
+        except TimeoutError:
+            return _pending(request, run_id, prefer, row.status)
+
+
+async def _wait_live(
+    request: web.Request, live: LiveRun, prefer: Prefer, deadline: float
+) -> web.Response | None:
+    """The result of a run live here, or 202 at the deadline; None if it left memory."""
+    run_id = live.run.run_id
+    while request.app[SERVICES].driver.get(run_id) is live:
         changed = live.changed()
         if live.run.finished and live.run.response is not None:
             if live.final_commit is not None:  # what a result URL shows must survive a crash
@@ -70,12 +102,7 @@ async def get_result(request: web.Request) -> web.StreamResponse:
                 await changed.wait()
         except TimeoutError:
             pass
-    row = await services.store.get_run(run_id)
-    if row is None:
-        raise NotFound("no such run, or a wrong token")
-    if row.response is not None:
-        return replay(row.response)
-    return _pending(request, run_id, prefer, row.status)
+    return None
 
 
 def _pending(request: web.Request, run_id: str, prefer: Prefer, status: str) -> web.Response:

@@ -57,6 +57,8 @@ class Decision:
     """Seconds to wait before the next attempt, for RETRY."""
     reason: str = ""
     """Short human text for logs and the runs API."""
+    exhausted: bool = False
+    """Final only because the attempts ran out (a route may pause instead)."""
 
 
 def decide(
@@ -83,6 +85,7 @@ def decide(
         return Decision(
             Verdict.FINAL,
             reason=f"attempts exhausted ({attempt} of {policy.max_attempts})",
+            exhausted=True,
         )
     delay = next_delay(policy, attempt, outcome.retry_after, rng)
     return Decision(Verdict.RETRY, delay=delay, reason=cause)

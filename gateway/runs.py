@@ -19,11 +19,35 @@ from gateway.store import StoredRequest, StoredResponse
 class RunStatus(StrEnum):
     RUNNING = "running"
     BACKOFF = "backoff"
+    SUSPENDED = "suspended"
+    """Waiting for a durable sleep or an event; lives in the store, not in memory."""
+    PAUSED = "paused"
+    """Attempts exhausted on a route with `on_exhausted: pause`: waits for an operator."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
-FINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})
+FINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class PendingKind(StrEnum):
+    SLEEP = "sleep"
+    WAIT = "wait"
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A sleep or event wait a step is blocked on; its first call fixes it for all attempts."""
+
+    step_id: str
+    kind: PendingKind
+    wake_at: float | None
+    """Sleep: when it is over. Wait: its timeout (None waits forever)."""
+    event: str | None = None
+    match: bytes | None = None
+    """Canonical JSON object of dotted path → expected value."""
+    created_at: float = 0.0
 
 
 class StepResult(StrEnum):
@@ -53,10 +77,21 @@ class Run:
     """The route's concurrency key for this run (from a header, query or the client ip)."""
     step_errors: list[tuple[str, int, str]] = field(default_factory=list)
     """Failed tries the backend reported: (step id, attempt, message)."""
+    pending: dict[str, Pending] = field(default_factory=dict)
+    """Sleeps and waits started and not yet over, by step id."""
+    suspends: int = 0
+    """Attempts that ended in a suspension: they do not count against max_attempts."""
+    suspension: Pending | None = None
+    """Set when the sidecar told the current attempt to suspend (a 202 to sleep or wait)."""
 
     @property
     def finished(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    def next_wake(self) -> float | None:
+        """When a suspended run is due: its earliest timer (None: only an event wakes it)."""
+        times = [p.wake_at for p in self.pending.values() if p.wake_at is not None]
+        return min(times) if times else None
 
     def record_step(self, step_id: str, output: bytes) -> StepResult:
         """Apply a step write: first write wins; limits refuse without storing anything."""

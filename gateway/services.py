@@ -14,7 +14,8 @@ from gateway.config import GatewayConfig
 from gateway.driver import Driver
 from gateway.limits import Limits
 from gateway.routes import RouteTable
-from gateway.store import Store
+from gateway.scheduler import Scheduler
+from gateway.store import FullStore
 from gateway.store.writer import Writer
 from gateway.tokens import Tokens
 
@@ -22,13 +23,14 @@ from gateway.tokens import Tokens
 @dataclass(slots=True)
 class Services:
     config: GatewayConfig
-    store: Store
+    store: FullStore
     writer: Writer
     driver: Driver
     tokens: Tokens
     routes: RouteTable
     limits: Limits
     session: aiohttp.ClientSession
+    scheduler: Scheduler
     ready: bool = False
     """True once all three listeners are bound."""
 

@@ -6,9 +6,13 @@ the run. Answers from memory for live runs; reads the store only for runs not li
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import orjson
 from aiohttp import web
 
+from gateway import suspensions
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -34,6 +38,8 @@ def routes() -> web.RouteTableDef:
     table.get("/v1/runs/{run_id}/steps")(list_steps)
     table.get("/v1/runs/{run_id}/steps/{step_id}")(get_step)
     table.put("/v1/runs/{run_id}/steps/{step_id}")(put_step)
+    table.post("/v1/runs/{run_id}/steps/{step_id}/sleep")(sleep)
+    table.post("/v1/runs/{run_id}/steps/{step_id}/wait")(wait)
     return table
 
 
@@ -116,3 +122,70 @@ async def put_step(request: web.Request) -> web.Response:
             f"step {step_id!r} already completed with a different output", run_id=run_id
         )
     raise BodyTooLarge(_TOO_LARGE[result], run_id=run_id)
+
+
+async def _json_object(request: web.Request, run_id: str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}", run_id=run_id) from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object", run_id=run_id)
+    return body
+
+
+def _seconds(value: Any, name: str, run_id: str) -> float:
+    """A duration given as seconds or as text like `30s`, `5m`, `1h`."""
+    try:
+        return wire.parse_duration(value)
+    except ValueError as exc:
+        raise BadRequest(f'"{name}": {exc}', run_id=run_id) from None
+
+
+def _answer(answer: suspensions.Answer) -> web.Response:
+    return web.Response(status=200 if answer.done else 202, body=answer.body, content_type=_JSON)
+
+
+async def sleep(request: web.Request) -> web.Response:
+    run_id, attempt = _authorize(request)
+    step_id = _step_id(request)
+    body = await _json_object(request, run_id)
+    now = time.time()
+    if ("seconds" in body) == ("until" in body):
+        raise BadRequest('send {"seconds": N} or {"until": "<RFC 3339>"}', run_id=run_id)
+    if "seconds" in body:
+        wake_at = now + _seconds(body["seconds"], "seconds", run_id)
+    else:
+        try:
+            wake_at = wire.parse_timestamp(str(body["until"])).timestamp()
+        except ValueError as exc:
+            raise BadRequest(f'"until" must be an RFC 3339 time: {exc}', run_id=run_id) from None
+    driver = request.app[SERVICES].driver
+    return _answer(suspensions.sleep(driver, run_id, attempt, step_id, wake_at, now))
+
+
+async def wait(request: web.Request) -> web.Response:
+    run_id, attempt = _authorize(request)
+    step_id = _step_id(request)
+    body = await _json_object(request, run_id)
+    event, match = body.get("event"), body.get("match", {})
+    if not isinstance(event, str) or not event:
+        raise BadRequest('"event" must be a non-empty string', run_id=run_id)
+    if not isinstance(match, dict):
+        raise BadRequest('"match" must map dotted paths to values', run_id=run_id)
+    timeout = body.get("timeout")
+    lookback = body.get("lookback")
+    services = request.app[SERVICES]
+    answer = await suspensions.wait(
+        services.driver,
+        services.store,
+        run_id,
+        attempt,
+        step_id,
+        event=event,
+        match=match,
+        timeout_in=None if timeout is None else _seconds(timeout, "timeout", run_id),
+        lookback=None if lookback is None else _seconds(lookback, "lookback", run_id),
+        now=time.time(),
+    )
+    return _answer(answer)

@@ -1,4 +1,4 @@
-"""The step protocol, version 1: wire spec (SPEC.md), codec (`wire`) and Python client.
+"""The step protocol, version 2: wire spec (SPEC.md), codec (`wire`) and Python client.
 
 Backends import from here; the gateway imports `step_protocol.wire` only.
 """
@@ -11,9 +11,16 @@ from step_protocol.client import (
     StaleAttempt,
     StepClient,
     StepProtocolError,
+    Suspend,
+    SuspendKind,
     SyncRunContext,
     SyncStepClient,
     parse_headers,
+)
+from step_protocol.frameworks import (
+    aiohttp_middleware,
+    flask_register,
+    starlette_exception_handler,
 )
 from step_protocol.wire import PROTOCOL_VERSION
 
@@ -26,7 +33,12 @@ __all__ = [
     "StaleAttempt",
     "StepClient",
     "StepProtocolError",
+    "Suspend",
+    "SuspendKind",
     "SyncRunContext",
     "SyncStepClient",
+    "aiohttp_middleware",
+    "flask_register",
     "parse_headers",
+    "starlette_exception_handler",
 ]

@@ -1,5 +1,5 @@
 """What both flavours of run context share: the Durable-* headers parsed, the step journal,
-how sidecar answers are read, and the errors. Pure: no I/O here, so the async client
+how sidecar answers are read, the errors and `Suspend`. Pure: no I/O here, so the async client
 (`client.py`) and the blocking one (`_sync_client.py`) cannot read the protocol differently.
 """
 
@@ -9,6 +9,7 @@ import enum
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol, final
 
 import orjson
@@ -53,6 +54,36 @@ class StaleAttempt(SidecarError):
 
     Nothing this attempt does counts any more: let it propagate and end the handler.
     """
+
+
+class SuspendKind(enum.StrEnum):
+    """What a suspended attempt waits for."""
+
+    SLEEP = "sleep"
+    WAIT = "wait"
+
+
+class Suspend(Exception):
+    """The gateway asked this attempt to suspend: end the handler now; it will be re-invoked.
+
+    Not a StepProtocolError, because nothing failed. Let it propagate to a framework helper
+    (`step_protocol.frameworks`), or catch it and answer anything: the gateway ignores the
+    response of an attempt that suspended and re-invokes the request later. `wake_at` is
+    when it re-invokes at the latest (a sleep's end, a wait's timeout); None for a wait
+    without a timeout, which only a matching event ends.
+    """
+
+    def __init__(self, kind: SuspendKind, step_id: str, wake_at: datetime | None) -> None:
+        self.kind = kind
+        self.step_id = step_id
+        self.wake_at = wake_at
+        when = wire.format_timestamp(wake_at) if wake_at else "a matching event"
+        super().__init__(f"{kind} {step_id!r} suspends the run until {when}")
+
+    @property
+    def timeout_at(self) -> datetime | None:
+        """A wait's timeout (None: no timeout); always None for a sleep."""
+        return self.wake_at if self.kind is SuspendKind.WAIT else None
 
 
 # --- the parsed headers and the per-context journal (pure) -----------------------------
@@ -175,6 +206,57 @@ def json_ok(status: int, body: bytes) -> dict[str, Any]:
     return answer
 
 
+def _wake_time(body: bytes, key: str) -> datetime | None:
+    """The time under `key` in a 202 answer; None when absent or unreadable."""
+    try:
+        answer = orjson.loads(body)
+        value = answer.get(key) if isinstance(answer, dict) else None
+        return None if value is None else wire.parse_timestamp(value)
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        # The 202 itself is the signal that matters: suspend even without a readable time.
+        log.warning("sidecar sent an unreadable %s: %s", key, exc)
+        return None
+
+
+def sleep_outcome(step_id: str, status: int, body: bytes) -> None:
+    """Read a sleep call's answer: 200 is over, 202 raises Suspend, anything else raises."""
+    if status == 202:
+        raise Suspend(SuspendKind.SLEEP, step_id, _wake_time(body, "wake_at"))
+    json_ok(status, body)
+
+
+def wait_outcome(step_id: str, status: int, body: bytes) -> dict[str, Any] | None:
+    """A wait call's event (None: timed out); 202 raises Suspend, a refusal raises."""
+    if status == 202:
+        raise Suspend(SuspendKind.WAIT, step_id, _wake_time(body, "timeout_at"))
+    event = json_ok(status, body).get("event")
+    if event is not None and not isinstance(event, dict):
+        raise SidecarError(
+            status, {"detail": "wait answer's `event` is neither an object nor null"}
+        )
+    return event
+
+
+def local_delay(
+    seconds: float | timedelta | None, until: datetime | str | None, now: datetime
+) -> float:
+    """How long a sleep lasts outside the gateway (arguments checked by `wire.sleep_body`)."""
+    if until is None:
+        return wire.parse_duration(seconds if seconds is not None else 0.0)
+    end = until if isinstance(until, datetime) else wire.parse_timestamp(until)
+    return max(0.0, (end - now).total_seconds())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+NO_GATEWAY_WAIT: Final = (
+    "cannot wait for events without the gateway: this request has no Durable-* headers "
+    "(send it through a durable route)"
+)
+
+
 def output_body(step_id: str, value: object) -> bytes:
     try:
         return wire.put_output_body(value)
@@ -192,6 +274,14 @@ def steps_from(answer: dict[str, Any]) -> dict[str, Any]:
 def step_path(step_id: str) -> str:
     """Where a step lives under the sidecar URL."""
     return f"/steps/{wire.step_path(step_id)}"
+
+
+def sleep_path(step_id: str) -> str:
+    return step_path(step_id) + wire.SLEEP_SUFFIX
+
+
+def wait_path(step_id: str) -> str:
+    return step_path(step_id) + wire.WAIT_SUFFIX
 
 
 def put_path(path: str, sync: bool) -> str:

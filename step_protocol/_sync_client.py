@@ -1,4 +1,5 @@
-"""The blocking flavour of the client (Flask, Django, plain WSGI): `ctx.step(id, fn)`.
+"""The blocking flavour of the client (Flask, Django, plain WSGI): `ctx.step(id, fn)`,
+`ctx.sleep(...)`, `ctx.wait_for_event(...)`.
 
 Same rules as the asyncio `client.py`, over http.client keep-alive connections; it never
 shares a connection between threads. Import it from `step_protocol`.
@@ -8,28 +9,40 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar, cast, final
 from urllib.parse import urlsplit
 
+from step_protocol import wire
 from step_protocol._context import (
+    NO_GATEWAY_WAIT,
     TIMEOUT,
     ContextBase,
     HeadersLike,
     PutResult,
     RunInfo,
+    StepProtocolError,
+    Suspend,
     error_body,
     json_ok,
+    local_delay,
     log,
     output_body,
     parse_headers,
     put_outcome,
     put_path,
+    sleep_outcome,
+    sleep_path,
     step_path,
     steps_from,
     unreachable,
+    utc_now,
+    wait_outcome,
+    wait_path,
 )
 
 T = TypeVar("T")
@@ -91,7 +104,7 @@ class SyncStepClient:
 
 @final
 class SyncRunContext(ContextBase):
-    """RunContext for blocking handlers: `ctx.step(id, fn)` with the same rules.
+    """RunContext for blocking handlers: `ctx.step`, `ctx.sleep`, `ctx.wait_for_event`, same rules.
 
     Made by `SyncStepClient.context()` it reuses that client's per-thread keep-alive
     connection; made by `from_headers()` alone it keeps one connection for its own
@@ -132,14 +145,14 @@ class SyncRunContext(ContextBase):
             value = fn()
             output_body(step_id, value)
             return value
-        memo = self._journal.memo
-        if memo is None:
-            memo = self._journal.memo = steps_from(json_ok(*self._request("GET", "/steps")))
+        memo = self._completed()
         if step_id in memo:
             return cast(T, memo[step_id])
         path = step_path(step_id)
         try:
             value = fn()
+        except Suspend:
+            raise  # not a failed try: nothing to report
         except Exception as exc:
             self._report_failure(path, exc)
             raise
@@ -149,7 +162,50 @@ class SyncRunContext(ContextBase):
             return cast(T, json_ok(*self._request("GET", path)).get("output"))
         return value
 
-    # Durable sleep and event waits will be methods here too (see RunContext).
+    def sleep(
+        self,
+        step_id: str,
+        seconds: float | timedelta | None = None,
+        *,
+        until: datetime | str | None = None,
+    ) -> None:
+        """Sleep durably; raises `Suspend` while it lasts (same rules as `RunContext.sleep`).
+
+        Outside the gateway it blocks this thread for the duration instead.
+        """
+        body = wire.sleep_body(seconds, until)
+        step_id = self._journal.next_id(step_id)
+        if self._info is None:
+            time.sleep(local_delay(seconds, until, utc_now()))
+            return
+        if step_id in self._completed():
+            return
+        sleep_outcome(step_id, *self._request("POST", sleep_path(step_id), body))
+
+    def wait_for_event(
+        self,
+        step_id: str,
+        event: str,
+        *,
+        match: Mapping[str, Any] | None = None,
+        timeout: wire.Duration | None = None,
+        lookback: wire.Duration | None = None,
+    ) -> dict[str, Any] | None:
+        """The matching event, None on timeout, or `Suspend` (see `RunContext.wait_for_event`)."""
+        body = wire.wait_body(event, match, timeout, lookback)
+        step_id = self._journal.next_id(step_id)
+        if self._info is None:
+            raise StepProtocolError(NO_GATEWAY_WAIT)
+        memo = self._completed()
+        if step_id in memo:
+            return cast(dict[str, Any] | None, memo[step_id])
+        return wait_outcome(step_id, *self._request("POST", wait_path(step_id), body))
+
+    def _completed(self) -> dict[str, Any]:
+        """The completed steps: from the headers, or fetched on first need."""
+        if self._journal.memo is None:
+            self._journal.memo = steps_from(json_ok(*self._request("GET", "/steps")))
+        return self._journal.memo
 
     def _report_failure(self, path: str, exc: Exception) -> None:
         try:
@@ -169,7 +225,8 @@ class SyncRunContext(ContextBase):
     def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         headers = self._headers(body)
         # A kept-alive connection the sidecar has closed fails on first use; every call
-        # here is idempotent (GET, or a PUT that answers 200 when repeated), so retry once.
+        # here is idempotent (GET; a PUT that answers 200 when repeated; a sleep or wait
+        # POST, whose first call fixes its timer), so retry once.
         for fresh in (False, True):
             conn = self._connection(fresh)
             try:

@@ -1,4 +1,5 @@
-"""Reference backend helper: turns the Durable-* headers into `ctx.step(id, fn)` calls.
+"""Reference backend helper: turns the Durable-* headers into `ctx.step(id, fn)`, `ctx.sleep`
+and `ctx.wait_for_event` calls.
 
 Runs inside a backend handler and talks only to the sidecar URL the gateway sent; it
 never keeps hidden global state (sessions and pools belong to a StepClient you own).
@@ -9,26 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast, final, overload
 
 import aiohttp
 from yarl import URL
 
+from step_protocol import wire
 from step_protocol._context import (
+    NO_GATEWAY_WAIT,
     TIMEOUT,
     ContextBase,
     PutResult,
     error_body,
     json_ok,
+    local_delay,
     log,
     output_body,
     put_outcome,
     put_path,
+    sleep_outcome,
+    sleep_path,
     step_path,
     steps_from,
     unreachable,
+    utc_now,
+    wait_outcome,
+    wait_path,
 )
 
 # Public names that lived here before the split; `X as X` marks each as a re-export.
@@ -37,6 +47,8 @@ from step_protocol._context import RunInfo as RunInfo
 from step_protocol._context import SidecarError as SidecarError
 from step_protocol._context import StaleAttempt as StaleAttempt
 from step_protocol._context import StepProtocolError as StepProtocolError
+from step_protocol._context import Suspend as Suspend
+from step_protocol._context import SuspendKind as SuspendKind
 from step_protocol._context import parse_headers as parse_headers
 from step_protocol._sync_client import SyncRunContext as SyncRunContext
 from step_protocol._sync_client import SyncStepClient as SyncStepClient
@@ -91,14 +103,14 @@ class RunContext(ContextBase):
             value = await _call(fn)
             output_body(step_id, value)  # same serialisability rule with or without gateway
             return value
-        memo = self._journal.memo
-        if memo is None:
-            memo = await self._load_steps()
+        memo = await self._completed()
         if step_id in memo:
             return cast(T, memo[step_id])
         path = step_path(step_id)
         try:
             value = await _call(fn)
+        except Suspend:
+            raise  # not a failed try: nothing to report
         except Exception as exc:
             await self._report_failure(path, exc)
             raise
@@ -109,11 +121,59 @@ class RunContext(ContextBase):
             return cast(T, stored.get("output"))
         return value
 
-    # Durable sleep and event waits (`POST {base}/steps/{id}/sleep` and `/wait`, SPEC.md
-    # "Sleep and wait") will be methods here: ctx.sleep(id, seconds) and ctx.wait_for(...).
+    async def sleep(
+        self,
+        step_id: str,
+        seconds: float | timedelta | None = None,
+        *,
+        until: datetime | str | None = None,
+    ) -> None:
+        """Sleep durably for `seconds` (>= 0) or `until` an aware datetime or RFC 3339 string.
 
-    async def _load_steps(self) -> dict[str, Any]:
-        """Fetch every completed step once, however many steps ask at the same time."""
+        A step like any other: returns at once if an earlier attempt saw it end. Otherwise
+        returns when the gateway says it is over, or raises `Suspend`: end the handler
+        then; the gateway calls it again after the wake time. The first call for this id
+        in the run fixes the wake time. Outside the gateway it just sleeps here.
+        """
+        body = wire.sleep_body(seconds, until)
+        step_id = self._journal.next_id(step_id)
+        if self._info is None:
+            await asyncio.sleep(local_delay(seconds, until, utc_now()))
+            return
+        if step_id in await self._completed():
+            return
+        sleep_outcome(step_id, *await self._request("POST", sleep_path(step_id), body))
+
+    async def wait_for_event(
+        self,
+        step_id: str,
+        event: str,
+        *,
+        match: Mapping[str, Any] | None = None,
+        timeout: wire.Duration | None = None,  # noqa: ASYNC109 (the gateway's durable timer)
+        lookback: wire.Duration | None = None,
+    ) -> dict[str, Any] | None:
+        """The first event named `event` whose dotted paths equal `match`; None on timeout.
+
+        The event is `{"name", "id", "data", "ts"}`. Raises `Suspend` while none has come:
+        end the handler then; the gateway calls it again when one arrives or `timeout`
+        passes (None: wait forever). `lookback` also accepts events that arrived that long
+        before the first call. The first call for this id fixes event, match and timeout.
+        Raises StepProtocolError outside the gateway, where nothing could deliver an event.
+        """
+        body = wire.wait_body(event, match, timeout, lookback)
+        step_id = self._journal.next_id(step_id)
+        if self._info is None:
+            raise StepProtocolError(NO_GATEWAY_WAIT)
+        memo = await self._completed()
+        if step_id in memo:
+            return cast(dict[str, Any] | None, memo[step_id])
+        return wait_outcome(step_id, *await self._request("POST", wait_path(step_id), body))
+
+    async def _completed(self) -> dict[str, Any]:
+        """The completed steps: from the headers, or fetched once however many ask at once."""
+        if self._journal.memo is not None:
+            return self._journal.memo
         async with self._fetch_lock:
             if self._journal.memo is None:
                 self._journal.memo = steps_from(json_ok(*await self._request("GET", "/steps")))

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
 
 import orjson
 
-PROTOCOL_VERSION: Final = 1
+PROTOCOL_VERSION: Final = 2
 
 # Request headers the gateway adds to every attempt.
 RUN_ID: Final = "Durable-Run-Id"
@@ -77,6 +81,13 @@ def step_path(step_id: str) -> str:
     return quote(step_id, safe="")
 
 
+SLEEP_SUFFIX: Final = "/sleep"
+"""Appended to a step's path: `POST {base}/steps/{id}/sleep` starts or checks a sleep."""
+WAIT_SUFFIX: Final = "/wait"
+"""Appended to a step's path: `POST {base}/steps/{id}/wait` starts or checks an event wait."""
+EVENTS_PATH: Final = "/v1/events"
+"""Where events are posted, on the admin listener (not the sidecar)."""
+
 SYNC_QUERY: Final = "durable=sync"
 """Query string of a step write that must be answered only once committed."""
 
@@ -101,3 +112,158 @@ def put_output_body(output: Any) -> bytes:
 def put_error_body(message: str) -> bytes:
     """Body of `PUT {base}/steps/{id}` that records a failed try of a step."""
     return orjson.dumps({"error": {"message": message}})
+
+
+# Sleep and wait (protocol v2).
+Duration = float | str | timedelta
+"""Seconds as a number, a duration string (`250ms`, `30s`, `1h30m`, `7d`) or a timedelta."""
+
+_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER: Final = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # ASCII digits only
+_DURATION: Final = re.compile(rf"(?:{_NUMBER}\s*(?:ms|s|m|h|d)\s*)+|{_NUMBER}")
+_DURATION_PART: Final = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)")
+
+
+def parse_duration(value: Duration) -> float:
+    """Seconds in a `timeout` or `lookback`; raises ValueError unless finite and >= 0.
+
+    Strings are `<number><unit>` parts run together (`1h30m`), units ms, s, m, h, d,
+    or a bare number of seconds: the grammar of the gateway's config durations.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, str):
+        text = value.strip()
+        if not _DURATION.fullmatch(text):
+            raise ValueError(f"invalid duration {value!r}: use e.g. 250ms, 30s, 5m, 1h30m, 7d")
+        parts = _DURATION_PART.findall(text)
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts) if parts else float(text)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ValueError(f"invalid duration {value!r}: a number of seconds or a string like 30s")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: must be finite and >= 0")
+    return seconds
+
+
+def format_timestamp(when: datetime | float) -> str:
+    """RFC 3339 in UTC with milliseconds, `2025-01-31T09:30:00.250Z`; a float is epoch seconds."""
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            raise ValueError("a naive datetime is ambiguous: give it a timezone")
+        moment = when.astimezone(UTC)
+    else:
+        moment = datetime.fromtimestamp(when, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An aware datetime from an RFC 3339 timestamp; raises ValueError without an offset."""
+    try:
+        # RFC 3339 allows a lower-case `t` and `z`; fromisoformat wants them upper-case.
+        moment = datetime.fromisoformat(text.strip().upper())
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}") from exc
+    if moment.tzinfo is None:
+        raise ValueError(f"RFC 3339 timestamp without an offset: {text!r}")
+    return moment
+
+
+def sleep_body(
+    seconds: float | timedelta | None = None, until: datetime | str | None = None
+) -> bytes:
+    """Body of `POST {base}/steps/{id}/sleep`: exactly one of `seconds` (>= 0) and `until`."""
+    if (seconds is None) == (until is None):
+        raise ValueError("sleep needs exactly one of seconds and until")
+    if until is not None:
+        if isinstance(until, datetime):
+            return orjson.dumps({"until": format_timestamp(until)})
+        parse_timestamp(until)  # refuse it here rather than as a 400 from the sidecar
+        return orjson.dumps({"until": until})
+    assert seconds is not None
+    if isinstance(seconds, str):  # a duration string is a wait's, not a sleep's
+        raise ValueError(f"sleep seconds must be a number, not {seconds!r}")
+    amount = parse_duration(seconds)
+    return orjson.dumps({"seconds": int(amount) if amount.is_integer() else amount})
+
+
+def wait_body(
+    event: str,
+    match: Mapping[str, Any] | None = None,
+    timeout: Duration | None = None,
+    lookback: Duration | None = None,
+) -> bytes:
+    """Body of `POST {base}/steps/{id}/wait`; absent options are left out of it.
+
+    Durations are checked here and sent as given (a timedelta as seconds).
+    """
+    if not isinstance(event, str) or not event:
+        raise ValueError("an event name is a non-empty string")
+    body: dict[str, Any] = {"event": event}
+    if match:
+        for path in match:
+            if not isinstance(path, str) or not path or "" in path.split("."):
+                raise ValueError(f"a match key is a dotted path like data.order_id, not {path!r}")
+        body["match"] = dict(match)
+    for name, value in (("timeout", timeout), ("lookback", lookback)):
+        if value is not None:
+            seconds = parse_duration(value)
+            body[name] = seconds if isinstance(value, timedelta) else value
+    return orjson.dumps(body)
+
+
+def event_body(
+    name: str, data: Mapping[str, Any] | None = None, event_id: str | None = None
+) -> bytes:
+    """Body of `POST /v1/events` (admin listener); `event_id` de-duplicates repeated posts."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("an event name is a non-empty string")
+    body: dict[str, Any] = {"name": name, "data": dict(data or {})}
+    if event_id is not None:
+        body["id"] = event_id
+    return orjson.dumps(body)
+
+
+def event_output(event_id: str, name: str, data: Any, ts: float) -> dict[str, Any]:
+    """A delivered event as a wait step's output: `name`, `id`, `data`, RFC 3339 `ts`."""
+    return {"name": name, "id": event_id, "data": data, "ts": format_timestamp(ts)}
+
+
+_MISSING: Final = object()
+
+
+def _lookup(event: Mapping[str, Any], path: str) -> Any:
+    """The member a dotted path names in an event object; a private sentinel when absent."""
+    node: Any = event
+    for key in path.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values: numbers by value (1 == 1.0), but `true` is not `1`."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def event_matches(match: Mapping[str, Any] | None, event: Mapping[str, Any]) -> bool:
+    """Whether an event object (`name`, `id`, `data`, `ts`) fits every path of a wait's `match`.
+
+    A path that leads nowhere (a missing member, or through a non-object) never matches,
+    not even an expected `null`.
+    """
+    for path, expected in (match or {}).items():
+        found = _lookup(event, path)
+        if found is _MISSING or not json_equal(found, expected):
+            return False
+    return True

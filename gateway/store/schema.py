@@ -126,8 +126,8 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         ),
     ),
     # Leases and idempotency keys. The lease index holds unfinished runs only, so claims
-    # and renewals scan a few rows however many finished runs retention keeps; its
-    # predicate must match UNFINISHED word for word for SQLite to use it.
+    # and renewals scan a few rows however many finished runs retention keeps (version 3
+    # replaces it with one that leaves parked runs out too).
     Migration(
         version=2,
         sqlite=(
@@ -162,10 +162,91 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX idempotency_keys_run ON idempotency_keys (run_id)",
         ),
     ),
+    # Durable sleep, event waits, events, the admin listing. Parked runs (suspended,
+    # paused) leave the lease index, so claims and renewals cost nothing per timer;
+    # suspended runs get their own index on wake time instead. The listing indexes end
+    # in run_id so keyset pages need no sort; SQLite's also carry resp_status, which it
+    # then reads from the index: in the row it sits after req_body, and reading it
+    # there walks the body's overflow pages (measured: 2 MB bodies made a page of 100
+    # runs 80x slower). PostgreSQL keeps bodies out of line (TOAST), so it needs no copy.
+    Migration(
+        version=3,
+        sqlite=(
+            # One small row per sleep or wait a run is parked on, found by its key.
+            """CREATE TABLE pending (
+                run_id TEXT NOT NULL,
+                step_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                wake_at REAL,
+                event TEXT,
+                match BLOB,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (run_id, step_id)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX pending_wait ON pending (kind, event, created_at)",
+            # A rowid table: event data can be large.
+            """CREATE TABLE events (
+                event_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                data BLOB NOT NULL,
+                ts REAL NOT NULL
+            )""",
+            "CREATE INDEX events_name_ts ON events (name, ts)",
+            "CREATE INDEX events_ts ON events (ts)",
+            "DROP INDEX runs_status_wake",
+            "DROP INDEX runs_route_created",
+            "DROP INDEX runs_unfinished_lease",
+            "CREATE INDEX runs_active_lease ON runs (lease_until, owner)"
+            " WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'suspended', 'paused')",
+            # status, though fixed by the predicate: without it SQLite reads the rows
+            # to count them, as if the index did not cover the query.
+            "CREATE INDEX runs_suspended_wake ON runs (wake_at, status) WHERE status = 'suspended'",
+            "CREATE INDEX runs_list ON runs (created_at, run_id, resp_status)",
+            "CREATE INDEX runs_list_route ON runs (route, created_at, run_id, resp_status)",
+            "CREATE INDEX runs_list_status ON runs (status, created_at, run_id, resp_status)",
+        ),
+        postgres=(
+            """CREATE TABLE pending (
+                run_id TEXT NOT NULL,
+                step_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                wake_at DOUBLE PRECISION,
+                event TEXT,
+                match BYTEA,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (run_id, step_id)
+            )""",
+            "CREATE INDEX pending_wait ON pending (kind, event, created_at)",
+            """CREATE TABLE events (
+                event_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                data BYTEA NOT NULL,
+                ts DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX events_name_ts ON events (name, ts)",
+            "CREATE INDEX events_ts ON events (ts)",
+            "DROP INDEX runs_status_wake",
+            "DROP INDEX runs_route_created",
+            "DROP INDEX runs_unfinished_lease",
+            "CREATE INDEX runs_active_lease ON runs (lease_until, owner)"
+            " WHERE status NOT IN ('succeeded', 'failed', 'cancelled', 'suspended', 'paused')",
+            "CREATE INDEX runs_suspended_wake ON runs (wake_at) WHERE status = 'suspended'",
+            "CREATE INDEX runs_list ON runs (created_at, run_id)",
+            "CREATE INDEX runs_list_route ON runs (route, created_at, run_id)",
+            "CREATE INDEX runs_list_status ON runs (status, created_at, run_id)",
+        ),
+    ),
 )
 
 UNFINISHED: Final = "status NOT IN ('succeeded', 'failed', 'cancelled')"
-"""The SQL test for an unfinished run; the same text as the lease index's predicate."""
+"""The SQL test for an unfinished run (retention keeps it)."""
+
+ACTIVE: Final = "status NOT IN ('succeeded', 'failed', 'cancelled', 'suspended', 'paused')"
+"""An unfinished run that is not parked: leases, claims and renewals are about these.
+The same text as the lease index's predicate, which SQLite needs to use the index."""
+
+SUSPENDED: Final = "status = 'suspended'"
+"""The same text as the wake index's predicate."""
 
 LATEST: Final = MIGRATIONS[-1].version
 

@@ -12,18 +12,23 @@ from typing import Any, Final
 import orjson
 
 from gateway.store import (
+    CancelRun,
     CreateRun,
+    DropPending,
     FinishRun,
     Headers,
+    PutPending,
     PutStep,
     RecordAttempt,
+    ResetRun,
     RunRow,
     StoredRequest,
     StoredResponse,
+    SuspendRun,
     UpdateRun,
     Write,
 )
-from gateway.store.schema import UNFINISHED
+from gateway.store.schema import ACTIVE, UNFINISHED
 
 # One statement per kind of write. Parameters come from `_row` in the same order.
 _SQL: Final[dict[type[Any], str]] = {
@@ -50,7 +55,34 @@ _SQL: Final[dict[type[Any], str]] = {
         " finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL, lease_until = NULL"
         " WHERE run_id = ?"
     ),
+    PutPending: (
+        "INSERT INTO pending (run_id, step_id, kind, wake_at, event, match, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
+    ),
+    # One statement for both: a NULL step id matches every step of the run.
+    DropPending: "DELETE FROM pending WHERE run_id = ? AND step_id = coalesce(?, step_id)",
+    # Guarded: a suspension that lost a race with a final write must not revive the run.
+    SuspendRun: (
+        "UPDATE runs SET status = 'suspended', attempt = ?, wake_at = ?, updated_at = ?,"
+        f" owner = NULL, lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
+    ),
+    # Guarded: a run that finished first keeps its real result.
+    CancelRun: (
+        "UPDATE runs SET status = 'cancelled', resp_status = ?, resp_headers = ?,"
+        " resp_body = ?, finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL,"
+        f" lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
+    ),
+    ResetRun: (
+        "UPDATE runs SET status = 'running', attempt = ?, updated_at = ?, finished_at = NULL,"
+        " resp_status = NULL, resp_headers = NULL, resp_body = NULL, wake_at = NULL,"
+        " owner = ?, lease_until = ? WHERE run_id = ?"
+    ),
 }
+
+# Run after their kind's statement, with (run_id,) per write: a run that ends leaves
+# no pending sleep or wait behind.
+_DROP_ALL_PENDING: Final = "DELETE FROM pending WHERE run_id = ?"
+_ALSO: Final[dict[type[Any], str]] = {FinishRun: _DROP_ALL_PENDING, CancelRun: _DROP_ALL_PENDING}
 
 # Written with its CreateRun, after it; the first key on a route wins.
 _INSERT_KEY: Final = (
@@ -58,13 +90,19 @@ _INSERT_KEY: Final = (
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (route, idem_key) DO NOTHING"
 )
 
-# The table each kind writes; writes to different tables or runs never depend on each other.
-_TABLE: Final[dict[type[Any], str]] = {
-    CreateRun: "runs",
-    UpdateRun: "runs",
-    FinishRun: "runs",
-    PutStep: "steps",
-    RecordAttempt: "attempts",
+# The tables each kind writes; writes to different tables or runs never depend on
+# each other. (CreateRun's idempotency key is only ever written by CreateRun.)
+_TABLES: Final[dict[type[Any], tuple[str, ...]]] = {
+    CreateRun: ("runs",),
+    UpdateRun: ("runs",),
+    FinishRun: ("runs", "pending"),
+    SuspendRun: ("runs",),
+    CancelRun: ("runs", "pending"),
+    ResetRun: ("runs",),
+    PutStep: ("steps",),
+    RecordAttempt: ("attempts",),
+    PutPending: ("pending",),
+    DropPending: ("pending",),
 }
 
 RUN_COLUMNS: Final = (
@@ -76,15 +114,21 @@ RUN_COLUMNS: Final = (
 # Due runs first: no wake time (run now), then the earliest wake, then the oldest;
 # run_id only makes the order total, so pages never depend on how ties fall.
 CLAIM: Final = (
-    f"SELECT {RUN_COLUMNS} FROM runs WHERE {UNFINISHED} AND {{which}}"
+    f"SELECT {RUN_COLUMNS} FROM runs WHERE {ACTIVE} AND {{which}}"
     " ORDER BY wake_at NULLS FIRST, created_at, run_id LIMIT ?"
 )
 EXPIRED: Final = "(lease_until IS NULL OR lease_until < ?)"
 # Stealing takes live leases too, except this owner's own: it is running those already.
 NOT_MINE: Final = "(lease_until IS NULL OR lease_until < ? OR owner IS NOT ?)"
 
+# Suspended runs hold no lease, paused ones need none: both stay out of the lease index.
+RENEW: Final = f"UPDATE runs SET lease_until = ? WHERE owner = ? AND {ACTIVE}"
+RELEASE: Final = f"UPDATE runs SET lease_until = NULL WHERE owner = ? AND {ACTIVE}"
+
+# Named: with no statistics the planner reads every finished run through the status
+# listing index and sorts them, instead of a range of runs_finished.
 PURGEABLE: Final = (
-    "SELECT run_id FROM runs WHERE finished_at < ?"
+    "SELECT run_id FROM runs INDEXED BY runs_finished WHERE finished_at < ?"
     " AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?"
 )
 # Dependents first; the run row goes last, so no key or step ever outlives its run.
@@ -92,7 +136,12 @@ PURGE: Final = (
     "DELETE FROM idempotency_keys WHERE run_id = ?",
     "DELETE FROM steps WHERE run_id = ?",
     "DELETE FROM attempts WHERE run_id = ?",
+    "DELETE FROM pending WHERE run_id = ?",
     "DELETE FROM runs WHERE run_id = ?",
+)
+# Oldest first through events_ts; rowids, so the delete needs no second key lookup.
+PURGE_EVENTS: Final = (
+    "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ? ORDER BY ts LIMIT ?)"
 )
 
 
@@ -100,9 +149,9 @@ def group_writes(writes: Sequence[Write]) -> list[list[Write]]:
     """Pack a batch into as few same-kind groups as order allows, one executemany each.
 
     Only writes to the same (table, run) must keep their order: every statement touches
-    rows of its own run in its own table, and the whole batch is one transaction. So a
-    write joins the first group of its kind at or after the group holding its
-    predecessor on that (table, run), and a group keeps submission order inside it.
+    rows of its own run in its own tables, and the whole batch is one transaction. So a
+    write joins the first group of its kind at or after the groups holding its
+    predecessors on each of its (table, run) pairs, and a group keeps submission order.
     A mixed batch of many runs thus costs about one statement per kind, not per write.
     """
     groups: list[list[Write]] = []
@@ -110,15 +159,16 @@ def group_writes(writes: Sequence[Write]) -> list[list[Write]]:
     last: dict[tuple[str, str], int] = {}
     for write in writes:
         kind = type(write)
-        key = (_TABLE[kind], write.run_id)
-        index = last.get(key, 0)
+        keys = [(table, write.run_id) for table in _TABLES[kind]]
+        index = max(last.get(key, 0) for key in keys)
         while index < len(groups) and kinds[index] is not kind:
             index += 1
         if index == len(groups):
             groups.append([])
             kinds.append(kind)
         groups[index].append(write)
-        last[key] = index
+        for key in keys:
+            last[key] = index
     return groups
 
 
@@ -182,6 +232,37 @@ def _row(write: Write) -> tuple[Any, ...]:
                 write.finished_at,
                 write.run_id,
             )
+        case PutPending():
+            return (
+                write.run_id,
+                write.step_id,
+                write.kind,
+                write.wake_at,
+                write.event,
+                write.match,
+                write.created_at,
+            )
+        case DropPending():
+            return (write.run_id, write.step_id)
+        case SuspendRun():
+            return (write.attempt, write.wake_at, write.updated_at, write.run_id)
+        case CancelRun(response=resp):
+            return (
+                resp.status,
+                encode_headers(resp.headers),
+                resp.body,
+                write.finished_at,
+                write.finished_at,
+                write.run_id,
+            )
+        case ResetRun():
+            return (
+                write.attempt,
+                write.updated_at,
+                write.owner,
+                write.lease_until,
+                write.run_id,
+            )
 
 
 def run_row(row: Any) -> RunRow:
@@ -209,7 +290,11 @@ def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """The batch as (statement, parameter rows) pairs, one executemany each, in order."""
     pairs: list[tuple[str, list[tuple[Any, ...]]]] = []
     for group in group_writes(writes):
-        pairs.append((_SQL[type(group[0])], [_row(w) for w in group]))
+        kind = type(group[0])
+        pairs.append((_SQL[kind], [_row(w) for w in group]))
+        also = _ALSO.get(kind)
+        if also is not None:
+            pairs.append((also, [(w.run_id,) for w in group]))
         keys = [
             (w.route, w.idempotency[0], w.idempotency[1], w.run_id, w.created_at)
             for w in group

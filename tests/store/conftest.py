@@ -14,7 +14,7 @@ from typing import Protocol
 
 import pytest
 
-from gateway.store import Store, open_store
+from gateway.store import FullStore, open_store
 from gateway.store.sqlite import SqliteStore
 
 DATABASES = ["sqlite"]
@@ -26,7 +26,7 @@ class Database(Protocol):
     name: str
     url: str
 
-    async def open(self, *, lock_wait: float | None = None) -> Store:
+    async def open(self, *, lock_wait: float | None = None) -> FullStore:
         """A new store on this database; `lock_wait` (seconds) shortens waits on a lock."""
 
     def hold_write_lock(self) -> AbstractContextManager[None]:
@@ -50,7 +50,7 @@ class SqliteDatabase:
         # An absolute path after the three slashes gives the four of sqlite:////abs.
         self.url = "sqlite:///" + str(path)
 
-    async def open(self, *, lock_wait: float | None = None) -> Store:
+    async def open(self, *, lock_wait: float | None = None) -> FullStore:
         if lock_wait is None:
             return await open_store(self.url)
         return await SqliteStore.open(self.url, busy_timeout_ms=int(lock_wait * 1000))
@@ -97,7 +97,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
 
 
 @pytest.fixture
-async def store(database: Database) -> AsyncIterator[Store]:
+async def store(database: Database) -> AsyncIterator[FullStore]:
     opened = await database.open()
     try:
         yield opened

@@ -17,6 +17,7 @@ import pytest
 from gateway.errors import StoreUnavailable
 from gateway.store import (
     FINAL_STATUSES,
+    PARKED_STATUSES,
     TEST_MAX_PAGES_ENV,
     AttemptRow,
     CreateRun,
@@ -30,6 +31,7 @@ from gateway.store import (
     Write,
     open_store,
     schema,
+    sqlite_sql,
 )
 from gateway.store.sqlite import SqliteStore, describe_error, group_writes, path_from_url
 
@@ -514,19 +516,27 @@ def test_unfinished_matches_the_final_statuses() -> None:
     assert set(schema.UNFINISHED.removeprefix("status NOT IN (").rstrip(")").split(", ")) == quoted
 
 
-async def test_sqlite_lease_queries_use_the_unfinished_index(tmp_path: Path) -> None:
+def test_active_is_unfinished_and_not_parked() -> None:
+    quoted = {f"'{status}'" for status in FINAL_STATUSES | PARKED_STATUSES}
+    assert schema.ACTIVE.startswith("status NOT IN (")
+    assert set(schema.ACTIVE.removeprefix("status NOT IN (").rstrip(")").split(", ")) == quoted
+    assert not FINAL_STATUSES & PARKED_STATUSES
+
+
+async def test_sqlite_lease_queries_use_the_active_index(tmp_path: Path) -> None:
     """The partial index is only used when a query repeats its predicate exactly."""
     store = await open_store("sqlite:///" + str(tmp_path / "gw.db"))
     await store.close()
-    queries = [
-        f"SELECT run_id FROM runs WHERE {schema.UNFINISHED}"
-        " AND (lease_until IS NULL OR lease_until < 5) ORDER BY wake_at",
-        f"UPDATE runs SET lease_until = 1 WHERE owner = 'a' AND {schema.UNFINISHED}",
-    ]
+    queries = {
+        sqlite_sql.CLAIM.format(which=sqlite_sql.EXPIRED): (5.0, 10),
+        sqlite_sql.CLAIM.format(which=sqlite_sql.NOT_MINE): (5.0, "a", 10),
+        sqlite_sql.RENEW: (1.0, "a"),
+        sqlite_sql.RELEASE: ("a",),
+    }
     with closing(sqlite3.connect(tmp_path / "gw.db")) as conn:
-        for query in queries:
-            plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + query))
-            assert "runs_unfinished_lease" in plan, (query, plan)
+        for query, params in queries.items():
+            plan = str(conn.execute("EXPLAIN QUERY PLAN " + query, params).fetchall())
+            assert "runs_active_lease" in plan, (query, plan)
 
 
 V1_RUN = (
@@ -549,7 +559,7 @@ async def test_sqlite_a_v1_database_migrates_in_place(tmp_path: Path) -> None:
 
     store = await open_store("sqlite:///" + str(path))
     try:
-        assert await store.get_meta("schema_version") == str(schema.LATEST) == "2"
+        assert await store.get_meta("schema_version") == str(schema.LATEST) == "3"
         assert await store.get_meta("secret") == "old"
         old = await store.get_run("old-run")
         assert old is not None

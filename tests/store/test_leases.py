@@ -20,6 +20,7 @@ from gateway.store import (
     Store,
     StoredRequest,
     StoredResponse,
+    SuspendRun,
     UpdateRun,
     open_store,
 )
@@ -70,21 +71,32 @@ async def test_claim_takes_unfinished_runs_and_leases_them(store: Store) -> None
             UpdateRun("cancelled", "cancelled", 1, None, 97.0),
             create("sleeping", at=80.0),
             UpdateRun("sleeping", "backoff", 2, 300.0, 101.0),
-            create("paused", at=110.0),
+            create("retrying", at=110.0),
+            UpdateRun("retrying", "running", 3, None, 111.0),
+            # Parked: an operator resumes a paused run, the scheduler a suspended one.
+            create("paused", at=70.0),
             UpdateRun("paused", "paused", 3, None, 111.0),
+            create("suspended", at=71.0),
+            SuspendRun("suspended", 2, 150.0, 111.0),
+            create("waiting", at=72.0),
+            SuspendRun("waiting", 2, None, 111.0),
         ]
     )
 
     rows = await store.claim_unfinished("a", 200.0, TTL)
 
     # Due ones first (no wake time, oldest first), then by wake time.
-    assert ids(rows) == ["plain", "paused", "sleeping"]
+    assert ids(rows) == ["plain", "retrying", "sleeping"]
     assert all((row.owner, row.lease_until) == ("a", 230.0) for row in rows)
     assert [row.attempt for row in rows] == [1, 3, 2]
     assert rows[0].request == REQUEST
     for run_id in ids(rows):
         assert await lease_of(store, run_id) == ("a", 230.0)
-    assert await lease_of(store, "done") == (None, None)
+    for run_id in ("done", "paused", "suspended", "waiting"):
+        assert await lease_of(store, run_id) == (None, None)
+    # Stealing takes live leases, never parked runs.
+    stolen = await store.claim_unfinished("b", 200.0, TTL, steal=True)
+    assert sorted(ids(stolen)) == ["plain", "retrying", "sleeping"]
 
 
 async def test_claim_orders_by_wake_time_then_creation(store: Store) -> None:

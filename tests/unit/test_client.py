@@ -66,6 +66,9 @@ class Sidecar:
     transports: list[asyncio.Transport] = field(default_factory=list)
     on_record: Callable[[str], None] | None = None
     """Called with each step id the stub records, from the server's loop."""
+    answers: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    """Answer of a sleep or wait POST by step id; default: 202 (suspend). A 200 records the
+    step as the gateway does: a sleep's body, or a wait's `event`, becomes its output."""
 
     def headers(self, *, attempt: int = 1, steps: str | None = None) -> dict[str, str]:
         headers = {
@@ -86,11 +89,25 @@ class Sidecar:
             if c.method == "PUT" and "output" in c.body
         ]
 
+    def posts(self) -> list[tuple[str, str, Any]]:
+        """(step id, `sleep` or `wait`, body) of the sleep and wait calls, in order."""
+        found = []
+        for c in self.calls:
+            if c.method == "POST":
+                segment, kind = c.raw_path.rsplit("/", 2)[1:]
+                found.append((unquote(segment), kind, c.body))
+        return found
+
     def gets(self) -> list[str]:
         return [c.raw_path.removeprefix(f"/v1/runs/{RUN}") for c in self.calls if c.method == "GET"]
 
 
 STUB = web.AppKey("stub", Sidecar)
+WAKE = "2025-01-31T09:31:00.000Z"
+PENDING: dict[str, Any] = {
+    "sleep": {"done": False, "wake_at": WAKE},
+    "wait": {"event": None, "pending": True, "timeout_at": None},
+}
 
 
 def problem(status: int, slug: str) -> web.Response:
@@ -123,6 +140,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Authorization") != f"Bearer {stub.token}":
         return problem(409, "stale-attempt")
     rest = raw_path[len(prefix) :]
+    if request.method == "POST":
+        _, segment, kind = rest.split("/")
+        step_id = unquote(segment)
+        status, answer = stub.answers.get(step_id, (202, PENDING[kind]))
+        if status == 200 and step_id not in stub.steps:
+            stub.steps[step_id] = answer if kind == "sleep" else answer["event"]
+        if status >= 400:
+            return problem(status, "bad-request")
+        return web.json_response(answer, status=status)
     if rest == "" and request.method == "GET":
         return web.json_response({"steps": {k: {"output": v} for k, v in stub.steps.items()}})
     step_id = unquote(rest.removeprefix("/"))
@@ -685,6 +711,110 @@ async def test_backend_rejects_bad_queries(backend: Backend, http: aiohttp.Clien
         assert status == 400, query
 
 
+async def test_backend_sleep_without_gateway(backend: Backend, http: aiohttp.ClientSession) -> None:
+    """No Durable-* headers: the nap sleeps in-process (0 s here) and the handler runs through."""
+    status, body, _ = await get_json(http, "POST", backend.url + "/demo/sleep?seconds=0&n=3")
+    assert status == 200
+    assert body == {
+        "run_id": None,
+        "attempt": 1,
+        "results": [{"step": i, "value": "computed on attempt 1"} for i in (1, 2, 3)],
+    }
+
+
+async def test_backend_wait_without_gateway_is_501(
+    backend: Backend, http: aiohttp.ClientSession
+) -> None:
+    """Nothing could deliver the event without the gateway: the examples answer 501."""
+    url = backend.url + "/demo/wait?event=order.paid&order_id=42&timeout=30"
+    status, body, _ = await get_json(http, "GET", url)
+    assert status == 501
+    assert "without the gateway" in body["error"]
+
+
+async def test_backend_sleep_suspends_then_resumes(
+    backend: Backend, http: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    url = backend.url + "/demo/sleep?seconds=60&n=2"
+    status, body, _ = await get_json(http, "POST", url, headers=sidecar.headers())
+    assert (status, body) == (
+        202,
+        {"suspended": True, "kind": "sleep", "wake_at": WAKE, "step_id": "nap"},
+    )
+    assert list(sidecar.steps) == ["step-1"]
+    assert sidecar.posts() == [("nap", "sleep", {"seconds": 60})]
+
+    sidecar.token = "tok-2"  # after the wake time: the gateway re-invokes
+    sidecar.answers["nap"] = (200, {"done": True, "wake_at": WAKE})
+    headers = sidecar.headers(attempt=2, steps=wire.encode_steps(sidecar.steps))
+    status, body, _ = await get_json(http, "POST", url, headers=headers)
+    assert status == 200
+    assert [r["value"] for r in body["results"]] == [
+        "computed on attempt 1",
+        "computed on attempt 2",
+    ]
+    # Attempt 3 finds the nap in Durable-Steps and makes no sleep call at all.
+    sidecar.token = "tok-3"
+    headers = sidecar.headers(attempt=3, steps=wire.encode_steps(sidecar.steps))
+    status, body, _ = await get_json(http, "POST", url, headers=headers)
+    assert (status, body["attempt"]) == (200, 3)
+    assert len(sidecar.posts()) == 2
+    status, counts, _ = await get_json(http, "GET", f"{backend.url}/_counts?run_id={RUN}")
+    assert counts == {"counts": {"step-1": 1, "step-2": 1}}
+
+
+async def test_backend_wait_suspends_then_gets_the_event(
+    backend: Backend, http: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    url = backend.url + "/demo/wait?event=order.paid&order_id=42&timeout=30&lookback=10m"
+    sidecar.answers["paid"] = (202, {"event": None, "pending": True, "timeout_at": WAKE})
+    status, body, _ = await get_json(http, "POST", url, headers=sidecar.headers())
+    assert (status, body) == (
+        202,
+        {"suspended": True, "kind": "wait", "wake_at": WAKE, "step_id": "paid"},
+    )
+    assert sidecar.posts() == [
+        (
+            "paid",
+            "wait",
+            {
+                "event": "order.paid",
+                "match": {"data.order_id": "42"},
+                "timeout": 30,
+                "lookback": "10m",
+            },
+        )
+    ]
+
+    event = {"name": "order.paid", "id": "pay_1", "data": {"order_id": "42"}, "ts": WAKE}
+    sidecar.token = "tok-2"
+    sidecar.answers["paid"] = (200, {"event": event})
+    headers = sidecar.headers(attempt=2, steps=wire.encode_steps(sidecar.steps))
+    status, body, _ = await get_json(http, "POST", url, headers=headers)
+    assert status == 200
+    assert body["event"] == event
+    assert body["results"][1] == {"step": 2, "value": "computed on attempt 2", "event": event}
+    assert sidecar.steps["paid"] == event
+
+
+async def test_backend_wait_timed_out(
+    backend: Backend, http: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    sidecar.answers["paid"] = (200, {"event": None})
+    url = backend.url + "/demo/wait?event=order.paid"
+    status, body, _ = await get_json(http, "POST", url, headers=sidecar.headers(attempt=2))
+    assert (status, body["event"]) == (200, None)
+    assert sidecar.posts() == [("paid", "wait", {"event": "order.paid"})]
+
+
+async def test_backend_rejects_bad_sleep_and_wait_queries(
+    backend: Backend, http: aiohttp.ClientSession
+) -> None:
+    for path in ("sleep?seconds=x", "sleep?seconds=-1", "sleep?n=0", "wait?timeout=soon"):
+        status, _, _ = await get_json(http, "GET", f"{backend.url}/demo/{path}")
+        assert status == 400, path
+
+
 async def test_backend_streams_chunks(backend: Backend, http: aiohttp.ClientSession) -> None:
     async with http.get(backend.url + "/demo/stream?chunks=3&interval_ms=1") as resp:
         assert resp.status == 200
@@ -724,6 +854,23 @@ def flask_client(sidecar: Sidecar) -> Iterator[Any]:
     app = load_example("flask_app.py").create_app()
     with app.extensions["step_client"]:
         yield app.test_client()
+
+
+async def test_flask_example_sleeps(flask_client: Any, sidecar: Sidecar) -> None:
+    def post(headers: dict[str, str]) -> Any:
+        return flask_client.post("/api/remind?delay=0", data="hello", headers=headers)
+
+    plain = await asyncio.to_thread(post, {})
+    assert (plain.status_code, plain.get_json()["sent"]) == (200, "hello")
+    suspended = await asyncio.to_thread(post, sidecar.headers())
+    assert suspended.status_code == 202
+    assert suspended.get_json() == {
+        "suspended": True,
+        "kind": "sleep",
+        "wake_at": WAKE,
+        "step_id": "cooldown",
+    }
+    assert sidecar.puts() == ["draft"]
 
 
 async def test_flask_example_records_steps(flask_client: Any, sidecar: Sidecar) -> None:
@@ -795,3 +942,21 @@ async def test_starlette_example_records_steps(sidecar: Sidecar) -> None:
     assert orjson.loads(body) == {"run_id": RUN, "order": "ok", "charge": "ch_3:charge"}
     assert sidecar.puts() == ["quote", "charge"]
     assert [c.query for c in sidecar.calls] == ["", "durable=sync"]
+
+
+async def test_starlette_example_waits(sidecar: Sidecar) -> None:
+    app = load_example("starlette_app.py").create_app()
+    status, body = await call_asgi(app, "POST", "/api/ship/42", sidecar.headers(), b"")
+    assert status == 202
+    assert orjson.loads(body) == {
+        "suspended": True,
+        "kind": "wait",
+        "wake_at": None,
+        "step_id": "paid",
+    }
+    assert sidecar.posts() == [
+        ("paid", "wait", {"event": "order.paid", "match": {"data.order_id": "42"}, "timeout": "1h"})
+    ]
+    sidecar.answers["paid"] = (200, {"event": {"name": "order.paid", "data": {"order_id": "42"}}})
+    status, body = await call_asgi(app, "POST", "/api/ship/42", sidecar.headers(attempt=2), b"")
+    assert (status, orjson.loads(body)) == (200, {"run_id": RUN, "shipped": True, "slot": 2})

@@ -92,7 +92,7 @@ def test_decide_custom_policy(outcome: AttemptOutcome, verdict: Verdict) -> None
 def test_decide_single_attempt_policy_never_retries() -> None:
     policy = replace(POLICY, max_attempts=1)
     decision = decide(status(503), policy, 1, random.Random(1))
-    assert decision == Decision(Verdict.FINAL, reason="attempts exhausted (1 of 1)")
+    assert decision == Decision(Verdict.FINAL, reason="attempts exhausted (1 of 1)", exhausted=True)
 
 
 def test_decide_delay_is_next_delay_with_same_draw() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import math
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -136,4 +138,151 @@ def test_gateway_headers_are_the_request_headers() -> None:
         "Durable-Token",
         "Durable-Steps",
     )
-    assert wire.PROTOCOL_VERSION == 1
+    assert wire.PROTOCOL_VERSION == 2
+
+
+# --- sleep and wait (v2) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (0, 0.0),
+        (2.5, 2.5),
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("7d", 604800.0),
+        ("1h30m", 5400.0),
+        (" 1m 30s ", 90.0),
+        ("1.5h", 5400.0),
+        ("90", 90.0),
+        (".5s", 0.5),
+        (timedelta(minutes=2), 120.0),
+    ],
+)
+def test_parse_duration(value: wire.Duration, seconds: float) -> None:
+    assert wire.parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "value", ["", "1 hour", "h", "-5s", "1w", "1.2.3s", "٣s", -1, math.inf, math.nan, True]
+)
+def test_parse_duration_refuses(value: Any) -> None:
+    with pytest.raises(ValueError):
+        wire.parse_duration(value)
+    with pytest.raises(ValueError):
+        wire.parse_duration(timedelta(seconds=-1))
+
+
+def test_timestamps() -> None:
+    moment = datetime(2025, 1, 31, 10, 30, 0, 250_999, tzinfo=timezone(timedelta(hours=1)))
+    assert wire.format_timestamp(moment) == "2025-01-31T09:30:00.250Z"
+    assert wire.format_timestamp(0.0) == "1970-01-01T00:00:00.000Z"
+    assert wire.parse_timestamp("2025-01-31T09:30:00.250Z") == datetime(
+        2025, 1, 31, 9, 30, 0, 250_000, tzinfo=UTC
+    )
+    assert wire.parse_timestamp("2025-01-31t10:30:00+01:00") == datetime(
+        2025, 1, 31, 9, 30, tzinfo=UTC
+    )
+    assert wire.parse_timestamp(wire.format_timestamp(1738315800.5)).timestamp() == 1738315800.5
+    for bad in ("2025-01-31T09:30:00", "yesterday", ""):
+        with pytest.raises(ValueError):
+            wire.parse_timestamp(bad)
+    with pytest.raises(ValueError, match="naive"):
+        wire.format_timestamp(datetime(2025, 1, 31))
+
+
+def test_sleep_body() -> None:
+    assert orjson.loads(wire.sleep_body(5)) == {"seconds": 5}
+    assert orjson.loads(wire.sleep_body(0.25)) == {"seconds": 0.25}
+    assert orjson.loads(wire.sleep_body(timedelta(minutes=1))) == {"seconds": 60}
+    until = datetime(2025, 1, 31, 9, 30, tzinfo=UTC)
+    assert orjson.loads(wire.sleep_body(until=until)) == {"until": "2025-01-31T09:30:00.000Z"}
+    assert orjson.loads(wire.sleep_body(until="2025-01-31T09:30:00Z")) == {
+        "until": "2025-01-31T09:30:00Z"
+    }
+    for kwargs in ({}, {"seconds": 1, "until": until}):
+        with pytest.raises(ValueError, match="exactly one"):
+            wire.sleep_body(**kwargs)  # type: ignore[arg-type]
+    for bad_seconds in (-1, math.inf, "5s", True):
+        with pytest.raises(ValueError):
+            wire.sleep_body(bad_seconds)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        wire.sleep_body(until="2025-01-31T09:30:00")  # no offset
+
+
+def test_wait_body() -> None:
+    assert orjson.loads(wire.wait_body("order.paid")) == {"event": "order.paid"}
+    assert orjson.loads(
+        wire.wait_body("order.paid", {"data.order_id": "42"}, "1h", timedelta(minutes=10))
+    ) == {
+        "event": "order.paid",
+        "match": {"data.order_id": "42"},
+        "timeout": "1h",
+        "lookback": 600.0,
+    }
+    assert orjson.loads(wire.wait_body("e", {}, 0)) == {"event": "e", "timeout": 0}
+    with pytest.raises(ValueError):
+        wire.wait_body("")
+    with pytest.raises(ValueError):
+        wire.wait_body("e", timeout="soon")
+    with pytest.raises(ValueError):
+        wire.wait_body("e", lookback=-1)
+    for path in ("", "data.", ".data", "a..b"):
+        with pytest.raises(ValueError, match="dotted path"):
+            wire.wait_body("e", {path: 1})
+
+
+def test_event_body() -> None:
+    assert orjson.loads(wire.event_body("order.paid", {"order_id": "42"}, "pay_1")) == {
+        "name": "order.paid",
+        "data": {"order_id": "42"},
+        "id": "pay_1",
+    }
+    assert orjson.loads(wire.event_body("ping")) == {"name": "ping", "data": {}}
+    with pytest.raises(ValueError):
+        wire.event_body("")
+
+
+EVENT = {
+    "name": "order.paid",
+    "id": "pay_1",
+    "data": {"order_id": "42", "amount": 1999, "paid": True, "note": None, "user": {"tier": "pro"},
+             "tags": ["a", "b"]},
+    "ts": "2025-01-31T09:30:00.000Z",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("match", "matches"),
+    [
+        (None, True),
+        ({}, True),
+        ({"data.order_id": "42"}, True),
+        ({"data.order_id": "42", "data.user.tier": "pro"}, True),
+        ({"data.order_id": "42", "data.user.tier": "free"}, False),  # all of them must fit
+        ({"data.order_id": 42}, False),  # a string is not a number
+        ({"data.amount": 1999.0}, True),  # numbers compare by value
+        ({"data.paid": 1}, False),  # true is not 1
+        ({"data.paid": True}, True),
+        ({"data.amount": True}, False),
+        ({"data.note": None}, True),
+        ({"data.missing": None}, False),  # absent is not null
+        ({"data.order_id.x": "42"}, False),  # through a non-object
+        ({"data.tags": ["a", "b"]}, True),
+        ({"data.tags": ["b", "a"]}, False),
+        ({"data.user": {"tier": "pro"}}, True),
+        ({"id": "pay_1", "name": "order.paid"}, True),
+        ({"order_id": "42"}, False),  # paths start at the event object, not at data
+    ],
+)
+def test_event_matches(match: dict[str, Any] | None, matches: bool) -> None:
+    assert wire.event_matches(match, EVENT) is matches
+
+
+def test_paths() -> None:
+    assert wire.step_path("nap") + wire.SLEEP_SUFFIX == "nap/sleep"
+    assert wire.step_path("paid:1") + wire.WAIT_SUFFIX == "paid%3A1/wait"
+    assert wire.EVENTS_PATH == "/v1/events"

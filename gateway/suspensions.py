@@ -1,0 +1,121 @@
+"""Durable sleep and wait-for-event on a live run, as the sidecar reports them.
+
+The first call for a step fixes its timer (and, for a wait, its event and match) for
+every later attempt; a call answers `done` once it is over, or marks the current
+attempt as suspending. Changes runs only through the driver, which owns them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.driver import Driver
+from gateway.errors import BadRequest
+from gateway.live import LiveRun
+from gateway.runs import Pending, PendingKind
+from gateway.store import DropPending, FullStore, PutPending
+from step_protocol import wire
+
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    done: bool
+    """True: 200, the step is over; False: 202, the attempt must end and the run suspend."""
+    body: bytes
+
+
+def sleep(
+    driver: Driver, run_id: str, attempt: int, step_id: str, wake_at: float, now: float
+) -> Answer:
+    live = driver.current(run_id, attempt)
+    run = live.run
+    done = run.steps.get(step_id)
+    if done is not None:
+        return Answer(True, done)
+    pending = _fix(driver, live, Pending(step_id, PendingKind.SLEEP, wake_at, created_at=now))
+    assert pending.wake_at is not None
+    if pending.wake_at <= now:
+        output = orjson.dumps(
+            {"done": True, "wake_at": wire.format_timestamp(pending.wake_at)}, option=_SORTED
+        )
+        _complete(driver, live, step_id, output)
+        return Answer(True, output)
+    run.suspension = pending
+    return Answer(
+        False, orjson.dumps({"done": False, "wake_at": wire.format_timestamp(pending.wake_at)})
+    )
+
+
+async def wait(
+    driver: Driver,
+    store: FullStore,
+    run_id: str,
+    attempt: int,
+    step_id: str,
+    *,
+    event: str,
+    match: Mapping[str, Any],
+    timeout_in: float | None,
+    lookback: float | None,
+    now: float,
+) -> Answer:
+    live = driver.current(run_id, attempt)
+    done = live.run.steps.get(step_id)
+    if done is not None:
+        return Answer(True, b'{"event":' + done + b"}")
+    if step_id not in live.run.pending and lookback:
+        for row in await store.events_since(event, now - lookback):
+            found = wire.event_output(row.event_id, row.name, orjson.loads(row.data), row.ts)
+            if wire.event_matches(match, found):
+                live = driver.current(run_id, attempt)  # still ours after the read?
+                output = orjson.dumps(found, option=_SORTED)
+                _complete(driver, live, step_id, output)
+                return Answer(True, b'{"event":' + output + b"}")
+    deadline = None if timeout_in is None else now + timeout_in
+    wanted = Pending(
+        step_id, PendingKind.WAIT, deadline, event, orjson.dumps(match, option=_SORTED), now
+    )
+    pending = _fix(driver, live, wanted)
+    if pending.wake_at is not None and pending.wake_at <= now:
+        _complete(driver, live, step_id, b"null")
+        return Answer(True, b'{"event":null}')
+    live.run.suspension = pending
+    timeout_at = None if pending.wake_at is None else wire.format_timestamp(pending.wake_at)
+    return Answer(False, orjson.dumps({"event": None, "pending": True, "timeout_at": timeout_at}))
+
+
+def _fix(driver: Driver, live: LiveRun, wanted: Pending) -> Pending:
+    """The step's pending sleep or wait: the first call's, stored once."""
+    run = live.run
+    pending = run.pending.get(wanted.step_id)
+    if pending is None:
+        run.pending[wanted.step_id] = pending = wanted
+        driver.writer.submit(
+            PutPending(
+                run.run_id,
+                wanted.step_id,
+                wanted.kind.value,
+                wanted.wake_at,
+                wanted.event,
+                wanted.match,
+                wanted.created_at,
+            )
+        )
+    elif pending.kind is not wanted.kind:
+        raise BadRequest(
+            f"step {wanted.step_id!r} is a {pending.kind.value}, not a {wanted.kind.value}",
+            run_id=run.run_id,
+        )
+    return pending
+
+
+def _complete(driver: Driver, live: LiveRun, step_id: str, output: bytes) -> None:
+    live.run.pending.pop(step_id, None)
+    driver.record_step(live, step_id, output)
+    driver.writer.submit(DropPending(live.run.run_id, step_id))
