@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.helpers import ROOT, Proc, free_port, python, wait_http_ok
+from tests.helpers import ROOT, Proc, free_port, free_ports, python, wait_http_ok
 
 
 @dataclass
@@ -81,8 +81,10 @@ class Gateway:
         )
         try:
             wait_http_ok(self.admin + "/healthz", proc=self.proc.popen)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n{self.proc.output()}") from None
+        except (RuntimeError, TimeoutError) as exc:
+            output = self.proc.output()
+            self.proc.stop()
+            raise RuntimeError(f"{exc}\n{output}") from None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush."""
@@ -117,7 +119,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         db: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> Gateway:
-        ports = [free_port() for _ in range(3)]
+        ports = free_ports(3)
         db_path = db or tmp_path / "durable.db"
         config = (
             textwrap.dedent(f"""\

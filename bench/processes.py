@@ -1,0 +1,231 @@
+"""The processes a benchmark starts on loopback: backend, minimal proxy, nginx, gateways.
+
+Starts, waits for, and stops only its own children (by their pid); never touches
+anything else on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from bench import procstat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """A child process serving HTTP at `url`, its output in `log_path`."""
+
+    name: str
+    url: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    whole_tree: bool = False
+    """Count the process's children too (nginx's workers)."""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def usage(self) -> procstat.Usage:
+        return procstat.sample(procstat.tree(self.pid) if self.whole_tree else [self.pid])
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@dataclass
+class Gateway(Service):
+    sidecar: str = ""
+    admin: str = ""
+    db_path: Path = field(default_factory=Path)
+
+
+async def wait_ok(url: str, popen: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Poll GET url until it answers 200; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.monotonic() < deadline:
+            if popen.poll() is not None:
+                raise RuntimeError(f"process exited with {popen.returncode} before {url} was up")
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                last = exc
+            await asyncio.sleep(0.05)  # polling a readiness probe, not synchronising a test
+    raise TimeoutError(f"{url} not up after {timeout}s: {last}")
+
+
+class Lab:
+    """Owns a work directory and every process started in it; `close()` stops them all."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._services: list[Service] = []
+
+    def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        return popen, log_path
+
+    async def _start(self, service: Service, health: str) -> None:
+        self._services.append(service)
+        try:
+            await wait_ok(service.url + health, service.popen)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{service.name} did not start: {exc}\n{service.output()}") from None
+
+    async def backend(self) -> Service:
+        port = free_port()
+        popen, log = self._spawn("backend", [sys.executable, "-m", "bench.backend", "--port", str(port)])
+        service = Service("backend", f"http://127.0.0.1:{port}", popen, log)
+        await self._start(service, "/_health")
+        return service
+
+    async def proxy(self, upstream: str) -> Service:
+        port = free_port()
+        args = [sys.executable, "-m", "bench.proxy", "--port", str(port), "--upstream", upstream]
+        popen, log = self._spawn("proxy", args)
+        service = Service("proxy", f"http://127.0.0.1:{port}", popen, log)
+        await self._start(service, "/_health")
+        return service
+
+    async def nginx(self, upstream: str) -> Service | None:
+        """nginx with one worker (the Python hops get one core too); None if not installed."""
+        exe = shutil.which("nginx") or next(
+            (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None
+        )
+        if exe is None:
+            return None
+        port = free_port()
+        prefix = self.workdir / "nginx"
+        (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(nginx_config(prefix, port, upstream))
+        popen, log = self._spawn("nginx", [exe, "-p", str(prefix), "-c", str(conf), "-e", "stderr"])
+        service = Service("nginx", f"http://127.0.0.1:{port}", popen, log, whole_tree=True)
+        await self._start(service, "/_health")
+        return service
+
+    async def gateway(self, name: str, routes_yaml: str, *, durability: str = "async",
+                      db_path: Path | None = None) -> Gateway:  # fmt: skip
+        """A gateway on three free ports and its own SQLite file (fresh unless given)."""
+        ingress, sidecar, admin = (free_port() for _ in range(3))
+        db = db_path or self.workdir / f"{name}.db"
+        config = self.workdir / f"{name}.yaml"
+        config.write_text(gateway_config(ingress, sidecar, admin, db, durability, routes_yaml))
+        args = [sys.executable, "-m", "gateway", "--config", str(config), "--log-level", "warning"]
+        popen, log = self._spawn(name, args)
+        service = Gateway(
+            name,
+            f"http://127.0.0.1:{ingress}",
+            popen,
+            log,
+            sidecar=f"http://127.0.0.1:{sidecar}",
+            admin=f"http://127.0.0.1:{admin}",
+            db_path=db,
+        )
+        self._services.append(service)
+        try:
+            await wait_ok(service.admin + "/healthz", popen)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"gateway did not start: {exc}\n{service.output()}") from None
+        return service
+
+    def stop(self, service: Service) -> None:
+        service.stop()
+        if service in self._services:
+            self._services.remove(service)
+
+    def close(self) -> None:
+        for service in reversed(self._services):
+            service.stop()
+        self._services.clear()
+
+
+def gateway_config(ingress: int, sidecar: int, admin: int, db: Path, durability: str,
+                   routes_yaml: str) -> str:  # fmt: skip
+    return (
+        textwrap.dedent(f"""\
+        server:
+          ingress: 127.0.0.1:{ingress}
+          sidecar: 127.0.0.1:{sidecar}
+          admin: 127.0.0.1:{admin}
+          shutdown_grace: 2s
+        storage:
+          url: sqlite:///{db}
+          durability: {durability}
+        routes:
+        """)
+        + textwrap.indent(textwrap.dedent(routes_yaml).strip() + "\n", "  ")
+    )
+
+
+def nginx_config(prefix: Path, port: int, upstream: str) -> str:
+    host_port = upstream.removeprefix("http://")
+    user = "user root;\n" if _is_root() else ""
+    tmp = prefix / "tmp"
+    return textwrap.dedent(f"""\
+        {user}daemon off;
+        worker_processes 1;
+        pid {prefix}/nginx.pid;
+        error_log stderr warn;
+        events {{ worker_connections 4096; }}
+        http {{
+          access_log off;
+          client_body_temp_path {tmp}/body;
+          proxy_temp_path {tmp}/proxy;
+          fastcgi_temp_path {tmp}/fastcgi;
+          uwsgi_temp_path {tmp}/uwsgi;
+          scgi_temp_path {tmp}/scgi;
+          upstream backend {{
+            server {host_port};
+            keepalive 64;
+          }}
+          server {{
+            listen 127.0.0.1:{port};
+            location / {{
+              proxy_pass http://backend;
+              proxy_http_version 1.1;
+              proxy_set_header Connection "";
+            }}
+          }}
+        }}
+        """)
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
