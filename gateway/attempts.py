@@ -14,6 +14,8 @@ import aiohttp
 from multidict import CIMultiDict
 
 from gateway.retries import AttemptOutcome, OutcomeKind, parse_retry_after
+from gateway.runs import Run
+from gateway.tokens import Tokens
 from step_protocol import wire
 
 
@@ -25,6 +27,25 @@ class AttemptRequest:
     body: bytes
     timeout: float
     """Seconds until response headers; also the longest silence while reading the body."""
+
+
+def build_request(run: Run, attempt: int, tokens: Tokens, sidecar_url: str) -> AttemptRequest:
+    """The stored request with this attempt's Durable-* headers and completed steps."""
+    req = run.request
+    headers = CIMultiDict(req.headers)
+    headers[wire.RUN_ID] = run.run_id
+    headers[wire.ATTEMPT] = str(attempt)
+    headers[wire.SIDECAR] = f"{sidecar_url}/v1/runs/{run.run_id}"
+    headers[wire.TOKEN] = tokens.attempt_token(run.run_id, attempt)
+    if run.steps:
+        headers[wire.STEPS] = wire.encode_step_bytes(run.steps_json())
+    return AttemptRequest(
+        req.method,
+        run.route.upstream + req.path_qs,
+        headers,
+        req.body,
+        run.route.settings.attempt_timeout,
+    )
 
 
 def new_session() -> aiohttp.ClientSession:

@@ -18,27 +18,22 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import orjson
-from multidict import CIMultiDict
 
-from gateway import attempts, metrics
-from gateway.attempts import AttemptRequest
+from gateway import attempts, metrics, suspensions
 from gateway.config import RouteConfig
-from gateway.errors import Conflict, NotFound, StaleAttempt, Unavailable
+from gateway.errors import NotFound, StaleAttempt, Unavailable
 from gateway.headers import client_response_headers
 from gateway.limits import Limits
 from gateway.live import LiveRun
-from gateway.problems import CONTENT_TYPE, problem_body
+from gateway.problems import stored_problem
 from gateway.retries import AttemptOutcome, Decision, Verdict, decide
-from gateway.runs import FINAL_STATUSES, PendingKind, Run, RunStatus, StepResult
+from gateway.runs import Run, RunStatus, StepResult
 from gateway.store import (
-    CancelRun,
     CreateRun,
     FinishRun,
     FullStore,
     PutStep,
     RecordAttempt,
-    ResetRun,
     StoredRequest,
     StoredResponse,
     SuspendRun,
@@ -289,7 +284,15 @@ class Driver:
                 await asyncio.sleep(decision.delay)
                 await self._next_attempt(live)
         except _QueueTimeout as exc:
-            self._finish(live, self._problem(run, 503, "queue-timeout", str(exc)))
+            problem = stored_problem(
+                run.run_id,
+                503,
+                "queue-timeout",
+                "Service unavailable",
+                str(exc),
+                attempts=run.attempt,
+            )
+            self._finish(live, problem)
         finally:
             if live.sink is not None and not live.run.finished:
                 live.sink = None
@@ -310,7 +313,7 @@ class Driver:
             UpdateRun(run.run_id, RunStatus.PAUSED, run.attempt, None, time.time())
         )
         if live.evictable:
-            self._forget(run.run_id)
+            self.forget(run.run_id)
 
     async def _suspend(self, live: LiveRun) -> bool:
         """Park a run whose attempt asked to sleep or wait; True when it may go on at once.
@@ -341,33 +344,12 @@ class Driver:
         await self.writer.submit(SuspendRun(run.run_id, run.attempt, wake, now))
         if self.on_suspend is not None:
             self.on_suspend()
-        if await self._missed_event(live):
+        if await suspensions.missed_event(self, live):
             return True
         if live.wake_requested:  # due or woken while the suspension was committing
             return True
         if live.evictable:
-            self._forget(run.run_id)
-        return False
-
-    async def _missed_event(self, live: LiveRun) -> bool:
-        """Complete a wait with an event that came while its run was still running.
-
-        `POST /v1/events` only wakes runs already suspended in the store; an event that
-        arrived between the wait's first call and the suspension's commit is found here.
-        """
-        run = live.run
-        for pending in list(run.pending.values()):
-            if pending.kind is not PendingKind.WAIT or pending.event is None:
-                continue
-            match = orjson.loads(pending.match) if pending.match else {}
-            for row in await self.store.events_since(pending.event, pending.created_at):
-                found = wire.event_output(row.event_id, row.name, orjson.loads(row.data), row.ts)
-                if not wire.event_matches(match, found):
-                    continue
-                output = orjson.dumps(found, option=orjson.OPT_SORT_KEYS)
-                if await self.store.complete_wait(run.run_id, pending.step_id, output, time.time()):
-                    self.wait_completed(run.run_id, pending.step_id, output)
-                    return True
+            self.forget(run.run_id)
         return False
 
     def release(self, live: LiveRun) -> None:
@@ -375,7 +357,7 @@ class Driver:
         live.waiters -= 1
         if live.run.status is RunStatus.SUSPENDED and live.evictable and live.task is not None:
             if live.task.done():
-                self._forget(live.run.run_id)
+                self.forget(live.run.run_id)
 
     async def _next_attempt(self, live: LiveRun) -> None:
         """Number the next attempt, durably, before it is sent.
@@ -453,7 +435,9 @@ class Driver:
         """One attempt; a final response comes back stored (and streamed to a held client)."""
         run = live.run
         sent = time.perf_counter()
-        outcome, resp = await attempts.send(self.session, self._attempt_request(run, attempt))
+        outcome, resp = await attempts.send(
+            self.session, attempts.build_request(run, attempt, self.tokens, self.sidecar_url)
+        )
         if resp is None:
             return outcome, None
         metrics.UPSTREAM_LATENCY.labels(run.route.name).observe(time.perf_counter() - sent)
@@ -492,39 +476,21 @@ class Driver:
             await sink.end(ok=True)
         return outcome, stored
 
-    def _attempt_request(self, run: Run, attempt: int) -> AttemptRequest:
-        req = run.request
-        headers = CIMultiDict(req.headers)
-        headers[wire.RUN_ID] = run.run_id
-        headers[wire.ATTEMPT] = str(attempt)
-        headers[wire.SIDECAR] = f"{self.sidecar_url}/v1/runs/{run.run_id}"
-        headers[wire.TOKEN] = self.tokens.attempt_token(run.run_id, attempt)
-        if run.steps:
-            headers[wire.STEPS] = wire.encode_step_bytes(run.steps_json())
-        return AttemptRequest(
-            req.method,
-            run.route.upstream + req.path_qs,
-            headers,
-            req.body,
-            run.route.settings.attempt_timeout,
-        )
-
     def _failure_response(self, run: Run, outcome: AttemptOutcome, reason: str) -> StoredResponse:
         """The 502 a run ends with when no attempt produced a response."""
         detail = (
             f"upstream {run.route.upstream} gave no response: "
             f"{outcome.detail or outcome.kind.value}; {reason}"
         )
-        return self._problem(run, 502, "upstream-failed", detail, outcome=outcome.kind.value)
-
-    def _problem(
-        self, run: Run, status: int, type_: str, detail: str, **extra: object
-    ) -> StoredResponse:
-        """A gateway-made final response for a run, as problem+json."""
-        title = "Upstream failed" if status == 502 else "Service unavailable"
-        body = problem_body(status, type_, title, detail, run.run_id, attempts=run.attempt, **extra)
-        headers = [("Content-Type", CONTENT_TYPE), (wire.RUN_ID, run.run_id)]
-        return StoredResponse(status, headers, body)
+        return stored_problem(
+            run.run_id,
+            502,
+            "upstream-failed",
+            "Upstream failed",
+            detail,
+            attempts=run.attempt,
+            outcome=outcome.kind.value,
+        )
 
     def _finish(self, live: LiveRun, response: StoredResponse) -> None:
         run = live.run
@@ -537,62 +503,10 @@ class Driver:
         committed = live.final_commit = self.writer.submit(
             FinishRun(run.run_id, run.status.value, response, time.time())
         )
-        committed.add_done_callback(lambda _: self._forget(run.run_id))
+        committed.add_done_callback(lambda _: self.forget(run.run_id))
         live.notify()
 
-    # --- operator actions (admin API) ------------------------------------------------
-
-    async def cancel(self, run_id: str, row_status: str | None) -> None:
-        """Cancel an unfinished run: its result becomes a 409 problem, its timers go.
-
-        `row_status` is the store's status when the run is not live here.
-        """
-        live = self._live.get(run_id)
-        status = live.run.status.value if live is not None else row_status
-        if status is None:
-            raise NotFound("no such run", run_id=run_id)
-        if status in FINAL_STATUSES:
-            raise Conflict(f"the run is already {status}", run_id=run_id)
-        response = self._cancelled_response(run_id)
-        now = time.time()
-        if live is not None:
-            if live.task is not None and not live.task.done():
-                live.task.cancel()
-            run = live.run
-            run.status, run.response, run.wake_at = RunStatus.CANCELLED, response, None
-            run.pending.clear()
-            live.final_commit = self.writer.submit(CancelRun(run_id, response, now))
-            live.final_commit.add_done_callback(lambda _: self._forget(run_id))
-            live.notify()
-            await asyncio.shield(live.final_commit)
-        else:
-            await self.writer.submit(CancelRun(run_id, response, now))
-        metrics.RUNS.labels(self._route_name(live), RunStatus.CANCELLED.value).inc()
-        log.info("cancelled by an operator", extra={"run_id": run_id})
-
-    async def retry(self, run: Run) -> None:
-        """Run a failed or cancelled run again from its completed steps (a new attempt)."""
-        live = self._live.get(run.run_id)
-        if live is not None and not live.run.finished and live.run.status is not RunStatus.PAUSED:
-            raise Conflict(f"the run is {live.run.status.value}, not failed", run_id=run.run_id)
-        if live is not None:
-            self._forget(run.run_id)
-        await self.writer.submit(ResetRun(run.run_id, run.attempt, time.time()))
-        run.status, run.response = RunStatus.RUNNING, None
-        self.adopt(run)
-        log.info("retried by an operator", extra={"run_id": run.run_id})
-
-    def _cancelled_response(self, run_id: str) -> StoredResponse:
-        body = problem_body(
-            409, "run-cancelled", "Run cancelled", "an operator cancelled this run", run_id
-        )
-        return StoredResponse(409, [("Content-Type", CONTENT_TYPE), (wire.RUN_ID, run_id)], body)
-
-    @staticmethod
-    def _route_name(live: LiveRun | None) -> str:
-        return live.run.route.name if live is not None else "unknown"
-
-    def _forget(self, run_id: str) -> None:
+    def forget(self, run_id: str) -> None:
         """Drop a finished run from memory once the store has it."""
         live = self._live.pop(run_id, None)
         if live is not None:

@@ -14,6 +14,8 @@ from aiohttp.typedefs import Handler
 
 from gateway import metrics
 from gateway.errors import ProblemError, StoreUnavailable
+from gateway.store import StoredResponse
+from step_protocol import wire
 
 CONTENT_TYPE = "application/problem+json"
 TYPE_BASE = "https://durable-gateway.dev/problems/"
@@ -34,6 +36,14 @@ def problem_body(
         body["run_id"] = run_id
     body.update(extra)
     return orjson.dumps(body)
+
+
+def stored_problem(
+    run_id: str, status: int, type_: str, title: str, detail: str, **extra: Any
+) -> StoredResponse:
+    """A gateway-made final response of a run, kept and replayed like an upstream one."""
+    body = problem_body(status, type_, title, detail, run_id, **extra)
+    return StoredResponse(status, [("Content-Type", CONTENT_TYPE), (wire.RUN_ID, run_id)], body)
 
 
 def problem_response(

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import metrics
+from gateway import metrics, operations
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.runs import Run, RunStatus
 from gateway.services import SERVICES, Services
@@ -153,7 +153,7 @@ async def cancel(request: web.Request) -> web.Response:
     status = None
     if live is None:
         status = (await _row(services, run_id)).status
-    await services.driver.cancel(run_id, status)
+    await operations.cancel(services.driver, run_id, status)
     metrics.ADMIN_ACTIONS.labels("cancel").inc()
     return web.json_response({"run_id": run_id, "status": RunStatus.CANCELLED.value})
 
@@ -182,7 +182,7 @@ async def retry(request: web.Request) -> web.Response:
         steps=steps,
         state_bytes=sum(len(v) for v in steps.values()),
     )
-    await services.driver.retry(run)
+    await operations.retry(services.driver, run)
     metrics.ADMIN_ACTIONS.labels("retry").inc()
     return web.json_response({"run_id": run_id, "status": RunStatus.RUNNING.value})
 

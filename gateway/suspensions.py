@@ -7,18 +7,21 @@ attempt as suspending. Changes runs only through the driver, which owns them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.driver import Driver
 from gateway.errors import BadRequest
 from gateway.live import LiveRun
 from gateway.runs import Pending, PendingKind
 from gateway.store import DropPending, FullStore, PutPending
 from step_protocol import wire
+
+if TYPE_CHECKING:  # the driver calls in here; only its type is needed
+    from gateway.driver import Driver
 
 _SORTED = orjson.OPT_SORT_KEYS
 
@@ -119,3 +122,25 @@ def _complete(driver: Driver, live: LiveRun, step_id: str, output: bytes) -> Non
     live.run.pending.pop(step_id, None)
     driver.record_step(live, step_id, output)
     driver.writer.submit(DropPending(live.run.run_id, step_id))
+
+
+async def missed_event(driver: Driver, live: LiveRun) -> bool:
+    """Complete a wait with an event that came while its run was still running.
+
+    `POST /v1/events` only wakes runs already suspended in the store; an event that
+    arrived between the wait's first call and the suspension's commit is found here.
+    """
+    run = live.run
+    for pending in list(run.pending.values()):
+        if pending.kind is not PendingKind.WAIT or pending.event is None:
+            continue
+        match = orjson.loads(pending.match) if pending.match else {}
+        for row in await driver.store.events_since(pending.event, pending.created_at):
+            found = wire.event_output(row.event_id, row.name, orjson.loads(row.data), row.ts)
+            if not wire.event_matches(match, found):
+                continue
+            output = orjson.dumps(found, option=_SORTED)
+            if await driver.store.complete_wait(run.run_id, pending.step_id, output, time.time()):
+                driver.wait_completed(run.run_id, pending.step_id, output)
+                return True
+    return False

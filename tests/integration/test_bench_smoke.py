@@ -1,0 +1,93 @@
+"""The benchmark harness still runs: `python -m bench.run --quick` end to end, every section.
+
+Smoke only: quick sizes prove the harness works, never how fast the gateway is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.helpers import ROOT
+
+HOPS = ("direct", "proxy", "gateway", "gateway-plain")
+
+
+def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), *args]
+    cmd += ["--workdir", str(tmp_path / "work")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
+    data: dict[str, Any] = orjson.loads(out.read_bytes())
+    return data, out.with_suffix(".md").read_text()
+
+
+def positive(figures: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        assert figures[key] > 0, f"{key} = {figures[key]} in {figures}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_quick_run_with_the_python_load_generator(tmp_path: Path) -> None:
+    data, text = run_bench(tmp_path, "--loadgen", "python")
+    assert data["meta"]["loadgen"] == "python"
+    for endpoint in ("/0", "/3"):
+        hops = data["hops"][endpoint]
+        for name in HOPS:
+            f = hops[name]
+            positive(f, "c1_p50_ms", "c1_p99_ms", "rps", "p50_ms", "p99_ms", "requests")
+            assert f["c1_p50_ms"] <= f["c1_p90_ms"] <= f["c1_p99_ms"]
+            assert f["errors"] == 0
+            assert f["ratio"]["rps"] == pytest.approx(f["rps"] / hops["direct"]["rps"])
+        positive(hops["gateway"], "hop_cpu_ms", "hop_peak_rss_mb", "system_cpu_ms")
+        assert hops["direct"]["hop_cpu_ms"] is None
+    # Every durable 3-step request wrote its steps through the sidecar: the backend
+    # spends more CPU per request behind the gateway than when called directly.
+    h3 = data["hops"]["/3"]
+    assert h3["gateway"]["backend_cpu_ms"] > h3["direct"]["backend_cpu_ms"]
+
+    for mode in ("async", "sync"):
+        store = data["store"][mode]
+        positive(store, "checkpoints_per_s", "put_c1_p50_ms", "gateway_cpu_us_per_checkpoint")
+        assert store["errors"] == 0
+        assert store["recorded"] >= store["checkpoints"] > 0  # the steps really were stored
+
+    scale = data["scale"]
+    assert scale["seeded_runs"] == 10_000
+    positive(scale, "empty_rps", "seeded_rps", "ratio", "db_mb")
+
+    memory = data["memory"]
+    assert memory["runs_in_backoff"] == memory["runs_suspended"] == 200
+    assert memory["runs_live_in_memory"] >= 200  # those in backoff at least
+    positive(memory, "rss_mb", "peak_rss_mb", "baseline_rss_mb")
+
+    assert {t["name"].split(":")[0] for t in data["targets"]} >= {"0-step", "3-step", "store"}
+    assert all(t["value"] is not None for t in data["targets"])
+    assert "| `/3` | gateway |" in text and "## Targets" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_quick_run_with_wrk(tmp_path: Path) -> None:
+    """wrk's two script shapes: one static request (latency), rotating step ids (store)."""
+    data, _ = run_bench(tmp_path, "--loadgen", "wrk", "--only", "latency,store", "--no-nginx")
+    assert data["meta"]["loadgen"] == "wrk"
+    for endpoint in ("/0", "/3"):
+        for name in HOPS:
+            f = data["hops"][endpoint][name]
+            positive(f, "c1_p50_ms", "c1_requests")
+            assert f["rps"] is None  # throughput was left out
+    for mode in ("async", "sync"):
+        store = data["store"][mode]
+        assert store["errors"] == 0
+        assert store["recorded"] >= store["checkpoints"] > 0
+    assert "memory" not in data and "scale" not in data
