@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +21,7 @@ from bench.loadgen import summarize
 from step_protocol import StepClient, aiohttp_middleware, parse_headers
 
 STEPS: web.AppKey[StepClient] = web.AppKey("steps", StepClient)
-HITS: web.AppKey[collections.Counter[str]] = web.AppKey("hits", collections.Counter)
+HITS: web.AppKey[dict[str, int]] = web.AppKey("hits", dict)
 PARKED: web.AppKey[list[dict[str, Any]]] = web.AppKey("parked", list)
 RELEASE: web.AppKey[asyncio.Event] = web.AppKey("release", asyncio.Event)
 
@@ -38,25 +37,33 @@ def _work(i: int, size: int) -> dict[str, Any]:
     return {"step": i, "tokens": size * 7 % 97, "text": f"result of step {i}"}
 
 
+def _step(i: int, size: int) -> Callable[[], dict[str, Any]]:
+    return lambda: _work(i, size)
+
+
 async def three(request: web.Request) -> web.Response:
     """3 steps, each checkpointed through the sidecar with the reference client."""
     body = await request.read()
     ctx = request.app[STEPS].context(request.headers)
-    results = [await ctx.step(f"step-{i}", lambda i=i: _work(i, len(body))) for i in (1, 2, 3)]
+    results: list[dict[str, Any]] = []
+    for i in (1, 2, 3):
+        results.append(await ctx.step(f"step-{i}", _step(i, len(body))))
     return web.json_response({"ok": True, "results": results})
 
 
 async def fail(request: web.Request) -> web.Response:
     """Always 503 with a long Retry-After: the run waits in backoff (memory check)."""
-    request.app[HITS]["fail"] += 1
+    hits = request.app[HITS]
+    hits["fail"] = hits.get("fail", 0) + 1
     return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": "600"})
 
 
 async def sleep(request: web.Request) -> web.Response:
     """One step, then a 600 s durable sleep: the run suspends (memory check)."""
     ctx = request.app[STEPS].context(request.headers)
-    await ctx.step("before", lambda: _work(0, 0))
-    request.app[HITS]["sleep"] += 1
+    await ctx.step("before", _step(0, 0))
+    hits = request.app[HITS]
+    hits["sleep"] = hits.get("sleep", 0) + 1
     await ctx.sleep("nap", seconds=600)  # raises Suspend behind the gateway
     return web.json_response({"ok": True})
 
@@ -66,7 +73,9 @@ async def park(request: web.Request) -> web.Response:
     info = parse_headers(request.headers)
     if info is None:
         return web.json_response({"error": "only behind the gateway"}, status=400)
-    request.app[PARKED].append({"run_id": info.run_id, "sidecar": info.sidecar, "token": info.token})
+    request.app[PARKED].append(
+        {"run_id": info.run_id, "sidecar": info.sidecar, "token": info.token}
+    )
     await request.app[RELEASE].wait()
     return web.json_response({"ok": True})
 
@@ -92,7 +101,7 @@ async def put_latency(request: web.Request) -> web.Response:
     latencies: list[int] = []
     for i in range(warmup + n):
         began = time.perf_counter_ns()
-        await ctx.step(f"put-{i}", lambda i=i: _work(i, 1), sync=sync)
+        await ctx.step(f"put-{i}", _step(i, 1), sync=sync)
         if i >= warmup:
             latencies.append(time.perf_counter_ns() - began)
     figures = summarize(latencies, 0, sum(latencies) / 1e9)
@@ -107,8 +116,8 @@ async def put_latency(request: web.Request) -> web.Response:
     )
 
 
-async def hits(request: web.Request) -> web.Response:
-    return web.json_response(dict(request.app[HITS]))
+async def hit_counts(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HITS])
 
 
 async def health(request: web.Request) -> web.Response:
@@ -117,7 +126,7 @@ async def health(request: web.Request) -> web.Response:
 
 def make_app() -> web.Application:
     app = web.Application(middlewares=[aiohttp_middleware])
-    app[HITS] = collections.Counter()
+    app[HITS] = {}
     app[PARKED] = []
     app[RELEASE] = asyncio.Event()
 
@@ -141,7 +150,7 @@ def make_app() -> web.Application:
     app.router.add_route("*", "/put1", put_latency)
     app.router.add_get("/_parked", parked)
     app.router.add_post("/_release", release)
-    app.router.add_get("/_hits", hits)
+    app.router.add_get("/_hits", hit_counts)
     app.router.add_get("/_health", health)
     return app
 

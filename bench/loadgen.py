@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -46,7 +47,8 @@ class Plan:
     method: str = "POST"
     body: bytes = BODY
     unique: bool = False
-    """Append `-T-N` to each path (T: wrk thread, N: count): a fresh step id each request."""
+    """Append `-L-T-N` to each path (L: this load, T: wrk thread, N: count), so every
+    request of every load (warm-ups too) writes a step id never written before."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,9 @@ def summarize(latencies_ns: list[int], errors: int, seconds: float) -> LoadResul
 def _lua_str(text: str | bytes) -> str:
     """A Lua string literal; decimal escapes keep any byte safe."""
     raw = text.encode() if isinstance(text, str) else text
-    return '"' + "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b}" for b in raw) + '"'
+    return (
+        '"' + "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b}" for b in raw) + '"'
+    )
 
 
 def _lua_headers(headers: Sequence[tuple[str, str]]) -> str:
@@ -134,13 +138,21 @@ function request()
   n = n + 1
   local shot = shots[(n % #shots) + 1]
   local path = shot[1]
-  if unique then path = path .. "-" .. tostring(tid) .. "-" .. tostring(n) end
+  if unique then path = path .. "-" .. load .. "-" .. tostring(tid) .. "-" .. tostring(n) end
   return wrk.format(method, path, shot[2], body)
 end
 """
 
 
-def lua_script(plan: Plan) -> str:
+_LOADS = itertools.count(1)
+
+
+def next_load_id() -> str:
+    """Tells one load's unique paths from another's, within this process and across runs."""
+    return f"{os.getpid()}.{time.time_ns() % 10**9}.{next(_LOADS)}"
+
+
+def lua_script(plan: Plan, load_id: str = "1") -> str:
     """The wrk script for a plan: static when one shot repeats, else a `request()` hook."""
     common = [("Content-Type", "application/json")]
     lines = [f"MARKER = {_lua_str(MARKER)}"]
@@ -159,6 +171,7 @@ def lua_script(plan: Plan) -> str:
         lines += [
             f"shots = {{\n  {shots}\n}}",
             f"unique = {'true' if plan.unique else 'false'}",
+            f"load = {_lua_str(load_id)}",
             f"method = {_lua_str(plan.method)}",
             f"body = {_lua_str(plan.body)}",
             _ROTATE,
@@ -196,7 +209,7 @@ class Wrk:
 
     async def run(self, plan: Plan, connections: int, duration: float) -> LoadResult:
         script = self._scratch / f"load-{next(self._scripts)}.lua"
-        script.write_text(lua_script(plan))
+        script.write_text(lua_script(plan, next_load_id()))
         seconds = max(1, round(duration))  # wrk takes whole seconds
         proc = await asyncio.create_subprocess_exec(
             self._exe,
@@ -234,6 +247,7 @@ class PythonLoad:
         latencies: list[int] = []
         errors = 0
         counter = itertools.count()
+        load_id = next_load_id()
         headers = [
             {"Content-Type": "application/json", **dict(shot.headers)} for shot in plan.shots
         ]
@@ -248,7 +262,7 @@ class PythonLoad:
                 while loop.time() < deadline:
                     n = next(counter)
                     index = n % len(plan.shots)
-                    path = plan.shots[index].path + (f"-1-{n}" if plan.unique else "")
+                    path = plan.shots[index].path + (f"-{load_id}-1-{n}" if plan.unique else "")
                     began = time.perf_counter_ns()
                     try:
                         async with session.request(
@@ -277,3 +291,28 @@ def pick(name: LoadgenName | None, scratch: Path) -> Loadgen:
             raise SystemExit("--loadgen wrk: wrk is not on PATH (apt-get install wrk)")
         return PythonLoad()
     return Wrk(scratch, exe)
+
+
+async def fire(
+    url: str,
+    count: int,
+    concurrency: int,
+    headers: dict[str, str] | None = None,
+    body: bytes = BODY,
+) -> dict[int, int]:
+    """Send exactly `count` POSTs, `concurrency` at a time; how many got each status."""
+    statuses: dict[int, int] = {}
+    todo = iter(range(count))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            for _ in todo:
+                async with session.post(url, data=body, headers=sent) as resp:
+                    await resp.read()
+                    statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses

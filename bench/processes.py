@@ -24,10 +24,20 @@ from bench import procstat
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: every socket stays bound until all are chosen."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -68,9 +78,9 @@ class Gateway(Service):
     db_path: Path = field(default_factory=Path)
 
 
-async def wait_ok(url: str, popen: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+async def wait_ok(url: str, popen: subprocess.Popen[bytes], within: float = 60.0) -> None:
     """Poll GET url until it answers 200; fail early if the process died."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: BaseException | None = None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while time.monotonic() < deadline:
@@ -83,7 +93,7 @@ async def wait_ok(url: str, popen: subprocess.Popen[bytes], timeout: float = 60.
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 last = exc
             await asyncio.sleep(0.05)  # polling a readiness probe, not synchronising a test
-    raise TimeoutError(f"{url} not up after {timeout}s: {last}")
+    raise TimeoutError(f"{url} not up after {within}s: {last}")
 
 
 class Lab:
@@ -108,7 +118,9 @@ class Lab:
 
     async def backend(self) -> Service:
         port = free_port()
-        popen, log = self._spawn("backend", [sys.executable, "-m", "bench.backend", "--port", str(port)])
+        popen, log = self._spawn(
+            "backend", [sys.executable, "-m", "bench.backend", "--port", str(port)]
+        )
         service = Service("backend", f"http://127.0.0.1:{port}", popen, log)
         await self._start(service, "/_health")
         return service
@@ -123,9 +135,8 @@ class Lab:
 
     async def nginx(self, upstream: str) -> Service | None:
         """nginx with one worker (the Python hops get one core too); None if not installed."""
-        exe = shutil.which("nginx") or next(
-            (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None
-        )
+        # Debian puts it in /usr/sbin, which a non-root PATH often lacks.
+        exe = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
         if exe is None:
             return None
         port = free_port()
@@ -138,10 +149,11 @@ class Lab:
         await self._start(service, "/_health")
         return service
 
-    async def gateway(self, name: str, routes_yaml: str, *, durability: str = "async",
-                      db_path: Path | None = None) -> Gateway:  # fmt: skip
+    async def gateway(
+        self, name: str, routes_yaml: str, *, durability: str = "async", db_path: Path | None = None
+    ) -> Gateway:
         """A gateway on three free ports and its own SQLite file (fresh unless given)."""
-        ingress, sidecar, admin = (free_port() for _ in range(3))
+        ingress, sidecar, admin = free_ports(3)
         db = db_path or self.workdir / f"{name}.db"
         config = self.workdir / f"{name}.yaml"
         config.write_text(gateway_config(ingress, sidecar, admin, db, durability, routes_yaml))
@@ -174,10 +186,10 @@ class Lab:
         self._services.clear()
 
 
-def gateway_config(ingress: int, sidecar: int, admin: int, db: Path, durability: str,
-                   routes_yaml: str) -> str:  # fmt: skip
-    return (
-        textwrap.dedent(f"""\
+def gateway_config(
+    ingress: int, sidecar: int, admin: int, db: Path, durability: str, routes_yaml: str
+) -> str:
+    return textwrap.dedent(f"""\
         server:
           ingress: 127.0.0.1:{ingress}
           sidecar: 127.0.0.1:{sidecar}
@@ -187,9 +199,7 @@ def gateway_config(ingress: int, sidecar: int, admin: int, db: Path, durability:
           url: sqlite:///{db}
           durability: {durability}
         routes:
-        """)
-        + textwrap.indent(textwrap.dedent(routes_yaml).strip() + "\n", "  ")
-    )
+        """) + textwrap.indent(textwrap.dedent(routes_yaml).strip() + "\n", "  ")
 
 
 def nginx_config(prefix: Path, port: int, upstream: str) -> str:
@@ -229,3 +239,23 @@ def _is_root() -> bool:
     import os
 
     return os.geteuid() == 0
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text → `{'name{labels}': value}` (labels as the exposition writes them)."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            samples[name] = float(value)
+        except ValueError:
+            continue
+    return samples
+
+
+async def scrape(gateway: Gateway) -> dict[str, float]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gateway.admin + "/metrics") as resp:
+            return parse_metrics(await resp.text())

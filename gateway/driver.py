@@ -353,11 +353,11 @@ class Driver:
         return False
 
     def release(self, live: LiveRun) -> None:
-        """A waiter leaves: a suspended run nobody waits on lives in the store alone."""
+        """A waiter leaves: a parked run nobody waits on lives in the store alone."""
         live.waiters -= 1
-        if live.run.status is RunStatus.SUSPENDED and live.evictable and live.task is not None:
-            if live.task.done():
-                self.forget(live.run.run_id)
+        parked = live.run.status in (RunStatus.SUSPENDED, RunStatus.PAUSED)
+        if parked and live.evictable and live.task is not None and live.task.done():
+            self.forget(live.run.run_id)
 
     async def _next_attempt(self, live: LiveRun) -> None:
         """Number the next attempt, durably, before it is sent.
