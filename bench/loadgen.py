@@ -103,11 +103,11 @@ def summarize(latencies_ns: list[int], errors: int, seconds: float) -> LoadResul
 
 
 def _lua_str(text: str | bytes) -> str:
-    """A Lua string literal; decimal escapes keep any byte safe."""
+    """A Lua string literal. Escapes are 3 decimal digits: `\\34` before a digit would
+    read as a longer number."""
     raw = text.encode() if isinstance(text, str) else text
-    return (
-        '"' + "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b}" for b in raw) + '"'
-    )
+    safe = "".join(chr(b) if 32 <= b < 127 and b not in b'"\\' else f"\\{b:03d}" for b in raw)
+    return f'"{safe}"'
 
 
 def _lua_headers(headers: Sequence[tuple[str, str]]) -> str:
@@ -138,7 +138,7 @@ function request()
   n = n + 1
   local shot = shots[(n % #shots) + 1]
   local path = shot[1]
-  if unique then path = path .. "-" .. load .. "-" .. tostring(tid) .. "-" .. tostring(n) end
+  if unique then path = path .. "-" .. load_id .. "-" .. tostring(tid) .. "-" .. tostring(n) end
   return wrk.format(method, path, shot[2], body)
 end
 """
@@ -171,7 +171,7 @@ def lua_script(plan: Plan, load_id: str = "1") -> str:
         lines += [
             f"shots = {{\n  {shots}\n}}",
             f"unique = {'true' if plan.unique else 'false'}",
-            f"load = {_lua_str(load_id)}",
+            f"load_id = {_lua_str(load_id)}",
             f"method = {_lua_str(plan.method)}",
             f"body = {_lua_str(plan.body)}",
             _ROTATE,
@@ -224,7 +224,12 @@ class Wrk:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        out, _ = await proc.communicate()
+        try:
+            out, _ = await proc.communicate()
+        except asyncio.CancelledError:
+            proc.kill()  # the harness is stopping: no load may outlive it
+            await proc.wait()
+            raise
         text = out.decode(errors="replace")
         if proc.returncode != 0:
             raise RuntimeError(f"wrk exited with {proc.returncode}:\n{text}")

@@ -7,6 +7,7 @@ anything else on the machine.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import signal
 import socket
@@ -196,7 +197,7 @@ def gateway_config(
           admin: 127.0.0.1:{admin}
           shutdown_grace: 2s
         storage:
-          url: sqlite:///{db}
+          url: {json.dumps(f"sqlite:///{db}")}
           durability: {durability}
         routes:
         """) + textwrap.indent(textwrap.dedent(routes_yaml).strip() + "\n", "  ")
@@ -253,6 +254,15 @@ def parse_metrics(text: str) -> dict[str, float]:
         except ValueError:
             continue
     return samples
+
+
+async def drained(gateway: Gateway, within: float = 300.0) -> None:
+    """Wait until the gateway's write-behind queue is empty (its backlog is committed)."""
+    deadline = time.monotonic() + within
+    while (await scrape(gateway)).get("durable_store_queue_depth", 0.0) > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{gateway.name}: store writes still queued after {within} s")
+        await asyncio.sleep(0.1)  # polling the gateway's own gauge
 
 
 async def scrape(gateway: Gateway) -> dict[str, float]:

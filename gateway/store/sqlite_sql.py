@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -30,12 +31,35 @@ from gateway.store import (
 )
 from gateway.store.schema import ACTIVE, UNFINISHED
 
+
+@dataclass(frozen=True, slots=True)
+class CreatedFinished:
+    """A run created and finished within one batch: one INSERT instead of INSERT + UPDATE.
+
+    The happy path's common case: the UPDATE would rewrite the whole row (request body
+    included) and every index on it a second time in the same transaction.
+    """
+
+    create: CreateRun
+    finish: FinishRun
+
+    @property
+    def run_id(self) -> str:
+        return self.create.run_id
+
+
 # One statement per kind of write. Parameters come from `_row` in the same order.
 _SQL: Final[dict[type[Any], str]] = {
     CreateRun: (
         "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at,"
         " method, path_qs, req_headers, req_body, owner, lease_until)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING"
+    ),
+    CreatedFinished: (
+        "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at,"
+        " finished_at, method, path_qs, req_headers, req_body, resp_status, resp_headers,"
+        " resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (run_id) DO NOTHING"
     ),
     PutStep: (
         "INSERT INTO steps (run_id, step_id, output, attempt, created_at)"
@@ -94,6 +118,7 @@ _INSERT_KEY: Final = (
 # each other. (CreateRun's idempotency key is only ever written by CreateRun.)
 _TABLES: Final[dict[type[Any], tuple[str, ...]]] = {
     CreateRun: ("runs",),
+    CreatedFinished: ("runs",),
     UpdateRun: ("runs",),
     FinishRun: ("runs", "pending"),
     SuspendRun: ("runs",),
@@ -145,7 +170,7 @@ PURGE_EVENTS: Final = (
 )
 
 
-def group_writes(writes: Sequence[Write]) -> list[list[Write]]:
+def group_writes(writes: Sequence[Write | CreatedFinished]) -> list[list[Write | CreatedFinished]]:
     """Pack a batch into as few same-kind groups as order allows, one executemany each.
 
     Only writes to the same (table, run) must keep their order: every statement touches
@@ -154,7 +179,7 @@ def group_writes(writes: Sequence[Write]) -> list[list[Write]]:
     predecessors on each of its (table, run) pairs, and a group keeps submission order.
     A mixed batch of many runs thus costs about one statement per kind, not per write.
     """
-    groups: list[list[Write]] = []
+    groups: list[list[Write | CreatedFinished]] = []
     kinds: list[type[Any]] = []
     last: dict[tuple[str, str], int] = {}
     for write in writes:
@@ -190,7 +215,7 @@ def decode_headers(raw: bytes) -> Headers:
     return [(str(name), str(value)) for name, value in pairs]
 
 
-def _row(write: Write) -> tuple[Any, ...]:
+def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
     """Statement parameters for one write, in `_SQL` order."""
     match write:
         case PutStep():
@@ -209,6 +234,23 @@ def _row(write: Write) -> tuple[Any, ...]:
                 req.body,
                 write.owner,
                 write.lease_until,
+            )
+        case CreatedFinished(create=create, finish=finish):
+            return (
+                create.run_id,
+                create.route,
+                finish.status,
+                create.attempt,
+                create.created_at,
+                finish.finished_at,
+                finish.finished_at,
+                create.request.method,
+                create.request.path_qs,
+                encode_headers(create.request.headers),
+                create.request.body,
+                finish.response.status,
+                encode_headers(finish.response.headers),
+                finish.response.body,
             )
         case RecordAttempt():
             return (
@@ -286,18 +328,51 @@ def run_row(row: Any) -> RunRow:
     )
 
 
+_ONLY_CREATE_AND_FINISH: Final = (CreateRun, FinishRun, PutStep, RecordAttempt)
+
+
+def coalesce(writes: Sequence[Write]) -> Sequence[Write | CreatedFinished]:
+    """Fold each run's CreateRun and FinishRun of one batch into one CreatedFinished.
+
+    Only for runs whose other writes in the batch are steps and attempts, so the folded
+    INSERT leaves exactly the row the two statements would have left.
+    """
+    created: dict[str, CreateRun] = {}
+    finished: dict[str, FinishRun] = {}
+    other: set[str] = set()
+    for write in writes:
+        if isinstance(write, CreateRun):
+            created[write.run_id] = write
+        elif isinstance(write, FinishRun):
+            if write.run_id in created:
+                finished[write.run_id] = write
+        elif not isinstance(write, _ONLY_CREATE_AND_FINISH):
+            other.add(write.run_id)
+    fold = {run_id for run_id in finished if run_id not in other}
+    if not fold:
+        return writes
+    out: list[Write | CreatedFinished] = []
+    for write in writes:
+        if write.run_id not in fold or not isinstance(write, CreateRun | FinishRun):
+            out.append(write)
+        elif isinstance(write, CreateRun):
+            out.append(CreatedFinished(write, finished[write.run_id]))
+    return out
+
+
 def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """The batch as (statement, parameter rows) pairs, one executemany each, in order."""
     pairs: list[tuple[str, list[tuple[Any, ...]]]] = []
-    for group in group_writes(writes):
+    for group in group_writes(coalesce(writes)):
         kind = type(group[0])
         pairs.append((_SQL[kind], [_row(w) for w in group]))
         also = _ALSO.get(kind)
         if also is not None:
             pairs.append((also, [(w.run_id,) for w in group]))
+        creates = (w.create if isinstance(w, CreatedFinished) else w for w in group)
         keys = [
             (w.route, w.idempotency[0], w.idempotency[1], w.run_id, w.created_at)
-            for w in group
+            for w in creates
             if isinstance(w, CreateRun) and w.idempotency is not None
         ]
         if keys:

@@ -66,7 +66,6 @@ def test_quick_run_with_the_python_load_generator(tmp_path: Path) -> None:
 
     memory = data["memory"]
     assert memory["runs_in_backoff"] == memory["runs_suspended"] == 200
-    assert memory["runs_live_in_memory"] >= 200  # those in backoff at least
     positive(memory, "rss_mb", "peak_rss_mb", "baseline_rss_mb")
 
     assert {t["name"].split(":")[0] for t in data["targets"]} >= {"0-step", "3-step", "store"}

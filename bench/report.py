@@ -1,0 +1,328 @@
+"""Results → ratios to the direct backend, target checks, a Markdown report and JSON.
+
+Pure: takes the results dict the sections produced; never measures or starts anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+DIRECT: Final = "direct"
+RATIO_FIGURES: Final = (
+    "c1_p50_ms",
+    "c1_p90_ms",
+    "c1_p99_ms",
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "system_cpu_ms",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One target of issue 6 against what this run measured."""
+
+    name: str
+    value: float | None
+    """None: the section was not run."""
+    limit: float
+    unit: str
+    at_least: bool
+    """True: met when value >= limit; False: met when value < limit."""
+    note: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value >= self.limit if self.at_least else self.value < self.limit
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    """Give every hop's figures a `ratio` to the direct backend's, in place."""
+    for hops in results.get("hops", {}).values():
+        direct = hops.get(DIRECT)
+        if direct is None:
+            continue
+        for figures in hops.values():
+            figures["ratio"] = {
+                k: figures[k] / direct[k] if direct.get(k) else None for k in RATIO_FIGURES
+            }
+
+
+def _get(results: dict[str, Any], *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _maybe(fn: Callable[[], float]) -> float | None:
+    try:
+        return fn()
+    except (TypeError, KeyError, ZeroDivisionError):
+        return None
+
+
+def checks(results: dict[str, Any]) -> list[Check]:
+    hops: dict[str, Any] = results.get("hops", {})
+    h0: dict[str, Any] = hops.get("/0", {})
+    h3: dict[str, Any] = hops.get("/3", {})
+    store: dict[str, Any] = results.get("store", {})
+    memory: dict[str, Any] = results.get("memory", {})
+    scale: dict[str, Any] = results.get("scale", {})
+    gw3, direct3 = h3.get("gateway", {}), h3.get(DIRECT, {})
+    durable_cpu = _maybe(
+        lambda: gw3["hop_cpu_ms"] + gw3["backend_cpu_ms"] - direct3["backend_cpu_ms"]
+    )
+    total_cpu = _maybe(lambda: float(gw3["system_cpu_ms"]))
+    runs = _count(memory.get("runs_in_backoff"))
+    seeded = _count(scale.get("seeded_runs"))
+    return [
+        Check(
+            "0-step: gateway throughput / minimal aiohttp proxy (c=32)",
+            _maybe(lambda: h0["gateway"]["rps"] / h0["proxy"]["rps"]),
+            0.85,
+            "×",
+            at_least=True,
+        ),
+        Check(
+            "0-step: gateway p50 added latency over direct (c=1)",
+            _maybe(lambda: h0["gateway"]["c1_p50_ms"] - h0[DIRECT]["c1_p50_ms"]),
+            0.5,
+            "ms",
+            at_least=False,
+        ),
+        Check(
+            "3-step: gateway p50 added latency over direct (c=1)",
+            _maybe(lambda: gw3["c1_p50_ms"] - direct3["c1_p50_ms"]),
+            1.5,
+            "ms",
+            at_least=False,
+        ),
+        Check(
+            "3-step: CPU per durable request, gateway + backend's sidecar calls (c=32)",
+            durable_cpu,
+            1.5,
+            "ms",
+            at_least=False,
+            note="" if total_cpu is None else f"whole system incl. handler: {total_cpu:.3f} ms",
+        ),
+        Check(
+            "store: checkpoints/s through the sidecar, async (group commit)",
+            _get(store, "async", "checkpoints_per_s"),
+            20_000,
+            "/s",
+            at_least=True,
+        ),
+        Check(
+            "store: checkpoints/s through the sidecar, sync",
+            _get(store, "sync", "checkpoints_per_s"),
+            2_000,
+            "/s",
+            at_least=True,
+        ),
+        Check(
+            f"memory: gateway RSS with {runs} in backoff + {runs} suspended",
+            memory.get("rss_mb"),
+            150,
+            "MB",
+            at_least=False,
+        ),
+        Check(
+            f"scale: 3-step throughput, {seeded} finished runs vs empty store",
+            _maybe(lambda: abs(1 - scale["ratio"]) * 100),
+            10,
+            "% apart",
+            at_least=False,
+            note=_maybe_text(lambda: f"seeded/empty = {scale['ratio']:.3f}"),
+        ),
+    ]
+
+
+def _count(value: int | None) -> str:
+    return "N" if value is None else f"{value:,}"
+
+
+def _maybe_text(fn: Callable[[], str]) -> str:
+    try:
+        return fn()
+    except (TypeError, KeyError):
+        return ""
+
+
+# --- Markdown ---------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _cell(figures: dict[str, Any], key: str, digits: int = 3) -> str:
+    value = figures.get(key)
+    ratio = (figures.get("ratio") or {}).get(key)
+    text = _num(value, digits)
+    if ratio is not None and figures.get("name") != DIRECT:
+        text += f" ({ratio:.2f}×)"
+    return text
+
+
+def _added(figures: dict[str, Any], direct: dict[str, Any]) -> float | None:
+    """p50 latency at c=1 over the direct backend's."""
+    mine, base = figures.get("c1_p50_ms"), direct.get("c1_p50_ms")
+    return None if mine is None or base is None else float(mine - base)
+
+
+def _hops_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| endpoint | target | c=1 p50 ms | c=1 p90 ms | c=1 p99 ms | added p50 ms |"
+        " c=32 req/s | c=32 p50 ms | c=32 p99 ms | hop CPU s/1k req | backend CPU s/1k req |"
+        " system CPU s/1k req | hop peak RSS MB | store writer busy | writer backlog | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for endpoint, hops in results.get("hops", {}).items():
+        direct = hops.get(DIRECT, {})
+        for name, f in hops.items():
+            f = {**f, "name": name}
+            added = _added(f, direct) if name != DIRECT else None
+            lines.append(
+                f"| `{endpoint}` | {name} | {_cell(f, 'c1_p50_ms')} | {_cell(f, 'c1_p90_ms')} |"
+                f" {_cell(f, 'c1_p99_ms')} | {_num(added)} | {_cell(f, 'rps', 0)} |"
+                f" {_cell(f, 'p50_ms')} | {_cell(f, 'p99_ms')} | {_num(f.get('hop_cpu_ms'))} |"
+                f" {_num(f.get('backend_cpu_ms'))} | {_cell(f, 'system_cpu_ms')} |"
+                f" {_num(f.get('hop_peak_rss_mb'), 1)} | {_percent(f.get('writer_busy'))} |"
+                f" {_num(f.get('writer_backlog'), 0)} | {f.get('errors', 0):.0f} |"
+            )
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results.get("meta", {})
+    out = [
+        f"# Durable Gateway benchmark, {meta.get('date', '')}",
+        "",
+        f"{meta.get('machine', '')}; load generator `{meta.get('loadgen', '')}`;"
+        f" {meta.get('rounds', 1)} round(s), medians; c=1 for {meta.get('latency_s')} s,"
+        f" c={meta.get('connections')} for {meta.get('throughput_s')} s"
+        + (" (quick mode: smoke sizes, not figures)" if meta.get("quick") else "")
+        + f". Load average at start {meta.get('loadavg_at_start', '?')},"
+        f" at end {meta.get('loadavg_at_end', '?')}; commit {meta.get('commit') or '?'}.",
+        "",
+    ]
+    if "hops" in results:
+        out += [
+            "## Latency and throughput",
+            "",
+            "Ratios in parentheses are to the direct backend in the same run."
+            " CPU seconds per 1,000 requests equal milliseconds per request.",
+            "",
+            *_hops_table(results),
+            "",
+        ]
+    if "store" in results:
+        out += [
+            "## Store: checkpoints through the sidecar",
+            "",
+            "| durability | checkpoints/s | c=32 p50 ms | c=32 p99 ms | gateway CPU µs/checkpoint"
+            " | PUT c=1 p50 ms | PUT c=1 p90 ms | PUT c=1 p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for mode, s in results["store"].items():
+            out.append(
+                f"| {mode} | {_num(s['checkpoints_per_s'], 0)} | {_num(s['c32_p50_ms'])} |"
+                f" {_num(s['c32_p99_ms'])} | {_num(s['gateway_cpu_us_per_checkpoint'], 1)} |"
+                f" {_num(s['put_c1_p50_ms'])} | {_num(s['put_c1_p90_ms'])} |"
+                f" {_num(s['put_c1_p99_ms'])} | {s['errors']:.0f} |"
+            )
+        out.append("")
+    if "scale" in results:
+        s = results["scale"]
+        out += [
+            "## Scale: 3-step throughput against store size",
+            "",
+            "| store | c=32 req/s |",
+            "|---|---:|",
+            f"| empty | {_num(s['empty_rps'], 0)} |",
+            f"| {s['seeded_runs']:,} finished runs ({_num(s['db_mb'], 0)} MB,"
+            f" seeded in {s['seed_seconds']:.0f} s) | {_num(s['seeded_rps'], 0)}"
+            f" ({s['ratio']:.2f}×) |",
+            "",
+        ]
+    if "memory" in results:
+        m = results["memory"]
+        out += [
+            "## Memory: runs in flight",
+            "",
+            "| in backoff | suspended | live in gateway memory | RSS MB | peak RSS MB"
+            " | RSS at start MB |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {m['runs_in_backoff']:,} | {m['runs_suspended']:,} |"
+            f" {m['runs_live_in_memory']:,.0f} | {_num(m['rss_mb'], 1)} |"
+            f" {_num(m['peak_rss_mb'], 1)} | {_num(m['baseline_rss_mb'], 1)} |",
+            "",
+        ]
+    if "profile" in results:
+        out += _profile_table(results["profile"])
+    out += ["## Targets", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
+    for c in results.get("targets", []):
+        met = {True: "yes", False: "**no**", None: "not run"}[c["met"]]
+        sign = "≥" if c["at_least"] else "<"
+        note = f" ({c['note']})" if c["note"] else ""
+        out.append(
+            f"| {c['name']} | {_num(c['value'])} {c['unit']}{note} |"
+            f" {sign} {_num(c['limit'])} {c['unit']} | {met} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _share_cells(rows: list[dict[str, Any]], i: int) -> str:
+    if i >= len(rows):
+        return " | "
+    return f"`{rows[i]['function']}` | {rows[i]['share']:.1%}"
+
+
+def _profile_table(profile: dict[str, Any], rows: int = 12) -> list[str]:
+    out = [
+        "## Where the gateway's time goes (py-spy, 3-step endpoint, c=32)",
+        "",
+        f"Shares of {profile['samples']:,} samples over all threads; the event loop"
+        " thread and the SQLite thread run side by side.",
+        "",
+        "| innermost frame (self) | share | project function (inclusive) | share |",
+        "|---|---:|---|---:|",
+    ]
+    own, mine = profile["self"][:rows], profile["own_inclusive"][:rows]
+    for i in range(max(len(own), len(mine))):
+        a = _share_cells(own, i)
+        b = _share_cells(mine, i)
+        out.append(f"| {a} | {b} |")
+    return [*out, ""]
+
+
+def finish(results: dict[str, Any], out: Path) -> str:
+    """Add ratios and target checks, write `out` (JSON) and `out` with `.md`; the Markdown."""
+    add_ratios(results)
+    results["targets"] = [{**asdict(c), "met": c.met} for c in checks(results)]
+    text = markdown(results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    out.with_suffix(".md").write_text(text)
+    return text
