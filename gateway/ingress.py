@@ -7,7 +7,6 @@ attempt's final response streams straight into the held connection.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 
 from aiohttp import web
@@ -22,15 +21,12 @@ from gateway.errors import (
     RouteNotFound,
     Unavailable,
 )
-from gateway.headers import traceparent_for, upstream_request_headers
 from gateway.limits import Limits, limit_key
 from gateway.live import ClientSink, LiveRun
 from gateway.results import replay, result_url
 from gateway.services import SERVICES
 from gateway.store import StoredRequest
 from step_protocol import wire
-
-_rng = random.Random()
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -62,7 +58,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         existing = await _existing_run(request, route, *idem)
         if existing is not None:
             return existing
-    stored = StoredRequest(request.method, request.path_qs, _upstream_headers(request), body)
+    stored = StoredRequest(request.method, request.path_qs, proxy.upstream_headers(request), body)
     key = ""
     if route.concurrency is not None:
         key = limit_key(route.concurrency.key, request.headers, request.query, request.remote)
@@ -152,16 +148,6 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
             raise BodyTooLarge(f"request body is larger than max_body ({limit} bytes)")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _upstream_headers(request: web.Request) -> list[tuple[str, str]]:
-    return upstream_request_headers(
-        request.headers,
-        client_ip=request.remote,
-        scheme=request.scheme,
-        host=request.host,
-        traceparent=traceparent_for(request.headers.get("traceparent"), _rng),
-    )
 
 
 async def _answer(

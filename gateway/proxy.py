@@ -18,16 +18,21 @@ from gateway.problems import problem_response
 _rng = random.Random()
 
 
-async def forward(
-    request: web.Request, route: RouteConfig, session: aiohttp.ClientSession
-) -> web.StreamResponse:
-    headers = upstream_request_headers(
+def upstream_headers(request: web.Request) -> list[tuple[str, str]]:
+    """The client's headers as an upstream gets them: hop-by-hop ones out, X-Forwarded-* in."""
+    return upstream_request_headers(
         request.headers,
         client_ip=request.remote,
         scheme=request.scheme,
         host=request.host,
         traceparent=traceparent_for(request.headers.get("traceparent"), _rng),
     )
+
+
+async def forward(
+    request: web.Request, route: RouteConfig, session: aiohttp.ClientSession
+) -> web.StreamResponse:
+    headers = upstream_headers(request)
     timeout = route.settings.attempt_timeout
     try:
         async with asyncio.timeout(timeout):

@@ -11,11 +11,9 @@ import logging
 import time
 
 from gateway.driver import LEASE_TTL
-from gateway.scheduler import Scheduler
+from gateway.scheduler import PAGE, Scheduler
 
 log = logging.getLogger("gateway.recovery")
-
-PAGE = 500
 
 
 async def recover(scheduler: Scheduler) -> int:

@@ -6,7 +6,7 @@ Step bookkeeping — first write wins, size and count limits — is decided here
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -113,10 +113,11 @@ class Run:
         """The completed steps as one JSON object `{id: output}`, built without re-parsing."""
         return _json_object((k, v) for k, v in self.steps.items())
 
-    def steps_envelope_json(self) -> bytes:
-        """The sidecar's `{"steps": {id: {"output": …}}}` body."""
-        inner = _json_object((k, b'{"output":' + v + b"}") for k, v in self.steps.items())
-        return b'{"steps":' + inner + b"}"
+
+def steps_envelope(steps: Mapping[str, bytes]) -> bytes:
+    """The sidecar's `{"steps": {id: {"output": …}}}` body, built without re-parsing."""
+    inner = _json_object((k, b'{"output":' + v + b"}") for k, v in steps.items())
+    return b'{"steps":' + inner + b"}"
 
 
 def _json_object(items: Iterable[tuple[str, bytes]]) -> bytes:

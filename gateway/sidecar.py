@@ -21,7 +21,7 @@ from gateway.errors import (
     StepConflict,
     Unauthorized,
 )
-from gateway.runs import StepResult
+from gateway.runs import StepResult, steps_envelope
 from gateway.services import SERVICES
 from step_protocol import wire
 
@@ -74,9 +74,8 @@ async def _steps(request: web.Request, run_id: str) -> dict[str, bytes]:
 
 async def list_steps(request: web.Request) -> web.Response:
     run_id, _ = _authorize(request)
-    steps = await _steps(request, run_id)
-    inner = b",".join(orjson.dumps(k) + b':{"output":' + v + b"}" for k, v in steps.items())
-    return web.Response(body=b'{"steps":{' + inner + b"}}", content_type=_JSON)
+    body = steps_envelope(await _steps(request, run_id))
+    return web.Response(body=body, content_type=_JSON)
 
 
 async def get_step(request: web.Request) -> web.Response:
