@@ -26,6 +26,7 @@ from gateway.store.sqlite_sql import (
     RENEW,
     RUN_COLUMNS,
     group_writes,
+    multi_row,
     plan,
     run_row,
 )
@@ -101,9 +102,9 @@ class SqliteStore(Suspensions, RunListing):
         async with self._transaction("purging finished runs") as conn:
             async with conn.execute(PURGEABLE, (cutoff, limit)) as cur:
                 ids = [(row[0],) for row in await cur.fetchall()]
-            if ids:
-                for sql in PURGE:
-                    await conn.executemany(sql, ids)
+            for sql in PURGE:
+                for statement, rows in multi_row(sql, ids):
+                    await conn.executemany(statement, rows)
             async with conn.execute(PURGE_EVENTS, (cutoff, limit)) as cur:
                 events = cur.rowcount
         return max(len(ids), events)

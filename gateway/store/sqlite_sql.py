@@ -6,6 +6,8 @@ Pure: builds parameters and records, never touches a connection. Used by `sqlite
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -360,15 +362,51 @@ def coalesce(writes: Sequence[Write]) -> Sequence[Write | CreatedFinished]:
     return out
 
 
+# SQLite's default cap on parameters in one statement since 3.32 (999 before).
+_MAX_PARAMS: Final = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+# Enough rows to make a statement's per-call costs vanish, few enough to keep each
+# statement's text and parameter list small.
+_MAX_ROWS: Final = 500
+_VALUES: Final = re.compile(r"VALUES (\([?, ]+\))")
+
+
+def multi_row(sql: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """One statement for many rows where SQL allows it, as (statement, [flat params]).
+
+    Why: the sqlite3 module releases and retakes the GIL around every row it steps,
+    and under a busy event loop each retake waits up to the switch interval (5 ms),
+    so `executemany` of 2,000 rows can take seconds. `INSERT … VALUES (…), (…)` and
+    `DELETE … WHERE run_id IN (…)` step once per statement. Rows keep their order,
+    so an upsert or `DO NOTHING` sees the rows as `executemany` would.
+    """
+    if len(rows) < 2:
+        return [(sql, rows)]
+    width = len(rows[0])
+    values = _VALUES.search(sql)
+    if values is not None:
+        head, one, tail = sql[: values.start(1)], values.group(1), sql[values.end(1) :]
+    elif sql.endswith("WHERE run_id = ?") and width == 1:
+        head, one, tail = sql[: -len("= ?")] + "IN (", "?", ")"
+    else:
+        return [(sql, rows)]
+    per = max(1, min(_MAX_ROWS, _MAX_PARAMS // width))
+    out: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        flat = tuple(value for row in chunk for value in row)
+        out.append((head + ", ".join([one] * len(chunk)) + tail, [flat]))
+    return out
+
+
 def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """The batch as (statement, parameter rows) pairs, one executemany each, in order."""
     pairs: list[tuple[str, list[tuple[Any, ...]]]] = []
     for group in group_writes(coalesce(writes)):
         kind = type(group[0])
-        pairs.append((_SQL[kind], [_row(w) for w in group]))
+        pairs += multi_row(_SQL[kind], [_row(w) for w in group])
         also = _ALSO.get(kind)
         if also is not None:
-            pairs.append((also, [(w.run_id,) for w in group]))
+            pairs += multi_row(also, [(w.run_id,) for w in group])
         creates = (w.create if isinstance(w, CreatedFinished) else w for w in group)
         keys = [
             (w.route, w.idempotency[0], w.idempotency[1], w.run_id, w.created_at)
@@ -376,5 +414,5 @@ def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
             if isinstance(w, CreateRun) and w.idempotency is not None
         ]
         if keys:
-            pairs.append((_INSERT_KEY, keys))
+            pairs += multi_row(_INSERT_KEY, keys)
     return pairs

@@ -1,0 +1,94 @@
+"""Batches step SQLite once per statement, not once per row (see `sqlite_sql.multi_row`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.store import (
+    AttemptRow,
+    CreateRun,
+    FinishRun,
+    PutStep,
+    RecordAttempt,
+    StoredRequest,
+    StoredResponse,
+    UpdateRun,
+    Write,
+)
+from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite_sql import _MAX_ROWS, multi_row, plan
+
+REQUEST = StoredRequest("POST", "/a", [("X-One", "1")], b"body")
+RESPONSE = StoredResponse(200, [("Content-Type", "text/plain")], b"done")
+
+
+def test_inserts_become_one_statement_with_the_rows_flattened_in_order() -> None:
+    sql = "INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT (a) DO NOTHING"
+    [(statement, rows)] = multi_row(sql, [(1, "x"), (2, "y"), (3, "z")])
+    assert statement == (
+        "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?) ON CONFLICT (a) DO NOTHING"
+    )
+    assert rows == [(1, "x", 2, "y", 3, "z")]
+
+
+def test_deletes_by_run_become_one_in_list() -> None:
+    [(statement, rows)] = multi_row("DELETE FROM pending WHERE run_id = ?", [("a",), ("b",)])
+    assert statement == "DELETE FROM pending WHERE run_id IN (?, ?)"
+    assert rows == [("a", "b")]
+
+
+def test_updates_and_single_rows_stay_as_they_are() -> None:
+    update = "UPDATE runs SET status = ? WHERE run_id = ?"
+    assert multi_row(update, [("x", "a"), ("y", "b")]) == [(update, [("x", "a"), ("y", "b")])]
+    insert = "INSERT INTO t (a) VALUES (?)"
+    assert multi_row(insert, [(1,)]) == [(insert, [(1,)])]
+
+
+def test_long_batches_are_cut_into_bounded_statements() -> None:
+    rows = [(i,) for i in range(2 * _MAX_ROWS + 3)]
+    parts = multi_row("INSERT INTO t (a) VALUES (?)", rows)
+    assert [len(flat) for _, [flat] in parts] == [_MAX_ROWS, _MAX_ROWS, 3]
+    assert [v for _, [flat] in parts for v in flat] == list(range(2 * _MAX_ROWS + 3))
+
+
+def test_a_mixed_batch_of_many_runs_is_a_handful_of_statements() -> None:
+    writes: list[Write] = []
+    for i in range(1000):
+        run_id = f"r{i}"
+        writes += [
+            CreateRun(run_id, "r", REQUEST, 1.0),
+            PutStep(run_id, "s", b"1", 1, 2.0),
+            RecordAttempt(run_id, 1, 1.0, 3.0, "response", 200),
+            FinishRun(run_id, "succeeded", RESPONSE, 3.0),
+        ]
+    # Created-and-finished runs, steps, attempts: two statements of 500 rows each.
+    assert len(plan(writes)) == 6
+
+
+async def test_a_large_batch_lands_exactly_as_row_by_row_writes_would(tmp_path: Path) -> None:
+    store = await SqliteStore.open(f"sqlite:///{tmp_path / 'g.db'}")
+    try:
+        first: list[Write] = []
+        for i in range(1200):
+            first += [CreateRun(f"r{i}", "r", REQUEST, 1.0), PutStep(f"r{i}", "s", b"1", 1, 2.0)]
+            # The same attempt twice in one batch: the later row wins, as with executemany.
+            first += [
+                RecordAttempt(f"r{i}", 1, 1.0, 2.0, "timeout"),
+                RecordAttempt(f"r{i}", 1, 1.0, 3.0, "response", 500, "late"),
+            ]
+        await store.apply(first)
+        await store.apply(
+            [UpdateRun(f"r{i}", "backoff", 1, 9.0, 4.0) for i in range(0, 1200, 2)]
+            + [FinishRun(f"r{i}", "succeeded", RESPONSE, 5.0) for i in range(1, 1200, 2)]
+            + [PutStep("r0", "s", b"second", 1, 6.0)]  # first write wins
+        )
+        assert await store.load_steps("r0") == {"s": b"1"}
+        assert await store.list_attempts("r1199") == [
+            AttemptRow(1, 1.0, 3.0, "response", 500, "late")
+        ]
+        even, odd = await store.get_run("r600"), await store.get_run("r601")
+        assert even is not None and (even.status, even.wake_at) == ("backoff", 9.0)
+        assert odd is not None and (odd.status, odd.response) == ("succeeded", RESPONSE)
+        assert len(await store.load_steps("r1199")) == 1
+    finally:
+        await store.close()
