@@ -220,6 +220,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"# Durable Gateway benchmark, {meta.get('date', '')}",
         "",
         f"{meta.get('machine', '')}; load generator `{meta.get('loadgen', '')}`;"
+        f" gateway on {meta.get('gateway_loop', 'asyncio')};"
         f" {meta.get('rounds', 1)} round(s), medians; c=1 for {meta.get('latency_s')} s,"
         f" c={meta.get('connections')} for {meta.get('throughput_s')} s"
         + (" (quick mode: smoke sizes, not figures)" if meta.get("quick") else "")

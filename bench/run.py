@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import importlib.util
 import logging
 import os
 import platform
@@ -78,6 +79,9 @@ def meta(sizes: Sizes, loadgen: Loadgen, quick: bool) -> dict[str, Any]:
         "aiohttp": aiohttp.__version__,
         "commit": _version("git", "rev-parse", "--short", "HEAD"),
         "loadgen": loadgen.name,
+        # The gateway runs on uvloop when it is installed (`--loop auto`); the proxy
+        # and the backend always on asyncio's own loop.
+        "gateway_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         "wrk": _version("wrk", "--version") if loadgen.name == "wrk" else "",
         "nginx": _version("nginx", "-v") if shutil.which("nginx") else "",
         "quick": quick,

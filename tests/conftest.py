@@ -65,6 +65,8 @@ class Gateway:
     config_path: Path
     db_path: Path
     env: dict[str, str] | None = None
+    args: tuple[str, ...] = ()
+    """Extra command-line arguments, after `--config FILE`."""
     starts: int = 1
     proc: Proc = field(init=False)
 
@@ -75,7 +77,10 @@ class Gateway:
         """Start the gateway process on this config and wait for it to be healthy."""
         log = self.config_path.with_suffix(f".{self.starts}.log")
         self.proc = Proc(
-            [python(), "-m", "gateway", "--config", str(self.config_path), "--log-level", "debug"],
+            [
+                *(python(), "-m", "gateway", "--config", str(self.config_path)),
+                *("--log-level", "debug", *self.args),
+            ],
             log,
             env=self.env,
         )
@@ -118,6 +123,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         storage: str = "",
         db: Path | None = None,
         env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> Gateway:
         ports = free_ports(3)
         db_path = db or tmp_path / "durable.db"
@@ -139,7 +145,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         config_path = tmp_path / f"gateway-{ports[0]}.yaml"
         config_path.write_text(config)
         ingress, sidecar, admin = (f"http://127.0.0.1:{p}" for p in ports)
-        gw = Gateway(ingress, sidecar, admin, config_path, db_path, env)
+        gw = Gateway(ingress, sidecar, admin, config_path, db_path, env, args)
         gw.launch()
         started.append(gw)
         return gw

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
 from tests.helpers import ROOT, python
@@ -59,3 +60,17 @@ async def test_sigterm_exits_0_and_keeps_finished_results(
         assert resp.status == 200
     assert gw.proc.stop(signal.SIGTERM) == 0
     assert "stopped" in gw.proc.output()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_either_event_loop_runs_a_run_that_resumes(
+    loop: str, backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url), args=("--loop", loop))
+    async with http.post(gw.url("/demo/steps?n=3&fail_at=2&run=loop")) as resp:
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    assert body["attempt"] == 2
+    async with http.get(backend.url + f"/_counts?run_id={body['run_id']}") as resp:
+        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1, "step-3": 1}
+    assert f"event loop: {loop}" in gw.logs()
