@@ -35,7 +35,7 @@ async def get_metrics(request: web.Request) -> web.Response:
     metrics.STORE_QUEUE.set(services.writer.depth)
     pending = await services.store.count_pending()
     for kind in ("sleep", "wait"):
-        metrics.SUSPENDED.labels(kind).set(pending.get(kind, 0))
+        metrics.child(metrics.SUSPENDED, kind).set(pending.get(kind, 0))
     metrics.TIMERS.set(await services.store.count_timers())
     body = generate_latest()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -48,6 +48,8 @@ log = logging.getLogger("gateway.driver")
 
 LEASE_TTL = 30.0
 """Seconds a run's lease lasts unless renewed; another node may take the run after it."""
+INLINE_BODY = 64 * 1024
+"""A final body up to this size, with a declared length, is read whole, not streamed."""
 
 
 class _QueueTimeout(Exception):
@@ -197,7 +199,7 @@ class Driver:
         """Apply a step write to a live run; with the commit future when it was new."""
         run = live.run
         result = run.record_step(step_id, output)
-        metrics.STEPS.labels(result.value).inc()
+        metrics.child(metrics.STEPS, result.value).inc()
         if result is not StepResult.CREATED:
             return result, None
         done = self.writer.submit(PutStep(run.run_id, step_id, output, run.attempt, time.time()))
@@ -230,7 +232,7 @@ class Driver:
         if attempt != live.run.attempt:
             raise StaleAttempt(f"attempt {attempt} is superseded", run_id=run_id)
         live.run.step_errors.append((step_id, attempt, message[:2000]))
-        metrics.STEPS.labels("error").inc()
+        metrics.child(metrics.STEPS, "error").inc()
         log.info(
             "step %s failed on attempt %d: %s",
             step_id,
@@ -267,7 +269,7 @@ class Driver:
                         return
                     self._finish(live, self._failure_response(run, outcome, decision.reason))
                     return
-                metrics.RETRIES.labels(run.route.name).inc()
+                metrics.child(metrics.RETRIES, run.route.name).inc()
                 run.status = RunStatus.BACKOFF
                 run.wake_at = time.time() + decision.delay
                 log.info(
@@ -331,7 +333,7 @@ class Driver:
         if blocked.step_id in run.steps or (wake is not None and wake <= now):
             return True
         run.status, run.wake_at = RunStatus.SUSPENDED, wake
-        metrics.SUSPENSIONS.labels(blocked.kind.value).inc()
+        metrics.child(metrics.SUSPENSIONS, blocked.kind.value).inc()
         log.info(
             "suspended on %s %r until %s",
             blocked.kind.value,
@@ -392,7 +394,7 @@ class Driver:
             if not self._in_attempt:
                 self._drained.set()
         kind = "suspended" if run.suspension is not None else outcome.kind.value
-        metrics.ATTEMPTS.labels(run.route.name, kind).inc()
+        metrics.child(metrics.ATTEMPTS, run.route.name, kind).inc()
         self.writer.submit(
             RecordAttempt(
                 run.run_id,
@@ -440,7 +442,7 @@ class Driver:
         )
         if resp is None:
             return outcome, None
-        metrics.UPSTREAM_LATENCY.labels(run.route.name).observe(time.perf_counter() - sent)
+        metrics.child(metrics.UPSTREAM_LATENCY, run.route.name).observe(time.perf_counter() - sent)
         try:
             if run.suspension is not None:
                 return outcome, None  # an attempt that suspended: its response is ignored
@@ -454,9 +456,23 @@ class Driver:
     async def _receive(
         self, live: LiveRun, resp: aiohttp.ClientResponse, outcome: AttemptOutcome
     ) -> tuple[AttemptOutcome, StoredResponse | None]:
-        """Read a final response, teeing it into the held client as it arrives."""
+        """Read a final response, teeing it into the held client as it arrives.
+
+        A short body of declared length is read whole instead, and the held client is
+        answered from the finished run in one write: streaming it would cost three
+        awaited writes for what fits in one packet.
+        """
         headers = client_response_headers(resp.headers.items())
         headers.append((wire.RUN_ID, live.run.run_id))
+        length = resp.content_length
+        if length is not None and length <= INLINE_BODY and live.run.request.method != "HEAD":
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return attempts.broken_body(exc), None
+            stored = StoredResponse(resp.status, headers, body)
+            self._finish(live, stored)
+            return outcome, stored
         sink, live.sink = live.sink, None
         if sink is not None:
             await sink.start(resp.status, headers)
@@ -499,7 +515,7 @@ class Driver:
         run.response = response
         run.status = RunStatus.SUCCEEDED if response.status < 400 else RunStatus.FAILED
         run.wake_at = None
-        metrics.RUNS.labels(run.route.name, run.status.value).inc()
+        metrics.child(metrics.RUNS, run.route.name, run.status.value).inc()
         committed = live.final_commit = self.writer.submit(
             FinishRun(run.run_id, run.status.value, response, time.time())
         )

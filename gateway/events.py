@@ -40,9 +40,9 @@ async def post_event(request: web.Request) -> web.Response:
         raise BadRequest('"id" must be a string of 1 to 255 characters')
     now = time.time()
     if not await services.store.add_event(event_id, name, orjson.dumps(data), now):
-        metrics.EVENTS.labels("duplicate").inc()
+        metrics.child(metrics.EVENTS, "duplicate").inc()
         return web.json_response({"id": event_id, "duplicate": True, "matched": 0})
-    metrics.EVENTS.labels("received").inc()
+    metrics.child(metrics.EVENTS, "received").inc()
     event = wire.event_output(event_id, name, data, now)
     output = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
     await services.writer.flush()  # every wait registered before now is in the store

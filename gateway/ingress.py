@@ -22,7 +22,7 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.limits import Limits, limit_key
-from gateway.live import ClientSink, LiveRun
+from gateway.live import ClientSink, LiveRun, until_changed
 from gateway.results import replay, result_url
 from gateway.services import SERVICES
 from gateway.store import StoredRequest
@@ -43,9 +43,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     limits = services.limits
     _check_rate(request, route, limits)
     if not route.durable:
-        metrics.REQUESTS.labels(route.name, "plain").inc()
+        metrics.child(metrics.REQUESTS, route.name, "plain").inc()
         return await proxy.forward(request, route, services.session)
-    metrics.REQUESTS.labels(route.name, "durable").inc()
+    metrics.child(metrics.REQUESTS, route.name, "durable").inc()
     writer = services.writer
     if not writer.healthy or writer.saturated:
         raise Unavailable(
@@ -63,7 +63,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if route.concurrency is not None:
         key = limit_key(route.concurrency.key, request.headers, request.query, request.remote)
     live = services.driver.admit(route, stored, limit_key=key, idempotency=idem)
-    metrics.OVERHEAD.labels(route.name).observe(time.perf_counter() - start)
+    metrics.child(metrics.OVERHEAD, route.name).observe(time.perf_counter() - start)
     return await _answer(request, route, live)
 
 
@@ -162,7 +162,7 @@ async def _answer(
     run = live.run
     run_id = run.run_id
     if prefer.respond_async:
-        metrics.DELIVERIES.labels(route.name, Delivery.ACCEPTED.value).inc()
+        metrics.child(metrics.DELIVERIES, route.name, Delivery.ACCEPTED.value).inc()
         await _committed(live)
         return _to_result(request, run_id, 202, prefer, honoured_wait=False)
     budget = delivery.hold_budget(prefer, route.settings.hold)
@@ -195,12 +195,15 @@ async def _hold(
         if sink is not None and sink.response is not None:  # an attempt streams into it
             await sink.done
             mode = "direct" if run.attempt == 1 else "held"
-            metrics.DELIVERIES.labels(route.name, mode).inc()
+            metrics.child(metrics.DELIVERIES, route.name, mode).inc()
             return sink.response
         if run.finished and run.response is not None:
             if sink is not None:
                 live.sink = None
-            metrics.DELIVERIES.labels(route.name, "held").inc()
+            # The original client answered at its first attempt is a direct delivery,
+            # whether the body streamed into it or (short) was answered whole.
+            mode = "direct" if sink is not None and run.attempt == 1 else "held"
+            metrics.child(metrics.DELIVERIES, route.name, mode).inc()
             if not attached:
                 return replay(run.response)
             if live.final_commit is not None:  # a replay must be what the store will keep
@@ -212,14 +215,10 @@ async def _hold(
         if stopping or delivery.choose(prefer, elapsed, budget, wake_in) is Delivery.REDIRECT:
             if sink is not None:
                 live.sink = None
-            metrics.DELIVERIES.labels(route.name, Delivery.REDIRECT.value).inc()
+            metrics.child(metrics.DELIVERIES, route.name, Delivery.REDIRECT.value).inc()
             await _committed(live)
             return _to_result(request, run_id, 303, prefer, honoured_wait=prefer.wait is not None)
-        try:
-            async with asyncio.timeout(budget - elapsed):
-                await changed.wait()
-        except TimeoutError:
-            pass
+        await until_changed(changed, budget - elapsed)
 
 
 async def _committed(live: LiveRun) -> None:

@@ -5,7 +5,12 @@ Names and labels are part of the operations contract: change them only with a no
 
 from __future__ import annotations
 
+import functools
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -97,6 +102,14 @@ EVENTS_MATCHED = Counter("durable_events_matched_total", "Waits completed by a p
 ADMIN_ACTIONS = Counter(
     "durable_admin_actions_total", "Operator actions on runs (cancel, retry).", ["action"]
 )
+
+
+@functools.cache
+def child(metric: _M, *values: str) -> _M:
+    """`metric.labels(*values)`, looked up once: `labels()` validates and locks on every
+    call, a cost the hot path pays several times per request. Label values are a small
+    fixed set (routes, outcomes, kinds), so the cache stays as small as the metric."""
+    return metric.labels(*values)
 
 
 def observe_commit(writes: int, seconds: float) -> None:

@@ -45,7 +45,7 @@ async def cancel(driver: Driver, run_id: str, row_status: str | None) -> None:
         live.notify()
     await asyncio.shield(committed)
     route = live.run.route.name if live is not None else "unknown"
-    metrics.RUNS.labels(route, RunStatus.CANCELLED.value).inc()
+    metrics.child(metrics.RUNS, route, RunStatus.CANCELLED.value).inc()
     log.info("cancelled by an operator", extra={"run_id": run_id})
 
 

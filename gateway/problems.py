@@ -77,10 +77,10 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     try:
         return await handler(request)
     except ProblemError as err:
-        metrics.REJECTED.labels(str(err.status)).inc()
+        metrics.child(metrics.REJECTED, str(err.status)).inc()
         return from_error(err)
     except StoreUnavailable as err:
-        metrics.REJECTED.labels("503").inc()
+        metrics.child(metrics.REJECTED, "503").inc()
         log.warning("storage unavailable while serving %s: %s", request.path, err)
         return problem_response(
             503, "store-unavailable", "Storage unavailable", str(err), headers={"Retry-After": "1"}
@@ -88,7 +88,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        metrics.REJECTED.labels(str(exc.status)).inc()
+        metrics.child(metrics.REJECTED, str(exc.status)).inc()
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return problem_response(
             exc.status, f"http-{exc.status}", exc.reason, exc.text or exc.reason, headers=headers

@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway import delivery
 from gateway.delivery import Prefer
 from gateway.errors import NotFound
-from gateway.live import LiveRun
+from gateway.live import LiveRun, until_changed
 from gateway.services import SERVICES, Services
 from gateway.store import StoredResponse
 from step_protocol import wire
@@ -97,11 +97,7 @@ async def _wait_live(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return _pending(request, run_id, prefer, live.run.status.value)
-        try:
-            async with asyncio.timeout(remaining):
-                await changed.wait()
-        except TimeoutError:
-            pass
+        await until_changed(changed, remaining)
     return None
 
 

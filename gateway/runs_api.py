@@ -154,7 +154,7 @@ async def cancel(request: web.Request) -> web.Response:
     if live is None:
         status = (await _row(services, run_id)).status
     await operations.cancel(services.driver, run_id, status)
-    metrics.ADMIN_ACTIONS.labels("cancel").inc()
+    metrics.child(metrics.ADMIN_ACTIONS, "cancel").inc()
     return web.json_response({"run_id": run_id, "status": RunStatus.CANCELLED.value})
 
 
@@ -183,7 +183,7 @@ async def retry(request: web.Request) -> web.Response:
         state_bytes=sum(len(v) for v in steps.values()),
     )
     await operations.retry(services.driver, run)
-    metrics.ADMIN_ACTIONS.labels("retry").inc()
+    metrics.child(metrics.ADMIN_ACTIONS, "retry").inc()
     return web.json_response({"run_id": run_id, "status": RunStatus.RUNNING.value})
 
 

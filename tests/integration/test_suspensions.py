@@ -41,6 +41,18 @@ async def until_suspended(http: aiohttp.ClientSession, gw: Gateway, run_id: str)
     await assert_eventually(suspended)
 
 
+async def until_committed_suspended(http: aiohttp.ClientSession, gw: Gateway, run_id: str) -> None:
+    """Suspended and out of memory: a run leaves memory only once its suspension commits,
+    so a kill from here on cannot make the next start re-run its attempt."""
+    await until_suspended(http, gw, run_id)
+
+    async def left_memory() -> None:
+        async with http.get(gw.admin + "/metrics") as resp:
+            assert "durable_runs_in_flight 0.0" in await resp.text()
+
+    await assert_eventually(left_memory)
+
+
 async def post_event(http: aiohttp.ClientSession, gw: Gateway, **event: Any) -> dict[str, Any]:
     async with http.post(f"{gw.admin}/v1/events", json=event) as resp:
         assert resp.status in (200, 202), await resp.text()
@@ -67,7 +79,7 @@ async def test_sleep_survives_a_gateway_restart(
 ) -> None:
     gw = gateway_factory(durable_route(backend.url))
     run_id, location = await accept(http, gw.url("/demo/sleep?seconds=2&n=2"))
-    await until_suspended(http, gw, run_id)
+    await until_committed_suspended(http, gw, run_id)
     gw.kill()
     gw.launch()
     status, body = await final(http, location)
