@@ -100,8 +100,10 @@ async def wait_ok(url: str, popen: subprocess.Popen[bytes], within: float = 60.0
 class Lab:
     """Owns a work directory and every process started in it; `close()` stops them all."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, gateway_loop: str = "auto") -> None:
         self.workdir = workdir
+        self.gateway_loop = gateway_loop
+        """The gateway's `--loop`: auto (uvloop when installed), asyncio or uvloop."""
         self._services: list[Service] = []
 
     def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
@@ -159,6 +161,7 @@ class Lab:
         config = self.workdir / f"{name}.yaml"
         config.write_text(gateway_config(ingress, sidecar, admin, db, durability, routes_yaml))
         args = [sys.executable, "-m", "gateway", "--config", str(config), "--log-level", "warning"]
+        args += ["--loop", self.gateway_loop]
         popen, log = self._spawn(name, args)
         service = Gateway(
             name,

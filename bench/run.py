@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loadgen", choices=["wrk", "python"], help="default: wrk if on PATH")
     p.add_argument("--no-nginx", action="store_true", help="leave nginx out even if installed")
     p.add_argument("--profile", action="store_true", help="py-spy the gateway under 3-step load")
+    p.add_argument(
+        "--gateway-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="the gateway's --loop (default auto: uvloop when installed)",
+    )
     p.add_argument("--workdir", type=Path, help="keep configs, logs and stores here")
     return p
 
@@ -71,7 +77,13 @@ def _machine() -> str:
     return f"{os.cpu_count()} CPUs ({model}), Linux {platform.release()}"
 
 
-def meta(sizes: Sizes, loadgen: Loadgen, quick: bool) -> dict[str, Any]:
+def _gateway_loop(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+
+
+def meta(sizes: Sizes, loadgen: Loadgen, quick: bool, gateway_loop: str) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
@@ -81,7 +93,7 @@ def meta(sizes: Sizes, loadgen: Loadgen, quick: bool) -> dict[str, Any]:
         "loadgen": loadgen.name,
         # The gateway runs on uvloop when it is installed (`--loop auto`); the proxy
         # and the backend always on asyncio's own loop.
-        "gateway_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "gateway_loop": _gateway_loop(gateway_loop),
         "wrk": _version("wrk", "--version") if loadgen.name == "wrk" else "",
         "nginx": _version("nginx", "-v") if shutil.which("nginx") else "",
         "quick": quick,
@@ -155,8 +167,8 @@ async def run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     loadgen_name: LoadgenName | None = args.loadgen
     loadgen = pick(loadgen_name, workdir)
-    results: dict[str, Any] = {"meta": meta(sizes, loadgen, args.quick)}
-    lab = Lab(workdir)
+    results: dict[str, Any] = {"meta": meta(sizes, loadgen, args.quick, args.gateway_loop)}
+    lab = Lab(workdir, args.gateway_loop)
     log.info("work dir %s, load generator %s", workdir, loadgen.name)
     try:
         backend = await lab.backend()

@@ -17,6 +17,7 @@ from gateway import __version__, logs
 from gateway.errors import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+GIL_SWITCH_INTERVAL = 0.0005
 log = logging.getLogger("gateway")
 
 
@@ -70,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError:
         print("durable-gateway: error: --loop uvloop: uvloop is not installed", file=sys.stderr)
         return EXIT_CONFIG
+    # The event loop's thread and SQLite's share the GIL. A thread that wants it back
+    # waits up to the switch interval (5 ms by default) before the holder is asked to
+    # let go: on uvloop that stalled about 1 request in 100 by 5 ms at concurrency 1.
+    # At 0.5 ms the c=1 p99 of a durable request is 0.5 ms, throughput unchanged.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     try:
         runner(serve(config))
     except OSError as err:
