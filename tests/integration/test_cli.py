@@ -73,4 +73,6 @@ async def test_either_event_loop_runs_a_run_that_resumes(
     assert body["attempt"] == 2
     async with http.get(backend.url + f"/_counts?run_id={body['run_id']}") as resp:
         assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1, "step-3": 1}
-    assert f"event loop: {loop}" in gw.logs()
+    logs = gw.logs()
+    assert f"event loop: {loop}" in logs
+    assert "runtime: GIL switch interval 0.5 ms, gc thresholds (20000, " in logs
