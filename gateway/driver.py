@@ -146,8 +146,7 @@ class Driver:
             self._start(live, resumed=True)
             return live
         current = live.run
-        current.steps.update(run.steps)
-        current.state_bytes = sum(len(v) for v in current.steps.values())
+        current.merge_steps(run.steps)
         current.pending = run.pending
         current.status, current.wake_at = RunStatus.RUNNING, None
         if live.task is not None and not live.task.done():
@@ -221,9 +220,7 @@ class Driver:
             return
         run = live.run
         run.pending.pop(step_id, None)
-        if step_id not in run.steps:
-            run.steps[step_id] = output
-            run.state_bytes += len(output)
+        run.merge_steps({step_id: output})
 
     def step_error(self, run_id: str, attempt: int, step_id: str, message: str) -> None:
         live = self._live.get(run_id)

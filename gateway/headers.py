@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
-from typing import Final, Protocol, cast, runtime_checkable
+from typing import Final, Protocol, cast
 
 from step_protocol.wire import GATEWAY_HEADERS
 
@@ -45,7 +45,6 @@ _DROP_UPSTREAM: Final = _GATEWAY_SET | {
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
-@runtime_checkable
 class SupportsItems(Protocol):
     """A header container: CIMultiDictProxy, CIMultiDict, dict, …"""
 

@@ -171,7 +171,7 @@ async def _answer(
         sink = live.sink = ClientSink(request)
     live.waiters += 1
     try:
-        return await _hold(request, route, live, prefer, budget, sink, attached)
+        return await _hold(request, route, live, prefer, budget, sink)
     finally:
         if sink is not None and live.sink is sink:
             live.sink = None
@@ -185,8 +185,8 @@ async def _hold(
     prefer: Prefer,
     budget: float,
     sink: ClientSink | None,
-    attached: bool,
 ) -> web.StreamResponse:
+    """Wait on the run for the original client (`sink`) or an attached duplicate (None)."""
     run = live.run
     run_id = run.run_id
     began = time.monotonic()
@@ -198,13 +198,12 @@ async def _hold(
             metrics.child(metrics.DELIVERIES, route.name, mode).inc()
             return sink.response
         if run.finished and run.response is not None:
-            if sink is not None:
-                live.sink = None
             # The original client answered at its first attempt is a direct delivery,
             # whether the body streamed into it or (short) was answered whole.
             mode = "direct" if sink is not None and run.attempt == 1 else "held"
             metrics.child(metrics.DELIVERIES, route.name, mode).inc()
-            if not attached:
+            if sink is not None:
+                live.sink = None
                 return replay(run.response)
             if live.final_commit is not None:  # a replay must be what the store will keep
                 await asyncio.shield(live.final_commit)

@@ -71,7 +71,8 @@ class Run:
     """When the next attempt is due, while in backoff."""
     steps: dict[str, bytes] = field(default_factory=dict)
     """Completed steps: id → canonical JSON bytes of the output."""
-    state_bytes: int = 0
+    state_bytes: int = field(init=False, default=0)
+    """Total size of `steps`: kept up to date by `record_step` and `merge_steps`."""
     response: StoredResponse | None = None
     limit_key: str = ""
     """The route's concurrency key for this run (from a header, query or the client ip)."""
@@ -83,6 +84,16 @@ class Run:
     """Attempts that ended in a suspension: they do not count against max_attempts."""
     suspension: Pending | None = None
     """Set when the sidecar told the current attempt to suspend (a 202 to sleep or wait)."""
+
+    def __post_init__(self) -> None:
+        self.state_bytes = sum(map(len, self.steps.values()))
+
+    def merge_steps(self, steps: dict[str, bytes]) -> None:
+        """Add steps completed elsewhere (the store, an event); ones held already stay."""
+        for step_id, output in steps.items():
+            if step_id not in self.steps:
+                self.steps[step_id] = output
+                self.state_bytes += len(output)
 
     @property
     def finished(self) -> bool:

@@ -169,7 +169,7 @@ async def retry(request: web.Request) -> web.Response:
             f"only a failed, cancelled or paused run can be retried; this one is {status}",
             run_id=run_id,
         )
-    route = next((r for r in services.config.routes if r.name == row.route), None)
+    route = services.scheduler.routes.get(row.route)
     if route is None or not route.durable:
         raise Conflict(f"route {row.route!r} is no longer configured", run_id=run_id)
     steps = await services.store.load_steps(run_id)
@@ -180,7 +180,6 @@ async def retry(request: web.Request) -> web.Response:
         row.created_at,
         attempt=row.attempt,
         steps=steps,
-        state_bytes=sum(len(v) for v in steps.values()),
     )
     await operations.retry(services.driver, run)
     metrics.child(metrics.ADMIN_ACTIONS, "retry").inc()

@@ -89,7 +89,6 @@ class Scheduler:
             status=RunStatus(row.status),
             wake_at=row.wake_at,
             steps=steps,
-            state_bytes=sum(len(v) for v in steps.values()),
             pending=pending,
             suspends=sum(
                 1 for a in await self.store.list_attempts(row.run_id) if a.outcome == "suspended"

@@ -407,6 +407,8 @@ def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         also = _ALSO.get(kind)
         if also is not None:
             pairs += multi_row(also, [(w.run_id,) for w in group])
+        if kind is not CreateRun and kind is not CreatedFinished:
+            continue  # only a run's creation carries an idempotency key
         creates = (w.create if isinstance(w, CreatedFinished) else w for w in group)
         keys = [
             (w.route, w.idempotency[0], w.idempotency[1], w.run_id, w.created_at)
