@@ -21,7 +21,6 @@ from bench.loadgen import summarize
 from step_protocol import StepClient, aiohttp_middleware, parse_headers
 
 STEPS: web.AppKey[StepClient] = web.AppKey("steps", StepClient)
-HITS: web.AppKey[dict[str, int]] = web.AppKey("hits", dict)
 PARKED: web.AppKey[list[dict[str, Any]]] = web.AppKey("parked", list)
 RELEASE: web.AppKey[asyncio.Event] = web.AppKey("release", asyncio.Event)
 
@@ -53,8 +52,6 @@ async def three(request: web.Request) -> web.Response:
 
 async def fail(request: web.Request) -> web.Response:
     """Always 503 with a long Retry-After: the run waits in backoff (memory check)."""
-    hits = request.app[HITS]
-    hits["fail"] = hits.get("fail", 0) + 1
     return web.json_response({"error": "busy"}, status=503, headers={"Retry-After": "600"})
 
 
@@ -62,8 +59,6 @@ async def sleep(request: web.Request) -> web.Response:
     """One step, then a 600 s durable sleep: the run suspends (memory check)."""
     ctx = request.app[STEPS].context(request.headers)
     await ctx.step("before", _step(0, 0))
-    hits = request.app[HITS]
-    hits["sleep"] = hits.get("sleep", 0) + 1
     await ctx.sleep("nap", seconds=600)  # raises Suspend behind the gateway
     return web.json_response({"ok": True})
 
@@ -116,17 +111,12 @@ async def put_latency(request: web.Request) -> web.Response:
     )
 
 
-async def hit_counts(request: web.Request) -> web.Response:
-    return web.json_response(request.app[HITS])
-
-
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
 def make_app() -> web.Application:
     app = web.Application(middlewares=[aiohttp_middleware])
-    app[HITS] = {}
     app[PARKED] = []
     app[RELEASE] = asyncio.Event()
 
@@ -150,7 +140,6 @@ def make_app() -> web.Application:
     app.router.add_route("*", "/put1", put_latency)
     app.router.add_get("/_parked", parked)
     app.router.add_post("/_release", release)
-    app.router.add_get("/_hits", hit_counts)
     app.router.add_get("/_health", health)
     return app
 

@@ -15,8 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from gateway.store import sqlite_sql
+
 ROWS = 2000
-CHUNK = 500
+INSERT = "INSERT INTO t VALUES (?, ?, ?, ?, ?)"
 Row = tuple[str, int, bytes, float, str]
 Insert = Callable[[sqlite3.Connection, list[Row]], None]
 
@@ -31,16 +33,15 @@ def _connect() -> sqlite3.Connection:
 
 def row_by_row(conn: sqlite3.Connection, rows: list[Row]) -> None:
     conn.execute("BEGIN")
-    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?)", rows)
+    conn.executemany(INSERT, rows)
     conn.execute("COMMIT")
 
 
 def multi_row(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """The statements the store's writer makes of a batch (`sqlite_sql.multi_row`)."""
     conn.execute("BEGIN")
-    for start in range(0, len(rows), CHUNK):
-        part = rows[start : start + CHUNK]
-        values = ", ".join(["(?, ?, ?, ?, ?)"] * len(part))
-        conn.execute(f"INSERT INTO t VALUES {values}", [v for row in part for v in row])
+    for statement, [flat] in sqlite_sql.multi_row(INSERT, list(rows)):
+        conn.execute(statement, flat)
     conn.execute("COMMIT")
 
 
@@ -80,7 +81,8 @@ def measure(insert: Insert, *, contended: bool, batches: int = 3) -> float:
 def main() -> None:
     print(f"| {ROWS}-row batch | alone | beside a busy thread |")
     print("|---|---:|---:|")
-    for name, insert in (("executemany", row_by_row), (f"{CHUNK}-row statements", multi_row)):
+    statements = f"{sqlite_sql.MAX_ROWS}-row statements"
+    for name, insert in (("executemany", row_by_row), (statements, multi_row)):
         alone = measure(insert, contended=False)
         busy = measure(insert, contended=True, batches=1 if insert is row_by_row else 3)
         print(f"| {name} | {alone * 1000:.1f} ms | {busy * 1000:.1f} ms |")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,23 +16,11 @@ from typing import Any
 
 import aiohttp
 
+# One copy of the port picker, shared with the benchmark harness.
+from bench.processes import free_port as free_port
+from bench.processes import free_ports as free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: all sockets stay bound until every port is chosen."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 async def assert_eventually(

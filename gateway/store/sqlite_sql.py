@@ -366,7 +366,7 @@ def coalesce(writes: Sequence[Write]) -> Sequence[Write | CreatedFinished]:
 _MAX_PARAMS: Final = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 # Enough rows to make a statement's per-call costs vanish, few enough to keep each
 # statement's text and parameter list small.
-_MAX_ROWS: Final = 500
+MAX_ROWS: Final = 500
 _VALUES: Final = re.compile(r"VALUES (\([?, ]+\))")
 
 
@@ -389,7 +389,7 @@ def multi_row(sql: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, list[tup
         head, one, tail = sql[: -len("= ?")] + "IN (", "?", ")"
     else:
         return [(sql, rows)]
-    per = max(1, min(_MAX_ROWS, _MAX_PARAMS // width))
+    per = max(1, min(MAX_ROWS, _MAX_PARAMS // width))
     out: list[tuple[str, list[tuple[Any, ...]]]] = []
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]

@@ -16,7 +16,7 @@ from gateway.store import (
     Write,
 )
 from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_sql import _MAX_ROWS, multi_row, plan
+from gateway.store.sqlite_sql import MAX_ROWS, multi_row, plan
 
 REQUEST = StoredRequest("POST", "/a", [("X-One", "1")], b"body")
 RESPONSE = StoredResponse(200, [("Content-Type", "text/plain")], b"done")
@@ -45,10 +45,10 @@ def test_updates_and_single_rows_stay_as_they_are() -> None:
 
 
 def test_long_batches_are_cut_into_bounded_statements() -> None:
-    rows = [(i,) for i in range(2 * _MAX_ROWS + 3)]
+    rows = [(i,) for i in range(2 * MAX_ROWS + 3)]
     parts = multi_row("INSERT INTO t (a) VALUES (?)", rows)
-    assert [len(flat) for _, [flat] in parts] == [_MAX_ROWS, _MAX_ROWS, 3]
-    assert [v for _, [flat] in parts for v in flat] == list(range(2 * _MAX_ROWS + 3))
+    assert [len(flat) for _, [flat] in parts] == [MAX_ROWS, MAX_ROWS, 3]
+    assert [v for _, [flat] in parts for v in flat] == list(range(2 * MAX_ROWS + 3))
 
 
 def test_a_mixed_batch_of_many_runs_is_a_handful_of_statements() -> None:
