@@ -16,16 +16,17 @@ from aiohttp import web
 
 from gateway import (
     admin,
-    attempts,
     dashboard,
     ingress,
     leases,
     metrics,
+    proxy,
     recovery,
     results,
     retention,
     runs_api,
     sidecar,
+    upstream,
 )
 from gateway.config import GatewayConfig
 from gateway.driver import LEASE_TTL, Driver
@@ -63,12 +64,13 @@ async def build_services(config: GatewayConfig) -> Services:
     writer = Writer(store)
     writer.on_commit = metrics.observe_commit
     writer.start()
-    session = attempts.new_session()
+    session = proxy.new_session()
+    pool = upstream.Pool()
     limits = Limits(config.routes)
     driver = Driver(
         store=store,
         writer=writer,
-        session=session,
+        pool=pool,
         tokens=tokens,
         sidecar_url=default_sidecar_url(config),
         sync_steps=config.storage.durability == "sync",
@@ -173,5 +175,6 @@ async def _shutdown(services: Services, runners: list[web.AppRunner]) -> None:
     with contextlib.suppress(StoreUnavailable):  # the next start (or node) takes over at once
         await services.store.release_leases(services.driver.node_id)
     await services.session.close()
+    await services.driver.pool.close()
     await services.store.close()
     log.info("stopped")

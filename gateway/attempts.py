@@ -6,13 +6,10 @@ never an exception, because retrying is the normal path. Never touches the store
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
-import aiohttp
-from multidict import CIMultiDict
-
+from gateway import upstream
 from gateway.retries import AttemptOutcome, OutcomeKind, parse_retry_after
 from gateway.runs import Run
 from gateway.tokens import Tokens
@@ -22,63 +19,54 @@ from step_protocol import wire
 @dataclass(frozen=True, slots=True)
 class AttemptRequest:
     method: str
-    url: str
-    headers: CIMultiDict[str]
+    upstream: str
+    """The route's upstream base URL."""
+    path_qs: str
+    headers: list[tuple[str, str]]
     body: bytes
     timeout: float
     """Seconds until response headers; also the longest silence while reading the body."""
 
 
 def build_request(run: Run, attempt: int, tokens: Tokens, sidecar_url: str) -> AttemptRequest:
-    """The stored request with this attempt's Durable-* headers and completed steps."""
+    """The stored request with this attempt's Durable-* headers and completed steps.
+
+    The stored headers never carry Durable-* ones (the ingress strips what a client
+    sends), so the gateway's are appended, not replaced.
+    """
     req = run.request
-    headers = CIMultiDict(req.headers)
-    headers[wire.RUN_ID] = run.run_id
-    headers[wire.ATTEMPT] = str(attempt)
-    headers[wire.SIDECAR] = f"{sidecar_url}/v1/runs/{run.run_id}"
-    headers[wire.TOKEN] = tokens.attempt_token(run.run_id, attempt)
+    run_id = run.run_id
+    headers = list(req.headers)
+    headers.append((wire.RUN_ID, run_id))
+    headers.append((wire.ATTEMPT, str(attempt)))
+    headers.append((wire.SIDECAR, f"{sidecar_url}/v1/runs/{run_id}"))
+    headers.append((wire.TOKEN, tokens.attempt_token(run_id, attempt)))
     if run.steps:
-        headers[wire.STEPS] = wire.encode_step_bytes(run.steps_json())
+        headers.append((wire.STEPS, wire.encode_step_bytes(run.steps_json())))
+    route = run.route
     return AttemptRequest(
         req.method,
-        run.route.upstream + req.path_qs,
+        route.upstream,
+        req.path_qs,
         headers,
         req.body,
-        run.route.settings.attempt_timeout,
-    )
-
-
-def new_session() -> aiohttp.ClientSession:
-    """The one upstream client: keep-alive pool, bodies passed through undecoded."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-        timeout=aiohttp.ClientTimeout(total=None),
+        route.settings.attempt_timeout,
     )
 
 
 async def send(
-    session: aiohttp.ClientSession, req: AttemptRequest
-) -> tuple[AttemptOutcome, aiohttp.ClientResponse | None]:
+    pool: upstream.Pool, req: AttemptRequest
+) -> tuple[AttemptOutcome, upstream.Response | None]:
     """Send one attempt; the response, when there is one, comes back with its body unread."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=req.timeout, sock_connect=req.timeout)
     try:
-        async with asyncio.timeout(req.timeout):
-            resp = await session.request(
-                req.method,
-                req.url,
-                headers=req.headers,
-                data=req.body or None,
-                allow_redirects=False,
-                timeout=timeout,
-            )
+        resp = await pool.request(
+            req.upstream, req.method, req.path_qs, req.headers, req.body, req.timeout
+        )
     except TimeoutError:
         return AttemptOutcome(
             OutcomeKind.TIMEOUT, detail=f"no response within {req.timeout:g}s"
         ), None
-    except aiohttp.ClientError as exc:
+    except upstream.UpstreamError as exc:
         return AttemptOutcome(OutcomeKind.CONNECT_ERROR, detail=_describe(exc)), None
     headers = resp.headers
     outcome = AttemptOutcome(

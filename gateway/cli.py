@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.app import serve
 
     try:
-        runner = _loop_runner(args.loop)
+        runner = loop_runner(args.loop)
     except ImportError:
         print("durable-gateway: error: --loop uvloop: uvloop is not installed", file=sys.stderr)
         return EXIT_CONFIG
@@ -107,7 +107,7 @@ def _tune_runtime() -> None:
     )
 
 
-def _loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
+def loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
     """`asyncio.run` or `uvloop.run`: uvloop cuts the gateway's CPU per request by about
     a sixth (bench/README.md); `pip install 'durable-gateway[fast]'` brings it."""
     if choice != "asyncio":

@@ -17,9 +17,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 
-import aiohttp
-
-from gateway import attempts, metrics, suspensions
+from gateway import attempts, metrics, suspensions, upstream
 from gateway.config import RouteConfig
 from gateway.errors import NotFound, StaleAttempt, Unavailable
 from gateway.headers import client_response_headers
@@ -62,7 +60,7 @@ class Driver:
         *,
         store: FullStore,
         writer: Writer,
-        session: aiohttp.ClientSession,
+        pool: upstream.Pool,
         tokens: Tokens,
         sidecar_url: str,
         sync_steps: bool,
@@ -70,7 +68,7 @@ class Driver:
     ) -> None:
         self.store = store
         self.writer = writer
-        self.session = session
+        self.pool = pool
         self.tokens = tokens
         self.sidecar_url = sidecar_url.rstrip("/")
         self.sync_steps = sync_steps
@@ -435,7 +433,7 @@ class Driver:
         run = live.run
         sent = time.perf_counter()
         outcome, resp = await attempts.send(
-            self.session, attempts.build_request(run, attempt, self.tokens, self.sidecar_url)
+            self.pool, attempts.build_request(run, attempt, self.tokens, self.sidecar_url)
         )
         if resp is None:
             return outcome, None
@@ -451,7 +449,7 @@ class Driver:
             resp.release()
 
     async def _receive(
-        self, live: LiveRun, resp: aiohttp.ClientResponse, outcome: AttemptOutcome
+        self, live: LiveRun, resp: upstream.Response, outcome: AttemptOutcome
     ) -> tuple[AttemptOutcome, StoredResponse | None]:
         """Read a final response, teeing it into the held client as it arrives.
 
@@ -465,7 +463,7 @@ class Driver:
         if length is not None and length <= INLINE_BODY and live.run.request.method != "HEAD":
             try:
                 body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (upstream.UpstreamError, TimeoutError) as exc:
                 return attempts.broken_body(exc), None
             stored = StoredResponse(resp.status, headers, body)
             self._finish(live, stored)
@@ -475,11 +473,11 @@ class Driver:
             await sink.start(resp.status, headers)
         chunks: list[bytes] = []
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_chunks():
                 chunks.append(chunk)
                 if sink is not None:
                     await sink.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (upstream.UpstreamError, TimeoutError) as exc:
             if sink is not None:
                 await sink.end(ok=False)
             return attempts.broken_body(exc), None

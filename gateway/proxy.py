@@ -18,6 +18,17 @@ from gateway.problems import problem_response
 _rng = random.Random()
 
 
+def new_session() -> aiohttp.ClientSession:
+    """The plain routes' upstream client: keep-alive pool, bodies passed through undecoded."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
 def upstream_headers(request: web.Request) -> list[tuple[str, str]]:
     """The client's headers as an upstream gets them: hop-by-hop ones out, X-Forwarded-* in."""
     return upstream_request_headers(
