@@ -16,7 +16,7 @@ from gateway.tokens import Tokens
 from step_protocol import wire
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (see gateway.store)
 class AttemptRequest:
     method: str
     upstream: str

@@ -161,7 +161,8 @@ class Driver:
         return event
 
     def _start(self, live: LiveRun, *, resumed: bool) -> None:
-        if (watcher := self._watchers.pop(live.run.run_id, None)) is not None:
+        # WeakValueDictionary.pop is Python code: skip it in the usual case of no watcher.
+        if self._watchers and (watcher := self._watchers.pop(live.run.run_id, None)) is not None:
             watcher.set()
         self._live[live.run.run_id] = live
         metrics.IN_FLIGHT.inc()
@@ -381,7 +382,10 @@ class Driver:
         self._in_attempt += 1
         self._drained.clear()
         try:
-            async with self._slot(run, wait_forever=attempt > 1):
+            if run.route.name in self.limits.concurrency:
+                async with self._slot(run, wait_forever=attempt > 1):
+                    outcome, stored = await self._attempt(live, attempt)
+            else:  # no slot to take; an async context manager costs more than the check
                 outcome, stored = await self._attempt(live, attempt)
         finally:
             live.in_attempt = False
@@ -410,10 +414,7 @@ class Driver:
         `queue_timeout` bounds only the first attempt's wait (the client is refused with
         a 503); a run that has started waits as long as it takes for its retries.
         """
-        limiter = self.limits.concurrency.get(run.route.name)
-        if limiter is None:
-            yield
-            return
+        limiter = self.limits.concurrency[run.route.name]
         while True:
             try:
                 await limiter.acquire(run.limit_key)

@@ -30,7 +30,7 @@ class OutcomeKind(StrEnum):
     TIMEOUT = "timeout"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (see gateway.store)
 class AttemptOutcome:
     """What `attempts.py` makes of one attempt: data, not an exception."""
 
@@ -50,7 +50,7 @@ class Verdict(StrEnum):
     FINAL = "final"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (see gateway.store)
 class Decision:
     verdict: Verdict
     delay: float = 0.0

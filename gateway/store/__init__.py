@@ -16,8 +16,13 @@ from typing import Protocol
 
 Headers = list[tuple[str, str]]
 
+# Requests, responses and writes: every durable request builds several, so they are
+# slotted but not `frozen`, whose `__init__` sets each field through
+# `object.__setattr__` and costs five times as much (0.67 against 0.12 µs for nine
+# fields). They are treated as immutable all the same: nothing assigns to them.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class StoredRequest:
     """What a run re-sends on every attempt, including after a restart."""
 
@@ -27,7 +32,7 @@ class StoredRequest:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredResponse:
     """A run's final response, replayed verbatim by its result URL."""
 
@@ -39,7 +44,7 @@ class StoredResponse:
 # --- writes: small records the writer batches into one transaction ---------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreateRun:
     """A new run with its request; with `idempotency`, its key in the same transaction."""
 
@@ -58,7 +63,7 @@ class CreateRun:
     same key is ignored, not an error."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PutStep:
     """A completed step; first write wins (INSERT that ignores an existing key)."""
 
@@ -70,7 +75,7 @@ class PutStep:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecordAttempt:
     run_id: str
     attempt: int
@@ -82,7 +87,7 @@ class RecordAttempt:
     detail: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpdateRun:
     """A run's state between attempts: status, attempt number, when it wakes."""
 
@@ -93,7 +98,7 @@ class UpdateRun:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FinishRun:
     """A run's final response; also releases its lease (owner and lease_until cleared)
     and deletes its pending sleeps and waits."""
@@ -105,7 +110,7 @@ class FinishRun:
     finished_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PutPending:
     """A sleep or wait a run is parked on. First write wins: the first call of a step
     fixes its wake time, event and match for every later attempt."""
@@ -122,7 +127,7 @@ class PutPending:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DropPending:
     """Delete one pending sleep or wait, or all of a run's when `step_id` is None."""
 
@@ -130,7 +135,7 @@ class DropPending:
     step_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SuspendRun:
     """The run's attempt ended on a sleep or wait: park it and release its lease, so
     any node's scheduler takes it when due. Never revives a finished run."""
@@ -142,7 +147,7 @@ class SuspendRun:
     updated_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CancelRun:
     """An operator cancelled the run: `response` becomes its result, its pending sleeps
     and waits go, its lease ends. A no-op on a finished run (its result stands)."""
@@ -152,7 +157,7 @@ class CancelRun:
     finished_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResetRun:
     """Run a failed or cancelled run again: back to `running` at `attempt`, its stored
     response cleared, its steps kept."""

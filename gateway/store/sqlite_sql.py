@@ -5,6 +5,7 @@ Pure: builds parameters and records, never touches a connection. Used by `sqlite
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
@@ -34,7 +35,7 @@ from gateway.store import (
 from gateway.store.schema import ACTIVE, UNFINISHED
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (see gateway.store)
 class CreatedFinished:
     """A run created and finished within one batch: one INSERT instead of INSERT + UPDATE.
 
@@ -184,18 +185,21 @@ def group_writes(writes: Sequence[Write | CreatedFinished]) -> list[list[Write |
     groups: list[list[Write | CreatedFinished]] = []
     kinds: list[type[Any]] = []
     last: dict[tuple[str, str], int] = {}
-    for write in writes:
+    for write in writes:  # plain loops: this runs for every write of every batch
         kind = type(write)
-        keys = [(table, write.run_id) for table in _TABLES[kind]]
-        index = max(last.get(key, 0) for key in keys)
+        run_id = write.run_id
+        tables = _TABLES[kind]
+        index = 0
+        for table in tables:
+            index = max(index, last.get((table, run_id), 0))
         while index < len(groups) and kinds[index] is not kind:
             index += 1
         if index == len(groups):
             groups.append([])
             kinds.append(kind)
         groups[index].append(write)
-        for key in keys:
-            last[key] = index
+        for table in tables:
+            last[table, run_id] = index
     return groups
 
 
@@ -393,7 +397,7 @@ def multi_row(sql: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, list[tup
     out: list[tuple[str, list[tuple[Any, ...]]]] = []
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]
-        flat = tuple(value for row in chunk for value in row)
+        flat = tuple(itertools.chain.from_iterable(chunk))
         out.append((head + ", ".join([one] * len(chunk)) + tail, [flat]))
     return out
 
