@@ -359,6 +359,10 @@ class SuspensionStore(Protocol):
         One per run (its earliest sleep or wait timeout); an index-only count.
         """
 
+    async def count_suspends(self, run_id: str) -> int:
+        """How many of a run's attempts ended suspended (outcome `suspended`), which its
+        retry budget leaves out; counted in the database, no attempt row is read."""
+
     async def get_pending(self, run_id: str, step_id: str) -> PendingRow | None: ...
 
     async def list_pending(self, run_id: str) -> list[PendingRow]:

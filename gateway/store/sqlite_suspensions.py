@@ -32,6 +32,8 @@ NEXT_WAKE: Final = f"SELECT min(wake_at) FROM {_WAKE_INDEX} WHERE {SUSPENDED}"
 COUNT_TIMERS: Final = (
     f"SELECT count(*) FROM {_WAKE_INDEX} WHERE {SUSPENDED} AND wake_at IS NOT NULL"
 )
+# A range of the attempts primary key (run_id, attempt).
+COUNT_SUSPENDS: Final = "SELECT count(*) FROM attempts WHERE run_id = ? AND outcome = 'suspended'"
 # Index-only on pending_wait: no join, so a scrape never reads 100k runs rows.
 COUNT_PENDING: Final = "SELECT kind, count(*) FROM pending GROUP BY kind"
 WAITS_FOR: Final = (
@@ -105,6 +107,10 @@ class Suspensions(SqliteConnections):
 
     async def count_timers(self) -> int:
         row = await self._read_one(COUNT_TIMERS)
+        return 0 if row is None else int(row[0])
+
+    async def count_suspends(self, run_id: str) -> int:
+        row = await self._read_one(COUNT_SUSPENDS, run_id)
         return 0 if row is None else int(row[0])
 
     async def get_pending(self, run_id: str, step_id: str) -> PendingRow | None:

@@ -156,6 +156,26 @@ async def test_count_timers_counts_suspended_runs_with_a_wake_time(store: FullSt
     assert await store.count_timers() == 1
 
 
+async def test_count_suspends_counts_a_runs_suspended_attempts(store: FullStore) -> None:
+    await store.apply(
+        [
+            create("r1"),
+            RecordAttempt("r1", 1, 100.0, 101.0, "suspended"),
+            RecordAttempt("r1", 2, 102.0, 103.0, "response", 500),
+            RecordAttempt("r1", 3, 104.0, 105.0, "suspended"),
+            RecordAttempt("r1", 4, 106.0, 107.0, "timeout"),
+            create("r2"),
+            RecordAttempt("r2", 1, 100.0, 101.0, "suspended"),
+            create("r3"),
+        ]
+    )
+
+    assert await store.count_suspends("r1") == 2
+    assert await store.count_suspends("r2") == 1
+    assert await store.count_suspends("r3") == 0
+    assert await store.count_suspends("unknown") == 0
+
+
 # --- suspending and waking --------------------------------------------------------
 
 
