@@ -178,8 +178,8 @@ Write = (
     | ResetRun
 )
 
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-"""A run in any other status is unfinished: retention keeps it."""
+# The final statuses are `gateway.runs.FINAL_STATUSES` (a run in any other status is
+# unfinished: retention keeps it). Not imported here: runs.py imports this module.
 
 PARKED_STATUSES = frozenset({"suspended", "paused"})
 """Unfinished runs that no claim takes: the scheduler takes suspended ones when due, an

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.runs import FINAL_STATUSES
 from gateway.store import (
     CancelRun,
     CreateRun,
@@ -158,7 +159,8 @@ RELEASE: Final = f"UPDATE runs SET lease_until = NULL WHERE owner = ? AND {ACTIV
 # listing index and sorts them, instead of a range of runs_finished.
 PURGEABLE: Final = (
     "SELECT run_id FROM runs INDEXED BY runs_finished WHERE finished_at < ?"
-    " AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?"
+    f" AND status IN ({', '.join(repr(str(s)) for s in sorted(FINAL_STATUSES))})"
+    " ORDER BY finished_at LIMIT ?"
 )
 # Dependents first; the run row goes last, so no key or step ever outlives its run.
 PURGE: Final = (

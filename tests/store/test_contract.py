@@ -15,8 +15,8 @@ import aiosqlite
 import pytest
 
 from gateway.errors import StoreUnavailable
+from gateway.runs import FINAL_STATUSES
 from gateway.store import (
-    FINAL_STATUSES,
     PARKED_STATUSES,
     TEST_MAX_PAGES_ENV,
     AttemptRow,
@@ -514,6 +514,11 @@ def test_unfinished_matches_the_final_statuses() -> None:
     quoted = {f"'{status}'" for status in FINAL_STATUSES}
     assert schema.UNFINISHED.startswith("status NOT IN (")
     assert set(schema.UNFINISHED.removeprefix("status NOT IN (").rstrip(")").split(", ")) == quoted
+
+
+def test_purge_takes_exactly_the_final_statuses() -> None:
+    quoted = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+    assert f" AND status IN ({quoted}) " in sqlite_sql.PURGEABLE
 
 
 def test_active_is_unfinished_and_not_parked() -> None:
