@@ -18,6 +18,7 @@ from gateway.store import (
 )
 from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite_sql import MAX_ROWS, claim_updates, multi_row, plan
+from tests.store.records import ids
 
 REQUEST = StoredRequest("POST", "/a", [("X-One", "1")], b"body")
 RESPONSE = StoredResponse(200, [("Content-Type", "text/plain")], b"done")
@@ -76,8 +77,8 @@ async def test_claims_of_more_than_max_rows_runs_take_them_all(tmp_path: Path) -
         unfinished = await store.claim_unfinished("me", 10.0, 30.0, limit=2 * count)
         due = await store.claim_due("you", 10.0, 30.0, limit=2 * count)
 
-        assert sorted(row.run_id for row in unfinished) == sorted(f"a{i}" for i in range(count))
-        assert sorted(row.run_id for row in due) == sorted(f"s{i}" for i in range(count))
+        assert sorted(ids(unfinished)) == sorted(f"a{i}" for i in range(count))
+        assert sorted(ids(due)) == sorted(f"s{i}" for i in range(count))
         for i in (0, MAX_ROWS, count - 1):
             active, woken = await store.get_run(f"a{i}"), await store.get_run(f"s{i}")
             assert active is not None and (active.owner, active.lease_until) == ("me", 40.0)

@@ -12,7 +12,6 @@ import pytest
 from gateway.errors import StoreUnavailable
 from gateway.store import (
     CancelRun,
-    CreateRun,
     DropPending,
     EventRow,
     FinishRun,
@@ -23,27 +22,20 @@ from gateway.store import (
     RecordAttempt,
     ResetRun,
     RunRow,
-    StoredRequest,
     StoredResponse,
     SuspendRun,
     UpdateRun,
     Write,
 )
+from tests.store.records import REQUEST, create, ids
 
 if TYPE_CHECKING:
     from tests.store.conftest import Database
 
-REQUEST = StoredRequest("POST", "/api/order", [("Content-Type", "application/json")], b"{}")
 DONE = StoredResponse(200, [("Content-Type", "text/plain")], b"done")
 CANCELLED = StoredResponse(409, [("Content-Type", "application/problem+json")], b'{"x":1}')
 TTL = 30.0
 MATCH = b'{"data.order_id":"42"}'
-
-
-def create(
-    run_id: str, at: float = 100.0, owner: str | None = None, lease_until: float | None = None
-) -> CreateRun:
-    return CreateRun(run_id, "orders", REQUEST, at, owner=owner, lease_until=lease_until)
 
 
 def sleep(
@@ -69,10 +61,6 @@ def suspended(run_id: str, wake_at: float | None, at: float = 100.0) -> list[Wri
         create(run_id, at, owner="node-a", lease_until=at + TTL),
         SuspendRun(run_id, 1, wake_at, at + 1),
     ]
-
-
-def ids(rows: list[RunRow]) -> list[str]:
-    return [row.run_id for row in rows]
 
 
 async def run_of(store: FullStore, run_id: str) -> RunRow:
