@@ -6,16 +6,14 @@ Writes only to runs it parked itself on its own gateways; never to the main gate
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from bench.loadgen import Loadgen, Plan, Shot, fire
-from bench.processes import Gateway, Lab, Service, drained, scrape
+from bench.processes import Gateway, Lab, Service, drained, poll, scrape
 from bench.sizes import Sizes
 
 log = logging.getLogger("bench")
@@ -46,16 +44,20 @@ async def park(gateway: Gateway, backend: Service, runs: int) -> list[dict[str, 
     statuses = await fire(gateway.url + "/park", runs, min(runs, 32), {"Prefer": "respond-async"})
     if statuses != {202: runs}:
         raise RuntimeError(f"parking runs: expected {runs} x 202, got {statuses}")
-    deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
-        while True:
+
+        async def parked() -> list[dict[str, str]]:
             async with session.get(backend.url + "/_parked") as resp:
                 found: list[dict[str, str]] = (await resp.json())["parked"]
-            if len(found) >= runs:
                 return found
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(found)} of {runs} runs reached the backend")
-            await asyncio.sleep(0.05)  # polling the backend, which owns the parked list
+
+        return await poll(
+            parked,
+            lambda found: len(found) >= runs,
+            within=60,
+            interval=0.05,
+            failure=lambda found: f"only {len(found)} of {runs} runs reached the backend",
+        )
 
 
 async def release(backend: Service) -> None:

@@ -6,13 +6,11 @@ Uses its own gateway and store; never leaves those runs behind in another store.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Any
 
 from bench.loadgen import fire
-from bench.processes import Gateway, Lab, Service, scrape
+from bench.processes import Gateway, Lab, Service, poll, scrape
 from bench.sizes import Sizes
 
 log = logging.getLogger("bench")
@@ -36,21 +34,20 @@ async def settled(gateway: Gateway, runs: int, within: float = 300.0) -> dict[st
     """Wait until every run has had its first attempt and its state is committed."""
     retries = 'durable_retries_total{route="backoff"}'
     sleeps = 'durable_suspensions_total{kind="sleep"}'
-    deadline = time.monotonic() + within
-    while True:
-        m = await scrape(gateway)
-        if (
+    return await poll(
+        lambda: scrape(gateway),
+        lambda m: (
             m.get(retries, 0) >= runs
             and m.get(sleeps, 0) >= runs
             and m.get("durable_store_queue_depth", 1) == 0
-        ):
-            return m
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"runs did not settle: retries {m.get(retries)}, sleeps "
-                f"{m.get(sleeps)}, queue {m.get('durable_store_queue_depth')}"
-            )
-        await asyncio.sleep(0.2)  # polling the gateway's own counters
+        ),
+        within=within,
+        interval=0.2,
+        failure=lambda m: (
+            f"runs did not settle: retries {m.get(retries)}, sleeps "
+            f"{m.get(sleeps)}, queue {m.get('durable_store_queue_depth')}"
+        ),
+    )
 
 
 async def measure(lab: Lab, backend: Service, sizes: Sizes) -> dict[str, Any]:

@@ -15,14 +15,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 
 from bench import procstat
 
 ROOT = Path(__file__).resolve().parent.parent
+_T = TypeVar("_T")
 
 
 def free_ports(count: int) -> list[int]:
@@ -119,22 +122,20 @@ class Lab:
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{service.name} did not start: {exc}\n{service.output()}") from None
 
-    async def backend(self) -> Service:
+    async def _python(self, module: str, *args: str) -> Service:
+        """`python -m bench.<module> --port <free port> *args`, up and healthy."""
         port = free_port()
-        popen, log = self._spawn(
-            "backend", [sys.executable, "-m", "bench.backend", "--port", str(port)]
-        )
-        service = Service("backend", f"http://127.0.0.1:{port}", popen, log)
+        argv = [sys.executable, "-m", f"bench.{module}", "--port", str(port), *args]
+        popen, log = self._spawn(module, argv)
+        service = Service(module, f"http://127.0.0.1:{port}", popen, log)
         await self._start(service, "/_health")
         return service
 
+    async def backend(self) -> Service:
+        return await self._python("backend")
+
     async def proxy(self, upstream: str) -> Service:
-        port = free_port()
-        args = [sys.executable, "-m", "bench.proxy", "--port", str(port), "--upstream", upstream]
-        popen, log = self._spawn("proxy", args)
-        service = Service("proxy", f"http://127.0.0.1:{port}", popen, log)
-        await self._start(service, "/_health")
-        return service
+        return await self._python("proxy", "--upstream", upstream)
 
     async def nginx(self, upstream: str) -> Service | None:
         """nginx with one worker (the Python hops get one core too); None if not installed."""
@@ -259,13 +260,38 @@ def parse_metrics(text: str) -> dict[str, float]:
     return samples
 
 
+async def poll(
+    read: Callable[[], Awaitable[_T]],
+    done: Callable[[_T], bool],
+    *,
+    within: float,
+    interval: float,
+    failure: Callable[[_T], str],
+) -> _T:
+    """Read every `interval` s until `done` says yes, and return that reading; after
+    `within` s, raise RuntimeError with `failure` of the last one.
+
+    For polling what another process owns (a gauge, a list): not for synchronising tests.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        value = await read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(failure(value))
+        await asyncio.sleep(interval)
+
+
 async def drained(gateway: Gateway, within: float = 300.0) -> None:
     """Wait until the gateway's write-behind queue is empty (its backlog is committed)."""
-    deadline = time.monotonic() + within
-    while (await scrape(gateway)).get("durable_store_queue_depth", 0.0) > 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{gateway.name}: store writes still queued after {within} s")
-        await asyncio.sleep(0.1)  # polling the gateway's own gauge
+    await poll(
+        lambda: scrape(gateway),
+        lambda m: m.get("durable_store_queue_depth", 0.0) <= 0,
+        within=within,
+        interval=0.1,
+        failure=lambda _: f"{gateway.name}: store writes still queued after {within} s",
+    )
 
 
 async def scrape(gateway: Gateway) -> dict[str, float]:

@@ -36,6 +36,7 @@ from gateway.config import (
     StorageConfig,
 )
 from gateway.errors import ConfigError
+from step_protocol import wire
 
 __all__ = [
     "load_config",
@@ -48,9 +49,7 @@ __all__ = [
 
 # ── pure value parsers ──────────────────────────────────────────────────────────
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # ASCII only: `\d` would take "٣"
-_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)\s*")
 _SIZE = re.compile(rf"({_NUMBER})\s*([kmgt]i?b|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1} | {
     f"{p}{i}b": (1024 if i else 1000) ** n for n, p in enumerate("kmgt", start=1) for i in ("", "i")
@@ -59,21 +58,17 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 def parse_duration(text: str | float) -> float:
-    """Seconds from `250ms`, `30s`, `5m`, `2h`, `7d`, `1h30m`, or a bare number of seconds."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        if not math.isfinite(text) or text < 0:
-            raise ValueError(f"invalid duration {text!r}: must be a finite number >= 0")
-        return float(text)
-    s = str(text).strip()
-    if re.fullmatch(_NUMBER, s):
-        return float(s)
-    pos, total = 0, 0.0
-    while pos < len(s) and (m := _DURATION_PART.match(s, pos)):
-        total += float(m[1]) * _DURATION_UNITS[m[2]]
-        pos = m.end()
-    if not s or pos < len(s):
-        raise ValueError(f"invalid duration {str(text)!r}: use e.g. 250ms, 30s, 5m, 2h, 7d")
-    return total
+    """Seconds from `250ms`, `30s`, `5m`, `2h`, `7d`, `1h30m`, or a bare number of seconds.
+
+    The grammar is the step protocol's (`wire.parse_duration`), so a config and a
+    backend's `timeout` read alike; only the error keeps the config's own wording.
+    """
+    try:
+        return wire.parse_duration(text)
+    except ValueError:
+        raise ValueError(
+            f"invalid duration {str(text)!r}: use e.g. 250ms, 30s, 5m, 2h, 7d"
+        ) from None
 
 
 def parse_size(text: str | int) -> int:
@@ -121,7 +116,7 @@ def parse_rate(text: str | float) -> float:
     try:
         if not re.fullmatch(_NUMBER, count.strip()) or (sep and not per):
             raise ValueError(s)
-        rate = float(count) / parse_duration("1" + per if per in _DURATION_UNITS else per or "1")
+        rate = float(count) / parse_duration("1" + per if per.isalpha() else per or "1")
     except (ValueError, ZeroDivisionError):
         rate = 0.0
     if rate <= 0:

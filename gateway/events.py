@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.errors import BadRequest
 from gateway.services import SERVICES
+from gateway.suspensions import first_match
 from gateway.tokens import new_run_id
 from step_protocol import wire
 
@@ -43,13 +44,12 @@ async def post_event(request: web.Request) -> web.Response:
         metrics.child(metrics.EVENTS, "duplicate").inc()
         return web.json_response({"id": event_id, "duplicate": True, "matched": 0})
     metrics.child(metrics.EVENTS, "received").inc()
-    event = wire.event_output(event_id, name, data, now)
-    output = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    event = (wire.event_output(event_id, name, data, now),)
     await services.writer.flush()  # every wait registered before now is in the store
     matched = 0
     for wait in await services.store.waits_for(name):
-        criteria = orjson.loads(wait.match) if wait.match else {}
-        if wire.event_matches(criteria, event) and await services.store.complete_wait(
+        output = first_match(wait.match, event)
+        if output is not None and await services.store.complete_wait(
             wait.run_id, wait.step_id, output, time.time()
         ):
             matched += 1

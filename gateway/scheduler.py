@@ -90,8 +90,6 @@ class Scheduler:
             wake_at=row.wake_at,
             steps=steps,
             pending=pending,
-            suspends=sum(
-                1 for a in await self.store.list_attempts(row.run_id) if a.outcome == "suspended"
-            ),
+            suspends=await self.store.count_suspends(row.run_id),
         )
         self.driver.adopt(run)

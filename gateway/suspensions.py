@@ -8,7 +8,7 @@ attempt as suspending. Changes runs only through the driver, which owns them.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ import orjson
 from gateway.errors import BadRequest
 from gateway.live import LiveRun
 from gateway.runs import Pending, PendingKind
-from gateway.store import DropPending, FullStore, PutPending
+from gateway.store import DropPending, EventRow, FullStore, PutPending
 from step_protocol import wire
 
 if TYPE_CHECKING:  # the driver calls in here; only its type is needed
@@ -31,6 +31,26 @@ class Answer:
     done: bool
     """True: 200, the step is over; False: 202, the attempt must end and the run suspend."""
     body: bytes
+
+
+def first_match(
+    match: Mapping[str, Any] | bytes | None, events: Iterable[Mapping[str, Any]]
+) -> bytes | None:
+    """The first event (`wire.event_output` shape) that a wait's `match` fits, as the
+    canonical JSON that completes the wait; None when none does.
+
+    `match` is the wait's own mapping or its stored canonical JSON (None or empty: any).
+    """
+    criteria = match if isinstance(match, Mapping) else orjson.loads(match) if match else None
+    for event in events:
+        if wire.event_matches(criteria, event):
+            return orjson.dumps(event, option=_SORTED)
+    return None
+
+
+def stored_events(rows: Iterable[EventRow]) -> Iterable[dict[str, Any]]:
+    """Stored events as a wait sees them, decoded one at a time (a match stops early)."""
+    return (wire.event_output(r.event_id, r.name, orjson.loads(r.data), r.ts) for r in rows)
 
 
 def sleep(
@@ -73,13 +93,12 @@ async def wait(
     if done is not None:
         return Answer(True, b'{"event":' + done + b"}")
     if step_id not in live.run.pending and lookback:
-        for row in await store.events_since(event, now - lookback):
-            found = wire.event_output(row.event_id, row.name, orjson.loads(row.data), row.ts)
-            if wire.event_matches(match, found):
-                live = driver.current(run_id, attempt)  # still ours after the read?
-                output = orjson.dumps(found, option=_SORTED)
-                _complete(driver, live, step_id, output)
-                return Answer(True, b'{"event":' + output + b"}")
+        rows = await store.events_since(event, now - lookback)
+        output = first_match(match, stored_events(rows))
+        if output is not None:
+            live = driver.current(run_id, attempt)  # still ours after the read?
+            _complete(driver, live, step_id, output)
+            return Answer(True, b'{"event":' + output + b"}")
     deadline = None if timeout_in is None else now + timeout_in
     wanted = Pending(
         step_id, PendingKind.WAIT, deadline, event, orjson.dumps(match, option=_SORTED), now
@@ -134,13 +153,13 @@ async def missed_event(driver: Driver, live: LiveRun) -> bool:
     for pending in list(run.pending.values()):
         if pending.kind is not PendingKind.WAIT or pending.event is None:
             continue
-        match = orjson.loads(pending.match) if pending.match else {}
-        for row in await driver.store.events_since(pending.event, pending.created_at):
-            found = wire.event_output(row.event_id, row.name, orjson.loads(row.data), row.ts)
-            if not wire.event_matches(match, found):
-                continue
-            output = orjson.dumps(found, option=_SORTED)
-            if await driver.store.complete_wait(run.run_id, pending.step_id, output, time.time()):
-                driver.wait_completed(run.run_id, pending.step_id, output)
-                return True
+        rows = await driver.store.events_since(pending.event, pending.created_at)
+        output = first_match(pending.match, stored_events(rows))
+        # A refused completion (the wait is gone or its step done) stays refused for
+        # every later event as well: go on to the run's next wait.
+        if output is not None and await driver.store.complete_wait(
+            run.run_id, pending.step_id, output, time.time()
+        ):
+            driver.wait_completed(run.run_id, pending.step_id, output)
+            return True
     return False

@@ -1,4 +1,5 @@
-"""Test helpers: free ports, waiting for servers, eventual assertions, processes.
+"""Test helpers: free ports, waiting for servers, eventual assertions, processes, and
+the client's side of a run through a real gateway (integration tests).
 
 No bare sleeps to synchronise: poll a condition with a deadline instead.
 """
@@ -12,13 +13,16 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 # One copy of the port picker, shared with the benchmark harness.
 from bench.processes import free_port as free_port
 from bench.processes import free_ports as free_ports
+
+if TYPE_CHECKING:  # conftest.py imports this module
+    from tests.conftest import Backend, Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,3 +104,81 @@ async def get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> Any:
     async with session.get(url, **kw) as resp:
         assert resp.status == 200, await resp.text()
         return await resp.json()
+
+
+# --- a run through a real gateway ----------------------------------------------------
+
+
+async def accept(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """POST with `Prefer: respond-async`: the run's id and its result URL, which is
+    durable once answered."""
+    async with http.post(url, headers={"Prefer": "respond-async", **(headers or {})}) as resp:
+        assert resp.status == 202, await resp.text()
+        return resp.headers["Durable-Run-Id"], resp.headers["Location"]
+
+
+async def final(
+    http: aiohttp.ClientSession,
+    location: str,
+    *,
+    within: float = 30.0,
+    wait: int = 5,
+    expect: int | None = None,
+) -> tuple[int, Any]:
+    """Long-poll a result URL (`Prefer: wait`) until the run's final answer: its status
+    and JSON body. With `expect`, until it answers that status (say 200 across a restart)."""
+
+    async def answered() -> tuple[int, Any]:
+        async with http.get(location, headers={"Prefer": f"wait={wait}"}) as resp:
+            if expect is None:
+                assert resp.status != 202, "still running"
+            else:
+                assert resp.status == expect, f"{resp.status} {await resp.text()}"
+            return resp.status, await resp.json()
+
+    result: tuple[int, Any] = await assert_eventually(answered, within=within)
+    return result
+
+
+async def counts(http: aiohttp.ClientSession, backend: Backend, run_id: str) -> dict[str, int]:
+    """How many times the example backend ran each step of one run."""
+    async with http.get(f"{backend.url}/_counts?run_id={run_id}") as resp:
+        result: dict[str, int] = (await resp.json())["counts"]
+        return result
+
+
+async def all_counts(http: aiohttp.ClientSession, backend: Backend) -> dict[str, dict[str, int]]:
+    """The same for every run the example backend has seen: run id → step → runs."""
+    async with http.get(backend.url + "/_counts") as resp:
+        result: dict[str, dict[str, int]] = await resp.json()
+        return result
+
+
+async def run_status(http: aiohttp.ClientSession, gw: Gateway, run_id: str) -> dict[str, Any]:
+    """The run as the admin API shows it."""
+    detail: dict[str, Any] = await get_json(http, f"{gw.admin}/v1/runs/{run_id}")
+    return detail
+
+
+async def until_status(
+    http: aiohttp.ClientSession, gw: Gateway, run_id: str, status: str, within: float = 15.0
+) -> dict[str, Any]:
+    """Poll the admin API until the run has `status`; the run as it shows it then."""
+
+    async def reached() -> dict[str, Any]:
+        detail = await run_status(http, gw, run_id)
+        assert detail["status"] == status, detail["status"]
+        return detail
+
+    result: dict[str, Any] = await assert_eventually(reached, within=within)
+    return result
+
+
+async def post_event(http: aiohttp.ClientSession, gw: Gateway, **event: Any) -> dict[str, Any]:
+    """POST /v1/events on the admin listener; its JSON answer."""
+    async with http.post(f"{gw.admin}/v1/events", json=event) as resp:
+        assert resp.status in (200, 202), await resp.text()
+        body: dict[str, Any] = await resp.json()
+        return body

@@ -183,8 +183,8 @@ Write = (
     | ResetRun
 )
 
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-"""A run in any other status is unfinished: retention keeps it."""
+# The final statuses are `gateway.runs.FINAL_STATUSES` (a run in any other status is
+# unfinished: retention keeps it). Not imported here: runs.py imports this module.
 
 PARKED_STATUSES = frozenset({"suspended", "paused"})
 """Unfinished runs that no claim takes: the scheduler takes suspended ones when due, an
@@ -363,6 +363,10 @@ class SuspensionStore(Protocol):
 
         One per run (its earliest sleep or wait timeout); an index-only count.
         """
+
+    async def count_suspends(self, run_id: str) -> int:
+        """How many of a run's attempts ended suspended (outcome `suspended`), which its
+        retry budget leaves out; counted in the database, no attempt row is read."""
 
     async def get_pending(self, run_id: str, step_id: str) -> PendingRow | None: ...
 

@@ -17,6 +17,7 @@ from gateway.store.sqlite_connection import MEMORY, describe_error, path_from_ur
 from gateway.store.sqlite_listing import RunListing
 from gateway.store.sqlite_sql import (
     CLAIM,
+    CLAIM_LEASE,
     EXPIRED,
     NOT_MINE,
     PURGE,
@@ -64,13 +65,9 @@ class SqliteStore(Suspensions, RunListing):
             sql, params = CLAIM.format(which=NOT_MINE), (now, owner, limit)
         else:
             sql, params = CLAIM.format(which=EXPIRED), (now, limit)
-        async with self._transaction("claiming unfinished runs") as conn:
-            async with conn.execute(sql, params) as cur:
-                rows = [run_row(row) for row in await cur.fetchall()]
-            await conn.executemany(
-                "UPDATE runs SET owner = ?, lease_until = ? WHERE run_id = ?",
-                [(owner, until, row.run_id) for row in rows],
-            )
+        rows = await self._claim(
+            "claiming unfinished runs", sql, params, CLAIM_LEASE, (owner, until)
+        )
         return [dataclasses.replace(row, owner=owner, lease_until=until) for row in rows]
 
     async def renew_leases(self, owner: str, until: float) -> int:

@@ -1,7 +1,8 @@
 """SQLite plumbing under the store: opening, pragmas, migrations, one IMMEDIATE write
 transaction at a time, reads from a committed snapshot, error mapping, closing.
 
-Holds no domain SQL (the store's modules do); never lets a read see an uncommitted write.
+Holds no domain SQL (the store's modules do, and hand their claims to `_claim`); never
+lets a read see an uncommitted write.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any, Final, Self
 import aiosqlite
 
 from gateway.errors import StoreUnavailable
-from gateway.store import filelock
+from gateway.store import RunRow, filelock
 from gateway.store.schema import migrate_sqlite
+from gateway.store.sqlite_sql import claim_updates, run_row
 
 log = logging.getLogger("gateway.store.sqlite")
 
@@ -220,6 +222,19 @@ class SqliteConnections:
                         "sqlite %s: rollback failed, retried before next use: %s", self.path, exc
                     )
                 raise
+
+    async def _claim(
+        self, doing: str, select: str, params: tuple[Any, ...], assign: str, values: tuple[Any, ...]
+    ) -> list[RunRow]:
+        """Read the runs `select` picks and set `assign` (with `values`) on all of them in
+        one transaction, so two claimers never take the same run. Returns the rows as read.
+        """
+        async with self._transaction(doing) as conn:
+            async with conn.execute(select, params) as cur:
+                rows = [run_row(row) for row in await cur.fetchall()]
+            for sql, args in claim_updates(assign, values, [row.run_id for row in rows]):
+                await conn.execute(sql, args)
+        return rows
 
     async def close(self) -> None:
         """Close both connections and drop the file lock; later calls raise. Idempotent."""

@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.runs import FINAL_STATUSES
 from gateway.store import (
     CancelRun,
     CreateRun,
@@ -145,6 +146,8 @@ CLAIM: Final = (
     f"SELECT {RUN_COLUMNS} FROM runs WHERE {ACTIVE} AND {{which}}"
     " ORDER BY wake_at NULLS FIRST, created_at, run_id LIMIT ?"
 )
+# What claiming sets on each run it takes (see `claim_updates`).
+CLAIM_LEASE: Final = "owner = ?, lease_until = ?"
 EXPIRED: Final = "(lease_until IS NULL OR lease_until < ?)"
 # Stealing takes live leases too, except this owner's own: it is running those already.
 NOT_MINE: Final = "(lease_until IS NULL OR lease_until < ? OR owner IS NOT ?)"
@@ -157,7 +160,8 @@ RELEASE: Final = f"UPDATE runs SET lease_until = NULL WHERE owner = ? AND {ACTIV
 # listing index and sorts them, instead of a range of runs_finished.
 PURGEABLE: Final = (
     "SELECT run_id FROM runs INDEXED BY runs_finished WHERE finished_at < ?"
-    " AND status IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?"
+    f" AND status IN ({', '.join(repr(str(s)) for s in sorted(FINAL_STATUSES))})"
+    " ORDER BY finished_at LIMIT ?"
 )
 # Dependents first; the run row goes last, so no key or step ever outlives its run.
 PURGE: Final = (
@@ -399,6 +403,24 @@ def multi_row(sql: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, list[tup
         chunk = rows[start : start + per]
         flat = tuple(itertools.chain.from_iterable(chunk))
         out.append((head + ", ".join([one] * len(chunk)) + tail, [flat]))
+    return out
+
+
+def claim_updates(
+    assign: str, values: tuple[Any, ...], run_ids: Sequence[str]
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """`UPDATE runs SET <assign> WHERE run_id IN (…)` for claimed runs, as (statement,
+    params) pairs of at most MAX_ROWS ids each.
+
+    A claim gives every run it takes the same values, so one statement per chunk does
+    what `executemany` did per row, without stepping SQLite (and the GIL) per run; see
+    `multi_row`. `values` fill `assign`'s placeholders, the chunk's ids follow.
+    """
+    out: list[tuple[str, tuple[Any, ...]]] = []
+    for start in range(0, len(run_ids), MAX_ROWS):
+        chunk = tuple(run_ids[start : start + MAX_ROWS])
+        marks = ", ".join("?" * len(chunk))
+        out.append((f"UPDATE runs SET {assign} WHERE run_id IN ({marks})", values + chunk))
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Any, Final
 from gateway.store import EventRow, PendingRow, RunRow
 from gateway.store.schema import SUSPENDED
 from gateway.store.sqlite_connection import SqliteConnections
-from gateway.store.sqlite_sql import RUN_COLUMNS, run_row
+from gateway.store.sqlite_sql import RUN_COLUMNS
 
 PENDING_COLUMNS: Final = "run_id, step_id, kind, wake_at, event, match, created_at"
 
@@ -26,14 +26,14 @@ DUE: Final = (
     f"SELECT {RUN_COLUMNS} FROM {_WAKE_INDEX} WHERE {SUSPENDED} AND wake_at <= ?"
     " AND (lease_until IS NULL OR lease_until < ?) ORDER BY wake_at LIMIT ?"
 )
-CLAIM_DUE: Final = (
-    "UPDATE runs SET status = 'running', wake_at = NULL, owner = ?, lease_until = ?,"
-    " updated_at = ? WHERE run_id = ?"
-)
+# What claiming a due run sets (see `sqlite_sql.claim_updates`).
+CLAIM_DUE: Final = "status = 'running', wake_at = NULL, owner = ?, lease_until = ?, updated_at = ?"
 NEXT_WAKE: Final = f"SELECT min(wake_at) FROM {_WAKE_INDEX} WHERE {SUSPENDED}"
 COUNT_TIMERS: Final = (
     f"SELECT count(*) FROM {_WAKE_INDEX} WHERE {SUSPENDED} AND wake_at IS NOT NULL"
 )
+# A range of the attempts primary key (run_id, attempt).
+COUNT_SUSPENDS: Final = "SELECT count(*) FROM attempts WHERE run_id = ? AND outcome = 'suspended'"
 # Index-only on pending_wait: no join, so a scrape never reads 100k runs rows.
 COUNT_PENDING: Final = "SELECT kind, count(*) FROM pending GROUP BY kind"
 WAITS_FOR: Final = (
@@ -80,10 +80,9 @@ class Suspensions(SqliteConnections):
     ) -> list[RunRow]:
         """See SuspensionStore.claim_due; also sets `updated_at` to now."""
         until = now + lease_ttl
-        async with self._transaction("claiming due runs") as conn:
-            async with conn.execute(DUE, (now, now, limit)) as cur:
-                rows = [run_row(row) for row in await cur.fetchall()]
-            await conn.executemany(CLAIM_DUE, [(owner, until, now, row.run_id) for row in rows])
+        rows = await self._claim(
+            "claiming due runs", DUE, (now, now, limit), CLAIM_DUE, (owner, until, now)
+        )
         return [
             dataclasses.replace(
                 row,
@@ -108,6 +107,10 @@ class Suspensions(SqliteConnections):
 
     async def count_timers(self) -> int:
         row = await self._read_one(COUNT_TIMERS)
+        return 0 if row is None else int(row[0])
+
+    async def count_suspends(self, run_id: str) -> int:
+        row = await self._read_one(COUNT_SUSPENDS, run_id)
         return 0 if row is None else int(row[0])
 
     async def get_pending(self, run_id: str, step_id: str) -> PendingRow | None:

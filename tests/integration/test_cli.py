@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import ROOT, python
+from tests.helpers import ROOT, counts, python
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -71,8 +71,7 @@ async def test_either_event_loop_runs_a_run_that_resumes(
         assert resp.status == 200, await resp.text()
         body = await resp.json()
     assert body["attempt"] == 2
-    async with http.get(backend.url + f"/_counts?run_id={body['run_id']}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1, "step-3": 1}
+    assert await counts(http, backend, body["run_id"]) == {"step-1": 1, "step-2": 1, "step-3": 1}
     logs = gw.logs()
     assert f"event loop: {loop}" in logs
     assert "runtime: GIL switch interval 0.5 ms, gc thresholds (20000, " in logs

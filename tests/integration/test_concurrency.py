@@ -8,6 +8,7 @@ import random
 import aiohttp
 
 from tests.conftest import Backend, GatewayFactory, durable_route
+from tests.helpers import all_counts
 
 REQUESTS = 200
 
@@ -38,7 +39,6 @@ async def test_200_concurrent_requests_with_random_failures(
     results = await asyncio.gather(*(one(i) for i in range(REQUESTS)))
     assert len({run_id for run_id, _ in results}) == REQUESTS
     assert sum(1 for _, attempt in results if attempt > 1) > REQUESTS // 3
-    async with http.get(sync_backend.url + "/_counts") as resp:
-        counts = await resp.json()
+    counts = await all_counts(http, sync_backend)
     for run_id, _ in results:
         assert counts[run_id] == {f"step-{i}": 1 for i in range(1, 5)}, run_id

@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import Backend, GatewayFactory, durable_route
+from tests.helpers import all_counts, counts
 
 
 async def test_same_key_replays_the_stored_response(
@@ -25,8 +26,7 @@ async def test_same_key_replays_the_stored_response(
             assert resp.status == 200
             assert resp.headers["Idempotent-Replayed"] == "true"
             assert await resp.json() == first
-    async with http.get(backend.url + f"/_counts?run_id={first['run_id']}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1}
+    assert await counts(http, backend, first["run_id"]) == {"step-1": 1, "step-2": 1}
 
 
 async def test_same_key_different_request_is_422(
@@ -87,9 +87,7 @@ async def test_concurrent_duplicates_attach_to_one_run(
     results = await asyncio.gather(*(one() for _ in range(10)))
     assert len({run_id for run_id, _ in results}) == 1
     assert sum(1 for _, replayed in results if replayed == "true") == 9
-    async with http.get(backend.url + "/_counts") as resp:
-        counts = await resp.json()
-    assert counts == {results[0][0]: {"step-1": 1, "step-2": 1}}  # one execution
+    assert await all_counts(http, backend) == {results[0][0]: {"step-1": 1, "step-2": 1}}
 
 
 async def test_key_survives_a_restart(

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route, start_backend
-from tests.helpers import assert_eventually
+from tests.helpers import accept, counts, post_event, until_status
 
 
 @pytest.fixture
@@ -31,9 +31,8 @@ async def test_node_backend_resumes_at_the_failed_step(
         assert resp.status == 200, await resp.text()
         body = await resp.json()
     assert body["attempt"] == 2
-    async with http.get(node_backend.url + f"/_counts?run_id={body['run_id']}") as resp:
-        counts = (await resp.json())["counts"]
-    assert counts == {"step-1": 1, "step-2": 1, "step-3": 1}
+    steps = {"step-1": 1, "step-2": 1, "step-3": 1}
+    assert await counts(http, node_backend, body["run_id"]) == steps
 
 
 async def test_node_backend_sleeps_and_waits_with_raw_calls(
@@ -43,24 +42,12 @@ async def test_node_backend_sleeps_and_waits_with_raw_calls(
     async with http.post(gw.url("/demo/sleep?seconds=1&n=2")) as resp:
         assert resp.status == 200, await resp.text()
         assert (await resp.json())["attempt"] == 2
-    async with http.post(
-        gw.url("/demo/wait?event=approved&order_id=7"), headers={"Prefer": "respond-async"}
-    ) as resp:
-        assert resp.status == 202
-        location = resp.headers["Location"]
-        run_id = resp.headers["Durable-Run-Id"]
-
-    async def waiting() -> None:
-        async with http.get(f"{gw.admin}/v1/runs/{run_id}") as resp:
-            assert (await resp.json())["status"] == "suspended"
-
-    await assert_eventually(waiting)
-    event = {"name": "approved", "data": {"order_id": "7"}}
-    async with http.post(f"{gw.admin}/v1/events", json=event) as resp:
-        assert (await resp.json())["matched"] == 1
+    run_id, location = await accept(http, gw.url("/demo/wait?event=approved&order_id=7"))
+    await until_status(http, gw, run_id, "suspended")
+    event = await post_event(http, gw, name="approved", data={"order_id": "7"})
+    assert event["matched"] == 1
     async with http.get(location) as resp:
         assert resp.status == 200
         body = await resp.json()
     assert body["event"]["data"] == {"order_id": "7"}
-    async with http.get(node_backend.url + f"/_counts?run_id={run_id}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1}
+    assert await counts(http, node_backend, run_id) == {"step-1": 1, "step-2": 1}

@@ -8,7 +8,7 @@ import time
 import aiohttp
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import assert_eventually
+from tests.helpers import assert_eventually, counts
 
 
 async def test_happy_path_passes_the_response_through(
@@ -71,8 +71,7 @@ async def test_steps_happy_path_runs_each_step_once(
         body = await resp.json()
     assert body["attempt"] == 1
     assert len(body["results"]) == 3
-    async with http.get(backend.url + f"/_counts?run_id={body['run_id']}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1, "step-3": 1}
+    assert await counts(http, backend, body["run_id"]) == {"step-1": 1, "step-2": 1, "step-3": 1}
 
 
 async def test_streaming_is_passed_through_as_it_arrives(

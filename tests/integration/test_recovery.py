@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import assert_eventually
+from tests.helpers import accept, all_counts, assert_eventually, final
 
 RETRY = "{max_attempts: 10, initial_backoff: 4s, max_backoff: 4s, jitter: 0}"
-
-
-async def accept(http: aiohttp.ClientSession, url: str) -> str:
-    """Start a run with Prefer: respond-async; its result URL is durable once answered."""
-    async with http.post(url, headers={"Prefer": "respond-async"}) as resp:
-        assert resp.status == 202, await resp.text()
-        return resp.headers["Location"]
-
-
-async def result(http: aiohttp.ClientSession, location: str) -> dict[str, Any]:
-    async def finished() -> dict[str, Any]:
-        async with http.get(location, headers={"Prefer": "wait=5"}) as resp:
-            assert resp.status == 200, f"{resp.status} {await resp.text()}"
-            body: dict[str, Any] = await resp.json()
-            return body
-
-    result: dict[str, Any] = await assert_eventually(finished, within=40)
-    return result
 
 
 async def test_sigkill_mid_step_and_in_backoff_then_restart(
@@ -38,9 +19,11 @@ async def test_sigkill_mid_step_and_in_backoff_then_restart(
         durable_route(sync_backend.url, retry=RETRY, hold="0s"), storage="durability: sync"
     )
     mid_step = [
-        await accept(http, gw.url(f"/demo/steps?n=3&pause_ms=3000&i={i}")) for i in range(6)
+        (await accept(http, gw.url(f"/demo/steps?n=3&pause_ms=3000&i={i}")))[1] for i in range(6)
     ]
-    in_backoff = [await accept(http, gw.url(f"/demo/steps?n=3&fail_at=2&i={i}")) for i in range(6)]
+    in_backoff = [
+        (await accept(http, gw.url(f"/demo/steps?n=3&fail_at=2&i={i}")))[1] for i in range(6)
+    ]
 
     async def all_past_step_1() -> None:
         """Step 1 of every run is committed (so under sync, acknowledged or about to be)."""
@@ -56,10 +39,10 @@ async def test_sigkill_mid_step_and_in_backoff_then_restart(
     gw.kill()
     gw.launch()
 
-    bodies = await asyncio.gather(*(result(http, loc) for loc in mid_step + in_backoff))
+    finals = [final(http, loc, within=40, expect=200) for loc in mid_step + in_backoff]
+    bodies = [body for _, body in await asyncio.gather(*finals)]
     assert all(body["attempt"] >= 2 for body in bodies)
-    async with http.get(sync_backend.url + "/_counts") as resp:
-        counts = await resp.json()
+    counts = await all_counts(http, sync_backend)
     for body in bodies:
         assert counts[body["run_id"]]["step-1"] == 1, counts[body["run_id"]]
     async with http.get(sync_backend.url + "/_violations") as resp:
@@ -71,8 +54,8 @@ async def test_result_urls_of_finished_runs_survive_a_restart(
     sync_backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gw = gateway_factory(durable_route(sync_backend.url), storage="durability: sync")
-    location = await accept(http, gw.url("/demo/steps?n=2"))
-    body = await result(http, location)
+    _, location = await accept(http, gw.url("/demo/steps?n=2"))
+    answer = await final(http, location, within=40, expect=200)
     gw.kill()
     gw.launch()
-    assert await result(http, location) == body
+    assert await final(http, location, within=40, expect=200) == answer

@@ -8,14 +8,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
+from tests.helpers import counts
 
 FAST_RETRY = "{max_attempts: 4, initial_backoff: 50ms, max_backoff: 200ms}"
-
-
-async def counts(http: aiohttp.ClientSession, backend: Backend, run_id: str) -> dict[str, int]:
-    async with http.get(backend.url + f"/_counts?run_id={run_id}") as resp:
-        result: dict[str, int] = (await resp.json())["counts"]
-        return result
 
 
 @pytest.mark.parametrize("mode", ["500", "drop", "503"])

@@ -8,7 +8,7 @@ import signal
 import aiohttp
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import assert_eventually
+from tests.helpers import all_counts, assert_eventually, counts
 
 
 async def test_sigterm_lets_the_in_flight_attempt_finish(
@@ -18,8 +18,7 @@ async def test_sigterm_lets_the_in_flight_attempt_finish(
     request = asyncio.ensure_future(http.post(gw.url("/demo/steps?n=2&pause_ms=700")))
 
     async def started() -> None:
-        async with http.get(backend.url + "/_counts") as resp:
-            assert await resp.json(), "no step yet"
+        assert await all_counts(http, backend), "no step yet"
 
     await assert_eventually(started)
     code = await asyncio.to_thread(gw.proc.stop, signal.SIGTERM)
@@ -52,5 +51,4 @@ async def test_sigterm_redirects_a_held_client_and_the_run_resumes_on_restart(
         assert resp.status == 200
         body = await resp.json()
     assert body["attempt"] == 2
-    async with http.get(backend.url + f"/_counts?run_id={body['run_id']}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1}
+    assert await counts(http, backend, body["run_id"]) == {"step-1": 1, "step-2": 1}

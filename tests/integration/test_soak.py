@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route, start_backend
-from tests.helpers import assert_eventually
+from tests.helpers import accept, all_counts, final
 
 SECONDS = float(os.environ.get("DURABLE_SOAK_SECONDS", "20"))
 CLIENTS = int(os.environ.get("DURABLE_SOAK_CLIENTS", "16"))
@@ -60,9 +60,7 @@ async def soak(
             n += 1
             url = gw.url(f"/demo/steps?n=3&chaos=0.15&c={i}&r={n}")
             try:
-                async with http.post(url, headers={"Prefer": "respond-async"}) as resp:
-                    assert resp.status == 202, await resp.text()
-                    accepted.append(resp.headers["Location"])
+                accepted.append((await accept(http, url))[1])
             except aiohttp.ClientError:  # the gateway is down: never accepted, try again
                 refused += 1
                 await asyncio.sleep(0.05)
@@ -80,19 +78,14 @@ async def soak(
 
     limit = asyncio.Semaphore(32)
 
-    async def final(location: str) -> dict[str, Any]:
-        async def finished() -> dict[str, Any]:
-            async with limit, http.get(location, headers={"Prefer": "wait=10"}) as resp:
-                assert resp.status == 200, f"{resp.status} {await resp.text()}"
-                body: dict[str, Any] = await resp.json()
-                return body
-
-        body: dict[str, Any] = await assert_eventually(finished, within=SECONDS * 2 + 60)
+    async def answer(location: str) -> dict[str, Any]:
+        async with limit:
+            answered = await final(http, location, within=SECONDS * 2 + 60, wait=10, expect=200)
+        body: dict[str, Any] = answered[1]
         return body
 
-    bodies = await asyncio.gather(*(final(location) for location in accepted))
-    async with http.get(backend.url + "/_counts") as resp:
-        counts: dict[str, dict[str, int]] = await resp.json()
+    bodies = await asyncio.gather(*(answer(location) for location in accepted))
+    counts = await all_counts(http, backend)
     async with http.get(backend.url + "/_violations") as resp:
         violations = (await resp.json())["violations"]
     retries = sum(body["attempt"] - 1 for body in bodies)

@@ -4,60 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import aiohttp
 
 from tests.conftest import Backend, Gateway, GatewayFactory, durable_route
-from tests.helpers import assert_eventually
-
-
-async def accept(http: aiohttp.ClientSession, url: str) -> tuple[str, str]:
-    async with http.post(url, headers={"Prefer": "respond-async"}) as resp:
-        assert resp.status == 202, await resp.text()
-        return resp.headers["Durable-Run-Id"], resp.headers["Location"]
-
-
-async def final(http: aiohttp.ClientSession, location: str, within: float = 30) -> Any:
-    async def done() -> Any:
-        async with http.get(location, headers={"Prefer": "wait=5"}) as resp:
-            assert resp.status != 202, "still running"
-            return resp.status, await resp.json()
-
-    return await assert_eventually(done, within=within)
-
-
-async def run_status(http: aiohttp.ClientSession, gw: Gateway, run_id: str) -> dict[str, Any]:
-    async with http.get(f"{gw.admin}/v1/runs/{run_id}") as resp:
-        assert resp.status == 200, await resp.text()
-        body: dict[str, Any] = await resp.json()
-        return body
-
-
-async def until_suspended(http: aiohttp.ClientSession, gw: Gateway, run_id: str) -> None:
-    async def suspended() -> None:
-        assert (await run_status(http, gw, run_id))["status"] == "suspended"
-
-    await assert_eventually(suspended)
+from tests.helpers import (
+    accept,
+    assert_eventually,
+    counts,
+    final,
+    post_event,
+    run_status,
+    until_status,
+)
 
 
 async def until_committed_suspended(http: aiohttp.ClientSession, gw: Gateway, run_id: str) -> None:
     """Suspended and out of memory: a run leaves memory only once its suspension commits,
     so a kill from here on cannot make the next start re-run its attempt."""
-    await until_suspended(http, gw, run_id)
+    await until_status(http, gw, run_id, "suspended")
 
     async def left_memory() -> None:
         async with http.get(gw.admin + "/metrics") as resp:
             assert "durable_runs_in_flight 0.0" in await resp.text()
 
     await assert_eventually(left_memory)
-
-
-async def post_event(http: aiohttp.ClientSession, gw: Gateway, **event: Any) -> dict[str, Any]:
-    async with http.post(f"{gw.admin}/v1/events", json=event) as resp:
-        assert resp.status in (200, 202), await resp.text()
-        body: dict[str, Any] = await resp.json()
-        return body
 
 
 async def test_sleep_holds_the_client_and_resumes_after_the_delay(
@@ -70,8 +41,7 @@ async def test_sleep_holds_the_client_and_resumes_after_the_delay(
         body = await resp.json()
     assert time.monotonic() - began >= 1.0
     assert body["attempt"] == 2
-    async with http.get(backend.url + f"/_counts?run_id={body['run_id']}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1}
+    assert await counts(http, backend, body["run_id"]) == {"step-1": 1, "step-2": 1}
 
 
 async def test_sleep_survives_a_gateway_restart(
@@ -84,8 +54,7 @@ async def test_sleep_survives_a_gateway_restart(
     gw.launch()
     status, body = await final(http, location)
     assert status == 200 and body["run_id"] == run_id and body["attempt"] == 2
-    async with http.get(backend.url + f"/_counts?run_id={run_id}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1}
+    assert await counts(http, backend, run_id) == {"step-1": 1, "step-2": 1}
 
 
 async def test_wait_resumes_on_a_matching_event_only(
@@ -93,7 +62,7 @@ async def test_wait_resumes_on_a_matching_event_only(
 ) -> None:
     gw = gateway_factory(durable_route(backend.url))
     run_id, location = await accept(http, gw.url("/demo/wait?event=order.paid&order_id=42"))
-    await until_suspended(http, gw, run_id)
+    await until_status(http, gw, run_id, "suspended")
     detail = await run_status(http, gw, run_id)
     assert detail["suspension"]["kind"] == "wait" and detail["suspension"]["event"] == "order.paid"
     other = await post_event(http, gw, name="order.paid", data={"order_id": "41"})
@@ -109,8 +78,7 @@ async def test_wait_resumes_on_a_matching_event_only(
     assert status == 200
     assert body["event"]["data"] == {"order_id": "42", "total": 7}
     assert body["event"]["id"] == "evt-1" and body["event"]["name"] == "order.paid"
-    async with http.get(backend.url + f"/_counts?run_id={run_id}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1}
+    assert await counts(http, backend, run_id) == {"step-1": 1, "step-2": 1}
 
 
 async def test_wait_times_out_with_a_null_event(
@@ -137,7 +105,7 @@ async def test_cancel_drops_the_timer(
 ) -> None:
     gw = gateway_factory(durable_route(backend.url))
     run_id, location = await accept(http, gw.url("/demo/sleep?seconds=3600&n=2"))
-    await until_suspended(http, gw, run_id)
+    await until_status(http, gw, run_id, "suspended")
     async with http.post(f"{gw.admin}/v1/runs/{run_id}/cancel") as resp:
         assert resp.status == 200
     async with http.get(location) as resp:
@@ -160,26 +128,14 @@ async def test_retry_of_a_failed_run_reuses_its_steps(
     async with http.post(gw.url("/demo/steps?n=3&fail_at=3&fail_times=2")) as resp:
         assert resp.status == 500
         run_id = resp.headers["Durable-Run-Id"]
-
-    async def failed() -> None:
-        assert (await run_status(http, gw, run_id))["status"] == "failed"
-
-    await assert_eventually(failed)
+    await until_status(http, gw, run_id, "failed")
     async with http.post(f"{gw.admin}/v1/runs/{run_id}/retry") as resp:
         assert resp.status == 200, await resp.text()
     async with http.get(f"{gw.ingress}/_durable/runs/{run_id}") as resp:
         assert resp.status == 404  # the status URL needs its token; the admin API does not
-    detail: dict[str, Any] = {}
-
-    async def succeeded() -> None:
-        nonlocal detail
-        detail = await run_status(http, gw, run_id)
-        assert detail["status"] == "succeeded"
-
-    await assert_eventually(succeeded)
+    detail = await until_status(http, gw, run_id, "succeeded")
     assert detail["attempt"] == 3 and detail["response"]["status"] == 200
-    async with http.get(backend.url + f"/_counts?run_id={run_id}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1, "step-3": 1}
+    assert await counts(http, backend, run_id) == {"step-1": 1, "step-2": 1, "step-3": 1}
 
 
 async def test_a_thousand_sleeping_runs_live_in_the_store_and_all_wake(
@@ -224,16 +180,11 @@ async def test_on_exhausted_pause_waits_for_an_operator(
     retry = "{max_attempts: 2, initial_backoff: 10ms}"
     gw = gateway_factory(durable_route(backend.url, retry=retry, on_exhausted="pause"))
     run_id, location = await accept(http, gw.url("/demo/steps?n=2&fail_at=2&fail_times=2"))
-
-    async def paused() -> None:
-        assert (await run_status(http, gw, run_id))["status"] == "paused"
-
-    await assert_eventually(paused)
+    await until_status(http, gw, run_id, "paused")
     async with http.get(location, headers={"Prefer": "wait=1"}) as resp:
         assert resp.status == 202  # no final answer while paused
     async with http.post(f"{gw.admin}/v1/runs/{run_id}/retry") as resp:
         assert resp.status == 200, await resp.text()
     status, body = await final(http, location)
     assert status == 200 and body["attempt"] == 3
-    async with http.get(backend.url + f"/_counts?run_id={run_id}") as resp:
-        assert (await resp.json())["counts"] == {"step-1": 1, "step-2": 1}
+    assert await counts(http, backend, run_id) == {"step-1": 1, "step-2": 1}

@@ -6,6 +6,7 @@ SQLite-only details (url parsing, migrations, write grouping) follow at the end.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -15,8 +16,8 @@ import aiosqlite
 import pytest
 
 from gateway.errors import StoreUnavailable
+from gateway.runs import FINAL_STATUSES
 from gateway.store import (
-    FINAL_STATUSES,
     PARKED_STATUSES,
     TEST_MAX_PAGES_ENV,
     AttemptRow,
@@ -34,6 +35,7 @@ from gateway.store import (
     sqlite_sql,
 )
 from gateway.store.sqlite import SqliteStore, describe_error, group_writes, path_from_url
+from tests.store import records
 
 if TYPE_CHECKING:
     from tests.store.conftest import Database
@@ -50,10 +52,9 @@ HEADERS = [
 
 
 REQUEST = StoredRequest("POST", "/api/chat", [], b"{}")
-
-
-def create(run_id: str, *, at: float = 100.0, body: bytes = ALL_BYTES) -> CreateRun:
-    return CreateRun(run_id, "chat", StoredRequest("POST", "/api/chat?x=1", HEADERS, body), at)
+ROUND_TRIP = StoredRequest("POST", "/api/chat?x=1", HEADERS, ALL_BYTES)
+create = functools.partial(records.create, request=ROUND_TRIP)
+"""Runs here carry every byte value and awkward headers, so each test also round-trips them."""
 
 
 def step(run_id: str, step_id: str, output: bytes = b'{"ok":true}', attempt: int = 1) -> PutStep:
@@ -74,7 +75,7 @@ async def test_create_and_get_run_round_trip(store: Store) -> None:
         None,
         None,
     )
-    assert run.request == StoredRequest("POST", "/api/chat?x=1", HEADERS, ALL_BYTES)
+    assert run.request == ROUND_TRIP
     assert run.response is None
 
 
@@ -514,6 +515,11 @@ def test_unfinished_matches_the_final_statuses() -> None:
     quoted = {f"'{status}'" for status in FINAL_STATUSES}
     assert schema.UNFINISHED.startswith("status NOT IN (")
     assert set(schema.UNFINISHED.removeprefix("status NOT IN (").rstrip(")").split(", ")) == quoted
+
+
+def test_purge_takes_exactly_the_final_statuses() -> None:
+    quoted = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+    assert f" AND status IN ({quoted}) " in sqlite_sql.PURGEABLE
 
 
 def test_active_is_unfinished_and_not_parked() -> None:

@@ -16,9 +16,7 @@ from gateway.errors import StoreUnavailable
 from gateway.store import (
     CreateRun,
     FinishRun,
-    RunRow,
     Store,
-    StoredRequest,
     StoredResponse,
     SuspendRun,
     UpdateRun,
@@ -26,20 +24,10 @@ from gateway.store import (
 )
 from gateway.store.sqlite import SqliteStore
 from tests.helpers import ROOT
+from tests.store.records import REQUEST, create, ids
 
-REQUEST = StoredRequest("POST", "/api/chat", [("Content-Type", "application/json")], b"{}")
 DONE = StoredResponse(200, [], b"ok")
 TTL = 30.0
-
-
-def create(
-    run_id: str, at: float = 100.0, owner: str | None = None, lease_until: float | None = None
-) -> CreateRun:
-    return CreateRun(run_id, "chat", REQUEST, at, owner=owner, lease_until=lease_until)
-
-
-def ids(rows: list[RunRow]) -> list[str]:
-    return [row.run_id for row in rows]
 
 
 async def lease_of(store: Store, run_id: str) -> tuple[str | None, float | None]:

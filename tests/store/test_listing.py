@@ -4,6 +4,7 @@ query plans that keep every store read on its index, whatever the number of runs
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 from contextlib import closing
@@ -12,13 +13,11 @@ from pathlib import Path
 import pytest
 
 from gateway.store import (
-    CreateRun,
     FinishRun,
     FullStore,
     PutStep,
     RunSummary,
     StepRow,
-    StoredRequest,
     StoredResponse,
     SuspendRun,
     Write,
@@ -31,10 +30,9 @@ from gateway.store.sqlite_listing import (
     encode_cursor,
     list_runs_query,
 )
+from tests.store.records import REQUEST, create, ids
 
-
-def create(run_id: str, at: float, route: str = "chat", body: bytes = b"{}") -> CreateRun:
-    return CreateRun(run_id, route, StoredRequest("POST", f"/{route}?q=1", [], body), at)
+ORDER = dataclasses.replace(REQUEST, path_qs="/orders?q=1")
 
 
 async def page_through(
@@ -55,7 +53,7 @@ async def test_list_runs_summarises_runs_newest_first(store: FullStore) -> None:
     await store.apply(
         [
             create("old", 100.0, body=big),
-            create("done", 200.0, route="orders"),
+            create("done", 200.0, route="orders", request=ORDER),
             FinishRun("done", "failed", StoredResponse(502, [], big), 250.0),
             create("parked", 300.0),
             SuspendRun("parked", 2, 900.0, 310.0),
@@ -131,7 +129,7 @@ async def test_a_full_last_page_has_no_cursor(store: FullStore) -> None:
     first, cursor = await store.list_runs(None, None, 2, None)
     second, last = await store.list_runs(None, None, 2, cursor)
 
-    assert [r.run_id for r in first + second] == ["r3", "r2", "r1", "r0"]
+    assert ids(first + second) == ["r3", "r2", "r1", "r0"]
     assert cursor is not None and last is None
     assert await store.list_runs("chat", None, 4, None) == (first + second, None)
 
@@ -143,8 +141,8 @@ async def test_runs_created_meanwhile_do_not_shift_the_pages(store: FullStore) -
     await store.apply([create("newer", 500.0), create("newest", 501.0)])
     second, _ = await store.list_runs(None, None, 3, cursor)
 
-    assert [r.run_id for r in first] == ["r5", "r4", "r3"]
-    assert [r.run_id for r in second] == ["r2", "r1", "r0"]
+    assert ids(first) == ["r5", "r4", "r3"]
+    assert ids(second) == ["r2", "r1", "r0"]
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,13 @@ from gateway.store import (
     RecordAttempt,
     StoredRequest,
     StoredResponse,
+    SuspendRun,
     UpdateRun,
     Write,
 )
 from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_sql import MAX_ROWS, multi_row, plan
+from gateway.store.sqlite_sql import MAX_ROWS, claim_updates, multi_row, plan
+from tests.store.records import ids
 
 REQUEST = StoredRequest("POST", "/a", [("X-One", "1")], b"body")
 RESPONSE = StoredResponse(200, [("Content-Type", "text/plain")], b"done")
@@ -49,6 +51,45 @@ def test_long_batches_are_cut_into_bounded_statements() -> None:
     parts = multi_row("INSERT INTO t (a) VALUES (?)", rows)
     assert [len(flat) for _, [flat] in parts] == [MAX_ROWS, MAX_ROWS, 3]
     assert [v for _, [flat] in parts for v in flat] == list(range(2 * MAX_ROWS + 3))
+
+
+def test_claims_update_in_bounded_in_lists_with_the_values_first() -> None:
+    ids = [f"r{i}" for i in range(MAX_ROWS + 2)]
+    parts = claim_updates("owner = ?, lease_until = ?", ("me", 9.0), ids)
+    [(first, head), (last, tail)] = parts
+    assert first.startswith("UPDATE runs SET owner = ?, lease_until = ? WHERE run_id IN (?, ")
+    assert head == ("me", 9.0, *ids[:MAX_ROWS])
+    assert last == "UPDATE runs SET owner = ?, lease_until = ? WHERE run_id IN (?, ?)"
+    assert tail == ("me", 9.0, *ids[MAX_ROWS:])
+    assert claim_updates("owner = ?", ("me",), []) == []
+
+
+async def test_claims_of_more_than_max_rows_runs_take_them_all(tmp_path: Path) -> None:
+    count = 2 * MAX_ROWS + 1
+    store = await SqliteStore.open(f"sqlite:///{tmp_path / 'g.db'}")
+    try:
+        await store.apply(
+            [CreateRun(f"a{i}", "r", REQUEST, 1.0) for i in range(count)]
+            + [CreateRun(f"s{i}", "r", REQUEST, 1.0) for i in range(count)]
+            + [SuspendRun(f"s{i}", 1, 5.0, 2.0) for i in range(count)]
+        )
+
+        unfinished = await store.claim_unfinished("me", 10.0, 30.0, limit=2 * count)
+        due = await store.claim_due("you", 10.0, 30.0, limit=2 * count)
+
+        assert sorted(ids(unfinished)) == sorted(f"a{i}" for i in range(count))
+        assert sorted(ids(due)) == sorted(f"s{i}" for i in range(count))
+        for i in (0, MAX_ROWS, count - 1):
+            active, woken = await store.get_run(f"a{i}"), await store.get_run(f"s{i}")
+            assert active is not None and (active.owner, active.lease_until) == ("me", 40.0)
+            assert woken is not None
+            assert (woken.status, woken.wake_at, woken.updated_at) == ("running", None, 10.0)
+            assert (woken.owner, woken.lease_until) == ("you", 40.0)
+        # Every one of them is leased: nothing is left for another claim.
+        assert await store.claim_unfinished("other", 11.0, 30.0, limit=2 * count) == []
+        assert await store.claim_due("other", 11.0, 30.0, limit=2 * count) == []
+    finally:
+        await store.close()
 
 
 def test_a_mixed_batch_of_many_runs_is_a_handful_of_statements() -> None:

@@ -15,6 +15,7 @@ from gateway.store import (
     open_store,
     schema,
 )
+from tests.store.records import ids
 
 V2_RUN = (
     "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at, method, path_qs,"
@@ -102,7 +103,7 @@ async def test_sqlite_a_v2_database_migrates_in_place(tmp_path: Path) -> None:
             PendingRow("backoff", "nap", "sleep", 300.0, None, None, 201.0)
         ]
         assert await store.next_wake_at() == 300.0
-        assert [r.run_id for r in await store.claim_due("me", 300.0, 30.0)] == ["backoff"]
+        assert ids(await store.claim_due("me", 300.0, 30.0)) == ["backoff"]
         assert await store.add_event("e1", "payment", b"{}", 200.0)
         assert await store.purge_before(1000.0) == 1  # "done" and the event
     finally:

@@ -12,7 +12,6 @@ import pytest
 from gateway.errors import StoreUnavailable
 from gateway.store import (
     CancelRun,
-    CreateRun,
     DropPending,
     EventRow,
     FinishRun,
@@ -23,27 +22,20 @@ from gateway.store import (
     RecordAttempt,
     ResetRun,
     RunRow,
-    StoredRequest,
     StoredResponse,
     SuspendRun,
     UpdateRun,
     Write,
 )
+from tests.store.records import REQUEST, create, ids
 
 if TYPE_CHECKING:
     from tests.store.conftest import Database
 
-REQUEST = StoredRequest("POST", "/api/order", [("Content-Type", "application/json")], b"{}")
 DONE = StoredResponse(200, [("Content-Type", "text/plain")], b"done")
 CANCELLED = StoredResponse(409, [("Content-Type", "application/problem+json")], b'{"x":1}')
 TTL = 30.0
 MATCH = b'{"data.order_id":"42"}'
-
-
-def create(
-    run_id: str, at: float = 100.0, owner: str | None = None, lease_until: float | None = None
-) -> CreateRun:
-    return CreateRun(run_id, "orders", REQUEST, at, owner=owner, lease_until=lease_until)
 
 
 def sleep(
@@ -69,10 +61,6 @@ def suspended(run_id: str, wake_at: float | None, at: float = 100.0) -> list[Wri
         create(run_id, at, owner="node-a", lease_until=at + TTL),
         SuspendRun(run_id, 1, wake_at, at + 1),
     ]
-
-
-def ids(rows: list[RunRow]) -> list[str]:
-    return [row.run_id for row in rows]
 
 
 async def run_of(store: FullStore, run_id: str) -> RunRow:
@@ -154,6 +142,26 @@ async def test_count_timers_counts_suspended_runs_with_a_wake_time(store: FullSt
     assert await store.count_timers() == 2
     await store.claim_due("a", 550.0, TTL)
     assert await store.count_timers() == 1
+
+
+async def test_count_suspends_counts_a_runs_suspended_attempts(store: FullStore) -> None:
+    await store.apply(
+        [
+            create("r1"),
+            RecordAttempt("r1", 1, 100.0, 101.0, "suspended"),
+            RecordAttempt("r1", 2, 102.0, 103.0, "response", 500),
+            RecordAttempt("r1", 3, 104.0, 105.0, "suspended"),
+            RecordAttempt("r1", 4, 106.0, 107.0, "timeout"),
+            create("r2"),
+            RecordAttempt("r2", 1, 100.0, 101.0, "suspended"),
+            create("r3"),
+        ]
+    )
+
+    assert await store.count_suspends("r1") == 2
+    assert await store.count_suspends("r2") == 1
+    assert await store.count_suspends("r3") == 0
+    assert await store.count_suspends("unknown") == 0
 
 
 # --- suspending and waking --------------------------------------------------------

@@ -1,8 +1,9 @@
 """The reference client against a real HTTP stub of the sidecar, and the example backends.
 
-The stub speaks SPEC.md §4 over a real socket (aiohttp test server) and logs every call,
-so the tests check what actually went over the wire. Each client scenario runs with the
-four ways to get a context: StepClient, bare RunContext, SyncStepClient, bare SyncRunContext.
+The stub (`sidecar_stub.py`) speaks SPEC.md §4 over a real socket and logs every call, so
+the tests check what actually went over the wire. Each client scenario runs with the four
+ways to get a context (the `make_ctx` fixture): StepClient, bare RunContext,
+SyncStepClient, bare SyncRunContext.
 """
 
 from __future__ import annotations
@@ -10,18 +11,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import unquote
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from multidict import CIMultiDict
-from pytest_aiohttp import AiohttpServer
 
 from step_protocol import (
     RunContext,
@@ -33,202 +31,9 @@ from step_protocol import (
     SyncStepClient,
     wire,
 )
+from tests.unit.sidecar_stub import PROBLEM, RUN, WAKE, MakeCtx, Sidecar
 
 ROOT = Path(__file__).resolve().parents[2]
-PROBLEM = "https://durable-gateway.dev/problems/"
-RUN = "run_AbC-123"
-
-
-# --- the sidecar stub ------------------------------------------------------------------
-
-
-@dataclass
-class Call:
-    method: str
-    raw_path: str
-    query: str
-    auth: str | None
-    body: Any
-    peer: Any
-
-
-@dataclass
-class Sidecar:
-    """In-memory sidecar for one run: first write wins, one current token."""
-
-    base: str = ""
-    token: str = "tok-1"
-    steps: dict[str, Any] = field(default_factory=dict)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    put_status: int | None = None
-    """Force every output PUT to answer this status (with a problem body)."""
-    transports: list[asyncio.Transport] = field(default_factory=list)
-    on_record: Callable[[str], None] | None = None
-    """Called with each step id the stub records, from the server's loop."""
-    answers: dict[str, tuple[int, Any]] = field(default_factory=dict)
-    """Answer of a sleep or wait POST by step id; default: 202 (suspend). A 200 records the
-    step as the gateway does: a sleep's body, or a wait's `event`, becomes its output."""
-
-    def headers(self, *, attempt: int = 1, steps: str | None = None) -> dict[str, str]:
-        headers = {
-            "Durable-Run-Id": RUN,
-            "Durable-Attempt": str(attempt),
-            "Durable-Sidecar": self.base,
-            "Durable-Token": self.token,
-        }
-        if steps is not None:
-            headers["Durable-Steps"] = steps
-        return headers
-
-    def puts(self) -> list[str]:
-        """Step ids of the output PUTs, in order."""
-        return [
-            unquote(c.raw_path.rsplit("/", 1)[1])
-            for c in self.calls
-            if c.method == "PUT" and "output" in c.body
-        ]
-
-    def posts(self) -> list[tuple[str, str, Any]]:
-        """(step id, `sleep` or `wait`, body) of the sleep and wait calls, in order."""
-        found = []
-        for c in self.calls:
-            if c.method == "POST":
-                segment, kind = c.raw_path.rsplit("/", 2)[1:]
-                found.append((unquote(segment), kind, c.body))
-        return found
-
-    def gets(self) -> list[str]:
-        return [c.raw_path.removeprefix(f"/v1/runs/{RUN}") for c in self.calls if c.method == "GET"]
-
-
-STUB = web.AppKey("stub", Sidecar)
-WAKE = "2025-01-31T09:31:00.000Z"
-PENDING: dict[str, Any] = {
-    "sleep": {"done": False, "wake_at": WAKE},
-    "wait": {"event": None, "pending": True, "timeout_at": None},
-}
-
-
-def problem(status: int, slug: str) -> web.Response:
-    body = {"type": PROBLEM + slug, "title": slug, "status": status, "detail": slug}
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/problem+json"
-    )
-
-
-async def handle(request: web.Request) -> web.StreamResponse:
-    stub = request.app[STUB]
-    assert request.transport is not None
-    if request.transport not in stub.transports:
-        stub.transports.append(request.transport)
-    raw_path = request.raw_path.split("?", 1)[0]
-    body = orjson.loads(await request.read()) if request.can_read_body else None
-    stub.calls.append(
-        Call(
-            request.method,
-            raw_path,
-            request.query_string,
-            request.headers.get("Authorization"),
-            body,
-            request.transport.get_extra_info("peername"),
-        )
-    )
-    prefix = f"/v1/runs/{RUN}/steps"
-    if not raw_path.startswith(prefix):
-        return problem(404, "not-found")
-    if request.headers.get("Authorization") != f"Bearer {stub.token}":
-        return problem(409, "stale-attempt")
-    rest = raw_path[len(prefix) :]
-    if request.method == "POST":
-        _, segment, kind = rest.split("/")
-        step_id = unquote(segment)
-        status, answer = stub.answers.get(step_id, (202, PENDING[kind]))
-        if status == 200 and step_id not in stub.steps:
-            stub.steps[step_id] = answer if kind == "sleep" else answer["event"]
-        if status >= 400:
-            return problem(status, "bad-request")
-        return web.json_response(answer, status=status)
-    if rest == "" and request.method == "GET":
-        return web.json_response({"steps": {k: {"output": v} for k, v in stub.steps.items()}})
-    step_id = unquote(rest.removeprefix("/"))
-    if request.method == "GET":
-        if step_id not in stub.steps:
-            return problem(404, "not-found")
-        return web.json_response({"output": stub.steps[step_id]})
-    assert request.method == "PUT" and isinstance(body, dict)
-    if "error" in body:
-        stub.errors.append((step_id, body["error"]["message"]))
-        return web.json_response({"recorded": "error"})
-    if stub.put_status is not None:
-        return problem(stub.put_status, "too-large" if stub.put_status == 413 else "unavailable")
-    if step_id in stub.steps:
-        if stub.steps[step_id] == body["output"]:
-            return web.json_response({})
-        return problem(409, "step-conflict")
-    stub.steps[step_id] = body["output"]
-    if stub.on_record is not None:
-        stub.on_record(step_id)
-    return web.json_response({}, status=201)
-
-
-@pytest.fixture
-async def sidecar(aiohttp_server: AiohttpServer) -> Sidecar:
-    stub = Sidecar()
-    app = web.Application()
-    app[STUB] = stub
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = await aiohttp_server(app)
-    stub.base = str(server.make_url(f"/v1/runs/{RUN}"))
-    return stub
-
-
-# --- one scenario, four flavours -------------------------------------------------------
-
-
-class Ctx(Protocol):
-    durable: bool
-
-    async def step(self, step_id: str, fn: Callable[[], Any], *, sync: bool = False) -> Any: ...
-
-
-class AsyncCtx:
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-        self.durable = ctx.durable
-
-    async def step(self, step_id: str, fn: Callable[[], Any], *, sync: bool = False) -> Any:
-        return await self.ctx.step(step_id, fn, sync=sync)
-
-
-class ThreadCtx:
-    """A SyncRunContext driven from a worker thread, so the stub's loop keeps serving."""
-
-    def __init__(self, ctx: SyncRunContext):
-        self.ctx = ctx
-        self.durable = ctx.durable
-
-    async def step(self, step_id: str, fn: Callable[[], Any], *, sync: bool = False) -> Any:
-        return await asyncio.to_thread(self.ctx.step, step_id, fn, sync=sync)
-
-
-MakeCtx = Callable[[dict[str, str]], Ctx]
-FLAVOURS = ["StepClient", "RunContext", "SyncStepClient", "SyncRunContext"]
-
-
-@pytest.fixture(params=FLAVOURS)
-async def make_ctx(request: pytest.FixtureRequest) -> AsyncIterator[MakeCtx]:
-    flavour: str = request.param
-    if flavour == "StepClient":
-        async with StepClient() as client:
-            yield lambda headers: AsyncCtx(client.context(headers))
-    elif flavour == "RunContext":
-        yield lambda headers: AsyncCtx(RunContext.from_headers(headers))
-    elif flavour == "SyncStepClient":
-        with SyncStepClient() as sync_client:
-            yield lambda headers: ThreadCtx(sync_client.context(headers))
-    else:
-        yield lambda headers: ThreadCtx(SyncRunContext.from_headers(headers))
 
 
 class Counter:

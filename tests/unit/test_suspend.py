@@ -8,87 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from pytest_aiohttp import AiohttpClient, AiohttpServer
+from pytest_aiohttp import AiohttpClient
 
 from step_protocol import (
-    RunContext,
     SidecarError,
     StaleAttempt,
     StepClient,
     StepProtocolError,
     Suspend,
     SuspendKind,
-    SyncRunContext,
-    SyncStepClient,
     aiohttp_middleware,
     flask_register,
     starlette_exception_handler,
     wire,
 )
-from tests.unit.test_client import FLAVOURS, RUN, STUB, WAKE, Sidecar, call_asgi, handle
+from tests.unit.sidecar_stub import RUN, WAKE, Ctx, MakeCtx, Sidecar
+from tests.unit.test_client import call_asgi
 
 EVENT = {"name": "order.paid", "id": "pay_1", "data": {"order_id": "42"}, "ts": WAKE}
-
-
-@pytest.fixture
-async def sidecar(aiohttp_server: AiohttpServer) -> Sidecar:
-    stub = Sidecar()
-    app = web.Application()
-    app[STUB] = stub
-    app.router.add_route("*", "/{tail:.*}", handle)
-    server = await aiohttp_server(app)
-    stub.base = str(server.make_url(f"/v1/runs/{RUN}"))
-    return stub
-
-
-class Ctx:
-    """One interface over both flavours; a sync context runs in a worker thread."""
-
-    def __init__(self, ctx: RunContext | SyncRunContext):
-        self.ctx = ctx
-
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        method = getattr(self.ctx, name)
-        if isinstance(self.ctx, RunContext):
-            return await method(*args, **kwargs)
-        return await asyncio.to_thread(method, *args, **kwargs)
-
-    async def step(self, step_id: str, fn: Callable[[], Any]) -> Any:
-        return await self._call("step", step_id, fn)
-
-    async def sleep(self, step_id: str, seconds: Any = None, *, until: Any = None) -> None:
-        await self._call("sleep", step_id, seconds, until=until)
-
-    async def wait(self, step_id: str, event: str, **options: Any) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = await self._call(
-            "wait_for_event", step_id, event, **options
-        )
-        return result
-
-
-MakeCtx = Callable[[dict[str, str]], Ctx]
-
-
-@pytest.fixture(params=FLAVOURS)
-async def make_ctx(request: pytest.FixtureRequest) -> AsyncIterator[MakeCtx]:
-    flavour: str = request.param
-    if flavour == "StepClient":
-        async with StepClient() as client:
-            yield lambda headers: Ctx(client.context(headers))
-    elif flavour == "RunContext":
-        yield lambda headers: Ctx(RunContext.from_headers(headers))
-    elif flavour == "SyncStepClient":
-        with SyncStepClient() as sync_client:
-            yield lambda headers: Ctx(sync_client.context(headers))
-    else:
-        yield lambda headers: Ctx(SyncRunContext.from_headers(headers))
 
 
 def memo(steps: dict[str, Any]) -> dict[str, str]:
