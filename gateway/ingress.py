@@ -191,7 +191,6 @@ async def _hold(
     run_id = run.run_id
     began = time.monotonic()
     while True:
-        changed = live.changed()
         if sink is not None and sink.response is not None:  # an attempt streams into it
             await sink.done
             mode = "direct" if run.attempt == 1 else "held"
@@ -217,7 +216,7 @@ async def _hold(
             metrics.child(metrics.DELIVERIES, route.name, Delivery.REDIRECT.value).inc()
             await _committed(live)
             return _to_result(request, run_id, 303, prefer, honoured_wait=prefer.wait is not None)
-        await until_changed(changed, budget - elapsed)
+        await until_changed(live.changed(), budget - elapsed)  # no await since the reads
 
 
 async def _committed(live: LiveRun) -> None:

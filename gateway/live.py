@@ -77,7 +77,8 @@ class LiveRun:
     _changes: list[asyncio.Future[None]] = field(default_factory=list)
 
     def changed(self) -> asyncio.Future[None]:
-        """A future resolved at the run's next change; take it before reading the state.
+        """A future resolved at the run's next change: take it before reading the state,
+        or at least with no await between the reads and the wait.
 
         Await it through `until_changed`. Futures of waiters that left without waiting
         (they found what they wanted) are dropped here now and then, not kept forever.

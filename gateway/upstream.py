@@ -402,7 +402,9 @@ class Pool:
         head = encode_head(method, where.prefix + path_qs, where, headers, len(body))
         message = head + body if len(body) < 65536 else None
         for fresh in (False, True):
-            conn = await self._connection(where, silence, fresh)
+            conn = None if fresh else self._take_idle(where)
+            if conn is None:
+                conn = await self._connection(where, silence, fresh)
             reused = conn.used
             conn.used = True
             response = conn.response = Response(conn, method == "HEAD", silence)
