@@ -141,7 +141,8 @@ class Response:
         self._paused = False
         self._read_all = False
         loop = conn.loop
-        self._timer: asyncio.TimerHandle | None = loop.call_at(loop.time() + timeout, self._silent)
+        due = conn.last_data + timeout
+        self._timer: asyncio.TimerHandle | None = loop.call_at(due, self._silent)
 
     # --- reading (the attempt's side) ----------------------------------------------------
 
@@ -394,21 +395,23 @@ class Pool:
     ) -> Response:
         """Send a request and return once the response's headers are in.
 
-        `silence` bounds connecting and every silence of the upstream, headers and body.
-        A request that fails on a reused connection before any answer is sent again on
-        a new one when its method is idempotent, as a keep-alive race may cause that.
+        `silence` bounds the wait for the headers from the start, connecting included,
+        and then every silence of the upstream while the body arrives. A request that
+        fails on a reused connection before any answer is sent again on a new one when
+        its method is idempotent, as a keep-alive race may cause that.
         """
         where = origin(base_url)
         head = encode_head(method, where.prefix + path_qs, where, headers, len(body))
         message = head + body if len(body) < 65536 else None
+        started = self.loop.time()
         for fresh in (False, True):
             conn = None if fresh else self._take_idle(where)
             if conn is None:
                 conn = await self._connection(where, silence, fresh)
             reused = conn.used
             conn.used = True
+            conn.last_data = started
             response = conn.response = Response(conn, method == "HEAD", silence)
-            conn.last_data = self.loop.time()
             assert conn.transport is not None
             if message is not None:
                 conn.transport.write(message)

@@ -90,3 +90,15 @@ def test_quick_run_with_wrk(tmp_path: Path) -> None:
         assert store["errors"] == 0
         assert store["recorded"] >= store["checkpoints"] > 0
     assert "memory" not in data and "scale" not in data
+
+
+@pytest.mark.timeout(60)
+def test_the_client_comparison_runs() -> None:
+    """`python -m bench.clients` sends through both clients and prints a figure for each."""
+    cmd = [sys.executable, "-m", "bench.clients", "--requests", "320"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
+    assert [row[0].strip() for row in rows] == ["aiohttp", "upstream.Pool"]
+    for _, rate, cpu in rows:
+        assert float(rate.replace(",", "")) > 0 and float(cpu) > 0
