@@ -305,6 +305,19 @@ _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; feeds whatever arrives to its current response."""
 
+    __slots__ = (
+        "pool",
+        "origin",
+        "loop",
+        "transport",
+        "parser",
+        "response",
+        "closed",
+        "idle_since",
+        "last_data",
+        "used",
+    )
+
     def __init__(self, pool: Pool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
