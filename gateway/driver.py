@@ -16,6 +16,7 @@ import socket
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from gateway import attempts, metrics, suspensions, upstream
 from gateway.config import RouteConfig
@@ -52,6 +53,16 @@ INLINE_BODY = 64 * 1024
 
 class _QueueTimeout(Exception):
     """A new run's first attempt waited past its route's queue_timeout."""
+
+
+@dataclass(slots=True)
+class _Tried:
+    """What one attempt came to: its outcome, the final response when it was kept, and
+    the retry decision when it was taken already (before reading a response's body)."""
+
+    outcome: AttemptOutcome
+    stored: StoredResponse | None = None
+    decision: Decision | None = None
 
 
 class Driver:
@@ -249,16 +260,19 @@ class Driver:
                     await asyncio.sleep(run.wake_at - time.time())
                 await self._next_attempt(live)
             while True:
-                outcome, stored = await self._attempt_in_slot(live)
+                tried = await self._attempt_in_slot(live)
+                outcome = tried.outcome
                 if run.suspension is not None:
                     if not await self._suspend(live):
                         return  # the run lives in the store until it is due
                     await self._next_attempt(live)
                     continue
-                if stored is not None:
-                    self._finish(live, stored)
+                if tried.stored is not None:
+                    self._finish(live, tried.stored)
                     return
-                decision = decide(outcome, policy, run.attempt - run.suspends, self._rng)
+                decision = tried.decision
+                if decision is None:
+                    decision = decide(outcome, policy, run.attempt - run.suspends, self._rng)
                 if decision.verdict is Verdict.FINAL:
                     if self._pauses(run, decision):
                         await self._pause(live, decision.reason)
@@ -373,7 +387,7 @@ class Driver:
         )
         live.notify()
 
-    async def _attempt_in_slot(self, live: LiveRun) -> tuple[AttemptOutcome, StoredResponse | None]:
+    async def _attempt_in_slot(self, live: LiveRun) -> _Tried:
         """One attempt inside the route's concurrency slot, counted and recorded."""
         run = live.run
         attempt = run.attempt
@@ -384,14 +398,15 @@ class Driver:
         try:
             if run.route.name in self.limits.concurrency:
                 async with self._slot(run, wait_forever=attempt > 1):
-                    outcome, stored = await self._attempt(live, attempt)
+                    tried = await self._attempt(live, attempt)
             else:  # no slot to take; an async context manager costs more than the check
-                outcome, stored = await self._attempt(live, attempt)
+                tried = await self._attempt(live, attempt)
         finally:
             live.in_attempt = False
             self._in_attempt -= 1
             if not self._in_attempt:
                 self._drained.set()
+        outcome = tried.outcome
         kind = "suspended" if run.suspension is not None else outcome.kind.value
         metrics.child(metrics.ATTEMPTS, run.route.name, kind).inc()
         self.writer.submit(
@@ -405,7 +420,7 @@ class Driver:
                 outcome.detail,
             )
         )
-        return outcome, stored
+        return tried
 
     @contextlib.asynccontextmanager
     async def _slot(self, run: Run, *, wait_forever: bool) -> AsyncIterator[None]:
@@ -427,9 +442,7 @@ class Driver:
         finally:
             limiter.release(run.limit_key)
 
-    async def _attempt(
-        self, live: LiveRun, attempt: int
-    ) -> tuple[AttemptOutcome, StoredResponse | None]:
+    async def _attempt(self, live: LiveRun, attempt: int) -> _Tried:
         """One attempt; a final response comes back stored (and streamed to a held client)."""
         run = live.run
         sent = time.perf_counter()
@@ -437,21 +450,21 @@ class Driver:
             self.pool, attempts.build_request(run, attempt, self.tokens, self.sidecar_url)
         )
         if resp is None:
-            return outcome, None
+            return _Tried(outcome)
         metrics.child(metrics.UPSTREAM_LATENCY, run.route.name).observe(time.perf_counter() - sent)
         try:
             if run.suspension is not None:
-                return outcome, None  # an attempt that suspended: its response is ignored
+                return _Tried(outcome)  # an attempt that suspended: its response is ignored
             decision = decide(outcome, run.route.settings.retry, attempt - run.suspends, self._rng)
             if decision.verdict is Verdict.RETRY or self._pauses(run, decision):
-                return outcome, None  # the body of a retried response is not kept
+                return _Tried(outcome, decision=decision)  # a retried body is not kept
             return await self._receive(live, resp, outcome)
         finally:
             resp.release()
 
     async def _receive(
         self, live: LiveRun, resp: upstream.Response, outcome: AttemptOutcome
-    ) -> tuple[AttemptOutcome, StoredResponse | None]:
+    ) -> _Tried:
         """Read a final response, teeing it into the held client as it arrives.
 
         A short body of declared length is read whole instead, and the held client is
@@ -465,10 +478,10 @@ class Driver:
             try:
                 body = await resp.read()
             except (upstream.UpstreamError, TimeoutError) as exc:
-                return attempts.broken_body(exc), None
+                return _Tried(attempts.broken_body(exc))
             stored = StoredResponse(resp.status, headers, body)
             self._finish(live, stored)
-            return outcome, stored
+            return _Tried(outcome, stored)
         sink, live.sink = live.sink, None
         if sink is not None:
             await sink.start(resp.status, headers)
@@ -481,12 +494,12 @@ class Driver:
         except (upstream.UpstreamError, TimeoutError) as exc:
             if sink is not None:
                 await sink.end(ok=False)
-            return attempts.broken_body(exc), None
+            return _Tried(attempts.broken_body(exc))
         stored = StoredResponse(resp.status, headers, b"".join(chunks))
         if sink is not None:
             self._finish(live, stored)
             await sink.end(ok=True)
-        return outcome, stored
+        return _Tried(outcome, stored)
 
     def _failure_response(self, run: Run, outcome: AttemptOutcome, reason: str) -> StoredResponse:
         """The 502 a run ends with when no attempt produced a response."""
