@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.processes import Lab
-from gateway import upstream
+from gateway import proxy, upstream
 from gateway.cli import loop_runner
 
 BODY = b'{"prompt":"hello","n":1,"padding":"xxxxxxxxxxxxxxxx"}'
@@ -37,14 +37,9 @@ Call = Callable[[], Awaitable[bytes]]
 
 
 async def aiohttp_client(base: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    """aiohttp's client with the options and timeouts the gateway gave it."""
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1024, ttl_dns_cache=60),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-        timeout=aiohttp.ClientTimeout(total=None),
-    )
+    """aiohttp's client with the options (plain routes' `proxy.new_session`) and the
+    per-call timeouts the durable attempts gave it."""
+    session = proxy.new_session()
     per_call = aiohttp.ClientTimeout(total=None, sock_read=30, sock_connect=30)
 
     async def call() -> bytes:

@@ -16,13 +16,14 @@ import socket
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from gateway import attempts, metrics, suspensions, upstream
 from gateway.config import RouteConfig
 from gateway.errors import NotFound, StaleAttempt, Unavailable
 from gateway.headers import client_response_headers
-from gateway.limits import Limits
+from gateway.limits import ConcurrencyLimiter, Limits
 from gateway.live import LiveRun
 from gateway.problems import stored_problem
 from gateway.retries import AttemptOutcome, Decision, Verdict, decide
@@ -396,10 +397,7 @@ class Driver:
         self._in_attempt += 1
         self._drained.clear()
         try:
-            if run.route.name in self.limits.concurrency:
-                async with self._slot(run, wait_forever=attempt > 1):
-                    tried = await self._attempt(live, attempt)
-            else:  # no slot to take; an async context manager costs more than the check
+            async with self._slot(run, wait_forever=attempt > 1):
                 tried = await self._attempt(live, attempt)
         finally:
             live.in_attempt = False
@@ -422,14 +420,22 @@ class Driver:
         )
         return tried
 
-    @contextlib.asynccontextmanager
-    async def _slot(self, run: Run, *, wait_forever: bool) -> AsyncIterator[None]:
-        """A place in the route's concurrency queue for one attempt.
+    def _slot(self, run: Run, *, wait_forever: bool) -> AbstractAsyncContextManager[None]:
+        """A place in the route's concurrency queue for one attempt; nothing to take (a
+        `nullcontext`, cheaper than a generator-based manager) on a route without a limit.
 
         `queue_timeout` bounds only the first attempt's wait (the client is refused with
         a 503); a run that has started waits as long as it takes for its retries.
         """
-        limiter = self.limits.concurrency[run.route.name]
+        limiter = self.limits.concurrency.get(run.route.name)
+        if limiter is None:
+            return contextlib.nullcontext()
+        return self._queued(limiter, run, wait_forever)
+
+    @contextlib.asynccontextmanager
+    async def _queued(
+        self, limiter: ConcurrencyLimiter, run: Run, wait_forever: bool
+    ) -> AsyncIterator[None]:
         while True:
             try:
                 await limiter.acquire(run.limit_key)

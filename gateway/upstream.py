@@ -100,6 +100,7 @@ class Response:
         "headers",
         "content_length",
         "_conn",
+        "_parser",
         "_head_only",
         "_raw",
         "_header_bytes",
@@ -124,6 +125,7 @@ class Response:
         self.headers: CIMultiDictProxy[str] = _EMPTY
         self.content_length: int | None = None
         self._conn = conn
+        self._parser = httptools.HttpResponseParser(self)  # calls the on_* methods below
         self._head_only = head_only
         self._raw: list[tuple[str, str]] = []
         self._header_bytes = 0
@@ -234,20 +236,34 @@ class Response:
         what = "response body" if self._headers_done else "response"
         self._fail(TimeoutError(f"no {what} bytes within {self._timeout:g}s"))
 
-    # --- parser callbacks (the connection's side) ----------------------------------------
+    # --- parsing (the connection's side) --------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Ended):
+                return  # what follows is not this response's; the connection is not reused
+            if not isinstance(cause, UpstreamError):
+                cause = UpstreamError(f"malformed response from upstream: {exc}")
+            self._fail(cause)
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second response to one request
+            self._keep_alive = False
+            raise _Ended
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._complete:
-            return self._overrun()
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES:
             raise UpstreamError(f"response headers exceed {MAX_HEADER_BYTES} bytes")
         self._raw.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
-        if self._complete:
-            return self._overrun()
-        status = self._conn.parser.get_status_code()
+        status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._informational = True  # 100 Continue, 103 Early Hints: the real one follows
             self._raw = []
@@ -262,12 +278,10 @@ class Response:
         self._headers_done = True
         if self._head_only:  # no body follows, whatever the headers say
             self._done()
-            return
+            raise _Ended
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self._complete:
-            return self._overrun()
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._read_all and not self._paused:
@@ -279,14 +293,8 @@ class Response:
         if self._informational:
             self._informational = False
             return
-        if self._complete:
-            return self._overrun()
-        self._keep_alive = self._conn.parser.should_keep_alive()
+        self._keep_alive = self._parser.should_keep_alive()
         self._done()
-
-    def _overrun(self) -> None:
-        """Bytes past the end of the response (or a HEAD response's body): don't reuse."""
-        self._keep_alive = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._complete:
@@ -302,6 +310,11 @@ class Response:
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
+class _Ended(Exception):
+    """Raised in a parser callback to stop parsing once the response has ended: bytes
+    past it (or a HEAD response's body) are not read, and the connection is not reused."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; feeds whatever arrives to its current response."""
 
@@ -310,7 +323,6 @@ class _Connection(asyncio.Protocol):
         "origin",
         "loop",
         "transport",
-        "parser",
         "response",
         "closed",
         "idle_since",
@@ -323,29 +335,11 @@ class _Connection(asyncio.Protocol):
         self.origin = origin
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.response: Response | None = None
         self.closed = False
         self.idle_since = 0.0
         self.last_data = 0.0
         self.used = False
-
-    # httptools calls these on the protocol it was built with: hand them to the response.
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.response is not None:
-            self.response.on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        if self.response is not None:
-            self.response.on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if self.response is not None:
-            self.response.on_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.response is not None:
-            self.response.on_message_complete()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -356,13 +350,7 @@ class _Connection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection cannot be trusted
             return
         self.last_data = self.loop.time()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            response._fail(UpstreamError("upstream switched protocols"))
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__ if isinstance(exc.__context__, UpstreamError) else None
-            response._fail(cause or UpstreamError(f"malformed response from upstream: {exc}"))
+        response.feed(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True

@@ -412,16 +412,16 @@ def claim_updates(
     """`UPDATE runs SET <assign> WHERE run_id IN (…)` for claimed runs, as (statement,
     params) pairs of at most MAX_ROWS ids each.
 
-    A claim gives every run it takes the same values, so one statement per chunk does
-    what `executemany` did per row, without stepping SQLite (and the GIL) per run; see
-    `multi_row`. `values` fill `assign`'s placeholders, the chunk's ids follow.
+    A claim gives every run it takes the same values, so `multi_row`'s `IN (…)` rewrite
+    of `WHERE run_id = ?` does what `executemany` did per row, without stepping SQLite
+    (and the GIL) per run. `values` fill `assign`'s placeholders, the chunk's ids follow.
     """
-    out: list[tuple[str, tuple[Any, ...]]] = []
-    for start in range(0, len(run_ids), MAX_ROWS):
-        chunk = tuple(run_ids[start : start + MAX_ROWS])
-        marks = ", ".join("?" * len(chunk))
-        out.append((f"UPDATE runs SET {assign} WHERE run_id IN ({marks})", values + chunk))
-    return out
+    sql = f"UPDATE runs SET {assign} WHERE run_id = ?"
+    return [
+        (statement, values + ids)
+        for statement, chunks in multi_row(sql, [(run_id,) for run_id in run_ids])
+        for ids in chunks
+    ]
 
 
 def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:

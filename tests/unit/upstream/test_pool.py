@@ -176,6 +176,17 @@ async def test_a_body_framed_by_the_connection_end(pool: Pool, serve: Start) -> 
     resp.release()
 
 
+async def test_a_second_response_to_one_request_spoils_the_connection(
+    pool: Pool, serve: Start
+) -> None:
+    server = await serve(answering(OK + OK, OK))
+    for _ in range(2):
+        resp = await pool.request(server.url, "GET", "/", [], b"", 5)
+        assert await resp.read() == b"ok"
+        resp.release()
+    assert server.connections == 2
+
+
 async def test_head_ends_at_its_headers(pool: Pool, serve: Start) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
     server = await serve(answering(head, OK))
