@@ -125,7 +125,9 @@ class Response:
         self.headers: CIMultiDictProxy[str] = _EMPTY
         self.content_length: int | None = None
         self._conn = conn
-        self._parser = httptools.HttpResponseParser(self)  # calls the on_* methods below
+        # Calls the on_* methods below. The parser holds this response's bound methods,
+        # a cycle that `release` breaks, so a response never waits for the collector.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self._raw: list[tuple[str, str]] = []
         self._header_bytes = 0
@@ -176,6 +178,7 @@ class Response:
         if self._released:
             return
         self._released = True
+        self._parser = None
         self._stop_timer()
         conn = self._conn
         conn.response = None
@@ -239,6 +242,8 @@ class Response:
     # --- parsing (the connection's side) --------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        if self._parser is None:
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -263,6 +268,7 @@ class Response:
         self._raw.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        assert self._parser is not None  # it is the caller
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._informational = True  # 100 Continue, 103 Early Hints: the real one follows
@@ -293,6 +299,7 @@ class Response:
         if self._informational:
             self._informational = False
             return
+        assert self._parser is not None  # it is the caller
         self._keep_alive = self._parser.should_keep_alive()
         self._done()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -122,6 +123,25 @@ async def test_a_connection_is_reused_for_the_next_request(pool: Pool, serve: St
     assert first.startswith(b"POST /x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:")
     assert b"\r\nA: b\r\n" in first and b"\r\nContent-Length: 4\r\n" in first
     assert first.endswith(b"\r\n\r\nbody")
+
+
+async def test_a_released_response_is_freed_without_the_collector(pool: Pool, serve: Start) -> None:
+    """The gateway tunes its collector for requests that leave no reference cycles."""
+    server = await serve(answering(OK))
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        resp = await pool.request(server.url, "GET", "/", [], b"", 5)
+        assert await resp.read() == b"ok"
+        resp.release()
+        del resp
+        gc.collect()
+        assert not [o for o in gc.garbage if isinstance(o, upstream.Response)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 async def test_connection_close_is_honoured(pool: Pool, serve: Start) -> None:
