@@ -289,7 +289,10 @@ class Store(Protocol):
     async def load_steps(self, run_id: str) -> dict[str, bytes]:
         """Completed steps of a run: step id → canonical JSON bytes of the output."""
 
-    async def list_attempts(self, run_id: str) -> list[AttemptRow]: ...
+    async def list_attempts(self, run_id: str) -> list[AttemptRow]:
+        """The run's attempts in order. A store may keep a first attempt that ended the
+        run with success in the run alone; it reads back as running from the run's
+        creation to its end."""
 
     async def get_meta(self, key: str) -> str | None: ...
 

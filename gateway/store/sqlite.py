@@ -19,6 +19,7 @@ from gateway.store.sqlite_sql import (
     CLAIM,
     CLAIM_LEASE,
     EXPIRED,
+    LIST_ATTEMPTS,
     NOT_MINE,
     PURGE,
     PURGE_EVENTS,
@@ -115,11 +116,7 @@ class SqliteStore(Suspensions, RunListing):
         return {row[0]: bytes(row[1]) for row in rows}
 
     async def list_attempts(self, run_id: str) -> list[AttemptRow]:
-        rows = await self._read_all(
-            "SELECT attempt, started_at, ended_at, outcome, status, detail"
-            " FROM attempts WHERE run_id = ? ORDER BY attempt",
-            run_id,
-        )
+        rows = await self._read_all(LIST_ATTEMPTS, run_id)
         return [AttemptRow(*row) for row in rows]
 
     async def get_meta(self, key: str) -> str | None:

@@ -146,6 +146,31 @@ async def test_record_attempt_upserts_and_lists_in_order(store: Store) -> None:
     assert await store.list_attempts("other") == []
 
 
+async def test_a_first_attempt_reads_back_the_same_however_its_run_was_batched(
+    store: Store,
+) -> None:
+    ok, bad = StoredResponse(200, [], b"done"), StoredResponse(500, [], b"no")
+    # One batch each: the happy path (which a store may keep in the run row alone),
+    # a final failure, and a success whose run was created in an earlier batch.
+    await store.apply([create("late", at=5.0)])
+    await store.apply(
+        [
+            create("happy", at=1.0),
+            RecordAttempt("happy", 1, 1.0, 2.0, "response", 200),
+            FinishRun("happy", "succeeded", ok, 2.0),
+            create("failed", at=1.0),
+            RecordAttempt("failed", 1, 1.0, 2.0, "response", 500),
+            FinishRun("failed", "failed", bad, 2.0),
+            RecordAttempt("late", 1, 5.5, 6.0, "response", 200),
+            FinishRun("late", "succeeded", ok, 6.0),
+        ]
+    )
+
+    assert await store.list_attempts("happy") == [AttemptRow(1, 1.0, 2.0, "response", 200, None)]
+    assert await store.list_attempts("failed") == [AttemptRow(1, 1.0, 2.0, "response", 500, None)]
+    assert await store.list_attempts("late") == [AttemptRow(1, 5.5, 6.0, "response", 200, None)]
+
+
 async def test_update_run_sets_status_attempt_and_wake(store: Store) -> None:
     await store.apply([create("r1", at=100.0), UpdateRun("r1", "sleeping", 2, 500.0, 150.0)])
 

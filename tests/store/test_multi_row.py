@@ -102,8 +102,30 @@ def test_a_mixed_batch_of_many_runs_is_a_handful_of_statements() -> None:
             RecordAttempt(run_id, 1, 1.0, 3.0, "response", 200),
             FinishRun(run_id, "succeeded", RESPONSE, 3.0),
         ]
-    # Created-and-finished runs, steps, attempts: two statements of 500 rows each.
-    assert len(plan(writes)) == 6
+    # Created-and-finished runs and steps, two statements of 500 rows each; each run's
+    # one successful attempt is kept in its row.
+    statements = [sql for sql, _ in plan(writes)]
+    assert len(statements) == 4
+    assert not [sql for sql in statements if "attempts" in sql]
+
+
+def test_only_a_first_attempt_that_succeeded_is_folded_into_its_run() -> None:
+    ok, bad = StoredResponse(200, [], b""), StoredResponse(500, [], b"")
+    writes: list[Write] = [
+        CreateRun("happy", "r", REQUEST, 1.0),
+        RecordAttempt("happy", 1, 1.0, 2.0, "response", 200),
+        FinishRun("happy", "succeeded", ok, 2.0),
+        CreateRun("failed", "r", REQUEST, 1.0),
+        RecordAttempt("failed", 1, 1.0, 2.0, "response", 500),
+        FinishRun("failed", "failed", bad, 2.0),
+        RecordAttempt("earlier", 1, 1.0, 2.0, "response", 200),
+        FinishRun("earlier", "succeeded", ok, 2.0),
+    ]
+
+    [rows] = [rows for sql, rows in plan(writes) if sql.startswith("INSERT INTO attempts")]
+
+    # One two-row statement: the failure's attempt and the one of a run made earlier.
+    assert [row[0::7] for row in rows] == [("failed", "earlier")]
 
 
 async def test_a_large_batch_lands_exactly_as_row_by_row_writes_would(tmp_path: Path) -> None:
