@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import socket
 import time
 import weakref
@@ -97,7 +98,7 @@ class Driver:
         """Result URLs long-polling a run that lives in the store; gone when they leave."""
         self.on_suspend: Callable[[], None] | None = None
         """Called after a suspension commits (the scheduler re-reads its next wake time)."""
-        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{new_run_id()[:8]}"
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_urlsafe(6)}"
         """Owner name of this process's leases."""
 
     def get(self, run_id: str) -> LiveRun | None:

@@ -11,7 +11,11 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from typing import Final, final
+
+_MILLIS_MASK: Final = (1 << 48) - 1
+"""A run id's time field: milliseconds since 1970, good until the year 10889."""
 
 _MAC_BYTES: Final = 16
 """128 bits: unforgeable, and short enough for a header or a query string."""
@@ -30,8 +34,16 @@ def _utf8(text: str) -> bytes:
 
 
 def new_run_id() -> str:
-    """A fresh run id: 128 random bits, URL-safe (22 characters)."""
-    return secrets.token_urlsafe(16)
+    """A fresh run id: 128 bits, URL-safe (22 characters): a 48-bit creation time in
+    milliseconds, then 80 random bits, the layout of a UUIDv7.
+
+    The random part alone makes ids unique and unguessable. The time in front makes ids
+    created close together share a prefix, so they fall on the same few pages of every
+    index keyed by run id. Wholly random ids put each run's rows on pages of their own:
+    on a store of a few hundred thousand runs that was two thirds of a batch's cost.
+    """
+    millis = time.time_ns() // 1_000_000 & _MILLIS_MASK
+    return _b64(millis.to_bytes(6, "big") + secrets.token_bytes(10))
 
 
 def new_secret() -> str:

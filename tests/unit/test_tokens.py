@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import re
+import time
 
 import pytest
 
@@ -127,11 +128,19 @@ def test_attempt_zero_is_refused() -> None:
 
 
 def test_new_run_id_is_128_bit_urlsafe_and_unique() -> None:
+    before = time.time_ns() // 1_000_000
     ids = {new_run_id() for _ in range(1000)}
+    after = time.time_ns() // 1_000_000
     assert len(ids) == 1000
+    tails = set()
     for run_id in ids:
         assert len(run_id) == 22 and URLSAFE.fullmatch(run_id)
-        assert len(base64.urlsafe_b64decode(run_id + "==")) == 16
+        raw = base64.urlsafe_b64decode(run_id + "==")
+        assert len(raw) == 16
+        # The creation time in milliseconds, then 80 random bits.
+        assert before <= int.from_bytes(raw[:6], "big") <= after
+        tails.add(raw[6:])
+    assert len(tails) == 1000
 
 
 def test_new_secret_is_32_bytes_base64url() -> None:
