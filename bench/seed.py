@@ -7,7 +7,6 @@ Only ever writes to a file the harness made; never to a store a gateway has open
 from __future__ import annotations
 
 import random
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any, Final
 import orjson
 
 from gateway.store import open_store
+from gateway.tokens import new_run_id
 
 RUN: Final = (
     "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at, finished_at,"
@@ -67,8 +67,8 @@ def batches(
     for first in range(0, count, size):
         runs, steps, attempts = [], [], []
         for _ in range(min(size, count - first)):
-            run_id = secrets.token_urlsafe(16)  # the gateway's run id shape: 128 random bits
             created = now - 3600 - rng.random() * span
+            run_id = new_run_id(created)
             finished = created + 0.004
             runs.append(
                 (

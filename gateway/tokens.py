@@ -33,7 +33,7 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def new_run_id() -> str:
+def new_run_id(at: float | None = None) -> str:
     """A fresh run id: 128 bits, URL-safe (22 characters): a 48-bit creation time in
     milliseconds, then 80 random bits, the layout of a UUIDv7.
 
@@ -41,8 +41,10 @@ def new_run_id() -> str:
     created close together share a prefix, so they fall on the same few pages of every
     index keyed by run id. Wholly random ids put each run's rows on pages of their own:
     on a store of a few hundred thousand runs that was two thirds of a batch's cost.
+    `at` (Unix seconds) stands in for the clock, for ids of runs made in bulk.
     """
-    millis = time.time_ns() // 1_000_000 & _MILLIS_MASK
+    nanos = time.time_ns() if at is None else int(at * 1e9)
+    millis = nanos // 1_000_000 & _MILLIS_MASK
     return _b64(millis.to_bytes(6, "big") + secrets.token_bytes(10))
 
 

@@ -143,6 +143,11 @@ def test_new_run_id_is_128_bit_urlsafe_and_unique() -> None:
     assert len(tails) == 1000
 
 
+def test_a_run_id_made_for_a_past_moment_carries_that_moment() -> None:
+    raw = base64.urlsafe_b64decode(new_run_id(at=1_700_000_000.1234) + "==")
+    assert int.from_bytes(raw[:6], "big") == 1_700_000_000_123
+
+
 def test_new_secret_is_32_bytes_base64url() -> None:
     secret = new_secret()
     assert URLSAFE.fullmatch(secret) and "=" not in secret
