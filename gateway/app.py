@@ -32,7 +32,7 @@ from gateway.config import GatewayConfig
 from gateway.driver import LEASE_TTL, Driver
 from gateway.errors import StoreUnavailable
 from gateway.limits import Limits
-from gateway.problems import problems_middleware
+from gateway.problems import guard, problems_middleware
 from gateway.routes import RouteTable
 from gateway.scheduler import Scheduler
 from gateway.services import SERVICES, Services
@@ -94,10 +94,12 @@ async def build_services(config: GatewayConfig) -> Services:
 def build_apps(services: Services) -> tuple[web.Application, web.Application, web.Application]:
     """The ingress, sidecar and admin applications."""
     max_step = max((r.settings.max_step_output for r in services.config.routes), default=0)
-    ingress_app = web.Application(middlewares=[problems_middleware])
-    ingress_app.router.add_get(results.RESULT_PATH, results.get_result)
-    ingress_app.router.add_get(results.STATUS_PATH, results.get_status)
-    ingress_app.router.add_route("*", "/{tail:.*}", ingress.handle)
+    # No middleware on the hot listener: its last route takes every path and method, so
+    # each handler answers its own errors (`guard`).
+    ingress_app = web.Application()
+    ingress_app.router.add_get(results.RESULT_PATH, guard(results.get_result))
+    ingress_app.router.add_get(results.STATUS_PATH, guard(results.get_status))
+    ingress_app.router.add_route("*", "/{tail:.*}", guard(ingress.handle))
     sidecar_app = web.Application(
         middlewares=[problems_middleware],
         client_max_size=max(max_step, services.config.defaults.max_step_output) + 65536,

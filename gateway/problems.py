@@ -1,6 +1,7 @@
 """RFC 9457 problem+json: the one place a ProblemError becomes an HTTP response.
 
-Used as an aiohttp middleware on all three listeners, so handlers just raise.
+Used as an aiohttp middleware on the sidecar and admin listeners and as a wrapper around
+the ingress's handlers (`guard`), so handlers just raise.
 """
 
 from __future__ import annotations
@@ -76,20 +77,42 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     """Answer ProblemError, aiohttp's own HTTP errors and store faults as problem+json."""
     try:
         return await handler(request)
-    except ProblemError as err:
-        metrics.child(metrics.REJECTED, str(err.status)).inc()
-        return from_error(err)
-    except StoreUnavailable as err:
+    except Exception as exc:  # noqa: BLE001 - `_answer` re-raises what it does not answer
+        return _answer(request, exc)
+
+
+def guard(handler: Handler) -> Handler:
+    """The handler, answering errors as `problems_middleware` does, for an app whose
+    routes take every path and method, so routing itself never fails.
+
+    Why: aiohttp runs an app's middlewares through two more calls per request, about
+    10k instructions, 1.3% of a durable request's on the event loop.
+    """
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 - `_answer` re-raises what it does not answer
+            return _answer(request, exc)
+
+    return guarded
+
+
+def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The problem+json response for `exc`; re-raises anything else, and HTTP redirects."""
+    if isinstance(exc, ProblemError):
+        metrics.child(metrics.REJECTED, str(exc.status)).inc()
+        return from_error(exc)
+    if isinstance(exc, StoreUnavailable):
         metrics.child(metrics.REJECTED, "503").inc()
-        log.warning("storage unavailable while serving %s: %s", request.path, err)
+        log.warning("storage unavailable while serving %s: %s", request.path, exc)
         return problem_response(
-            503, "store-unavailable", "Storage unavailable", str(err), headers={"Retry-After": "1"}
+            503, "store-unavailable", "Storage unavailable", str(exc), headers={"Retry-After": "1"}
         )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
         metrics.child(metrics.REJECTED, str(exc.status)).inc()
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return problem_response(
             exc.status, f"http-{exc.status}", exc.reason, exc.text or exc.reason, headers=headers
         )
+    raise exc

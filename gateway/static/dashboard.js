@@ -221,7 +221,8 @@ function runRow(run) {
       onclick: open,
       onkeydown: (e) => e.key === "Enter" && open(),
     },
-    el("td", {}, el("code", { title: run.run_id, text: run.run_id.slice(0, 10) })),
+    // The last characters: an id starts with its creation time, shared by runs made together.
+    el("td", {}, el("code", { title: run.run_id, text: `…${run.run_id.slice(-10)}` })),
     el("td", { text: run.route }),
     el("td", {}, badge(run.status)),
     el("td", { class: "num", text: run.attempt }),

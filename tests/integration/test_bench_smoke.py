@@ -102,3 +102,15 @@ def test_the_client_comparison_runs() -> None:
     assert [row[0].strip() for row in rows] == ["aiohttp", "upstream.Pool"]
     for _, rate, cpu in rows:
         assert float(rate.replace(",", "")) > 0 and float(cpu) > 0
+
+
+@pytest.mark.timeout(60)
+def test_the_run_id_comparison_runs() -> None:
+    """`python -m bench.run_ids` writes runs under both id layouts and prints a row each."""
+    cmd = [sys.executable, "-m", "bench.run_ids", "--runs", "3200"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[3:]]
+    assert [row[0].strip() for row in rows] == ["random", "time-ordered"]
+    for _, *stretches in rows:
+        assert len(stretches) == 4 and all(float(cpu) > 0 for cpu in stretches)
