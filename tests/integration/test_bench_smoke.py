@@ -92,14 +92,20 @@ def test_quick_run_with_wrk(tmp_path: Path) -> None:
     assert "memory" not in data and "scale" not in data
 
 
+def table_rows(module: str, *args: str) -> list[list[str]]:
+    """Run `python -m <module> <args>` and answer the cells of the table it prints last."""
+    cmd = [sys.executable, "-m", module, *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[1:]]
+
+
 @pytest.mark.timeout(60)
 def test_the_client_comparison_runs() -> None:
     """`python -m bench.clients` sends through both clients and prints a figure for each."""
-    cmd = [sys.executable, "-m", "bench.clients", "--requests", "320"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=50)
-    assert done.returncode == 0, done.stderr[-4000:]
-    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[2:]]
-    assert [row[0].strip() for row in rows] == ["aiohttp", "upstream.Pool"]
+    rows = table_rows("bench.clients", "--requests", "320")
+    assert [row[0] for row in rows] == ["aiohttp", "upstream.Pool"]
     for _, rate, cpu in rows:
         assert float(rate.replace(",", "")) > 0 and float(cpu) > 0
 
@@ -107,10 +113,7 @@ def test_the_client_comparison_runs() -> None:
 @pytest.mark.timeout(60)
 def test_the_run_id_comparison_runs() -> None:
     """`python -m bench.run_ids` writes runs under both id layouts and prints a row each."""
-    cmd = [sys.executable, "-m", "bench.run_ids", "--runs", "3200"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=50)
-    assert done.returncode == 0, done.stderr[-4000:]
-    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines()[3:]]
-    assert [row[0].strip() for row in rows] == ["random", "time-ordered"]
+    rows = table_rows("bench.run_ids", "--runs", "3200")
+    assert [row[0] for row in rows] == ["random", "time-ordered"]
     for _, *stretches in rows:
         assert len(stretches) == 4 and all(float(cpu) > 0 for cpu in stretches)
