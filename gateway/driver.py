@@ -291,7 +291,7 @@ class Driver:
                     decision.delay,
                     extra={"run_id": run.run_id},
                 )
-                self.writer.submit(
+                self.writer.post(
                     UpdateRun(run.run_id, RunStatus.BACKOFF, run.attempt, run.wake_at, time.time())
                 )
                 live.notify()
@@ -408,7 +408,7 @@ class Driver:
         outcome = tried.outcome
         kind = "suspended" if run.suspension is not None else outcome.kind.value
         metrics.child(metrics.ATTEMPTS, run.route.name, kind).inc()
-        self.writer.submit(
+        self.writer.post(
             RecordAttempt(
                 run.run_id,
                 attempt,

@@ -118,7 +118,7 @@ def _fix(driver: Driver, live: LiveRun, wanted: Pending) -> Pending:
     pending = run.pending.get(wanted.step_id)
     if pending is None:
         run.pending[wanted.step_id] = pending = wanted
-        driver.writer.submit(
+        driver.writer.post(
             PutPending(
                 run.run_id,
                 wanted.step_id,
@@ -140,7 +140,7 @@ def _fix(driver: Driver, live: LiveRun, wanted: Pending) -> Pending:
 def _complete(driver: Driver, live: LiveRun, step_id: str, output: bytes) -> None:
     live.run.pending.pop(step_id, None)
     driver.record_step(live, step_id, output)
-    driver.writer.submit(DropPending(live.run.run_id, step_id))
+    driver.writer.post(DropPending(live.run.run_id, step_id))
 
 
 async def missed_event(driver: Driver, live: LiveRun) -> bool:

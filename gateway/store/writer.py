@@ -69,8 +69,9 @@ class Writer:
         self._store = store
         self._max_batch = max_batch
         self._max_queue = max_queue
-        self._queue: deque[tuple[Write, asyncio.Future[None]]] = deque()
-        self._inflight: list[tuple[Write, asyncio.Future[None]]] = []
+        # Each write with the future its submitter waits on; None for a posted write.
+        self._queue: deque[tuple[Write, asyncio.Future[None] | None]] = deque()
+        self._inflight: list[tuple[Write, asyncio.Future[None] | None]] = []
         self._wakeup = asyncio.Event()
         # flush() waiters: (sequence number to reach, future); targets never decrease.
         self._flushers: deque[tuple[int, asyncio.Future[None]]] = deque()
@@ -109,13 +110,21 @@ class Writer:
         that nothing would commit; never for a full queue (see `saturated`), since a
         run already admitted must be able to record its progress.
         """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(write, future)
+        return future
+
+    def post(self, write: Write) -> None:
+        """`submit` for a write nobody waits on: no future to make and settle per write
+        (a run's attempt record, for one), which `flush()` still covers."""
+        self._enqueue(write, None)
+
+    def _enqueue(self, write: Write, future: asyncio.Future[None] | None) -> None:
         if self._closed:
             raise StoreUnavailable("store writer is closed")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((write, future))
         self._submitted += 1
         self._wakeup.set()
-        return future
 
     async def flush(self) -> None:
         """Wait until every write submitted before this call has committed."""
@@ -171,7 +180,7 @@ class Writer:
                 self.committed_batches += 1
                 self.committed_writes += count
                 for _, future in batch:
-                    if not future.done():  # a caller may have cancelled its await
+                    if future is not None and not future.done():  # a caller may have cancelled
                         future.set_result(None)
                 self._release_flushers()
                 if self.on_commit is not None:
@@ -229,7 +238,8 @@ class Writer:
         """Loop gone: cancel what never committed and fail the flushers waiting on it."""
         self._closed = True
         for _, future in (*self._inflight, *self._queue):
-            future.cancel()
+            if future is not None:
+                future.cancel()
         self._inflight = []
         self._queue.clear()
         while self._flushers:

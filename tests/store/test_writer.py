@@ -161,6 +161,22 @@ async def test_flush_waits_for_everything_submitted(writer: Writer, database: Da
     assert database.count("steps") == 300
 
 
+async def test_posted_writes_commit_in_order_with_submitted_ones(
+    writer: Writer, database: Database
+) -> None:
+    for i in range(300):
+        if i % 2:
+            writer.post(put("r", f"s{i}"))
+        else:
+            writer.submit(put("r", f"s{i}"))
+    last = writer.submit(put("r", "last"))
+
+    await last  # committed in order: everything posted before it has landed too
+
+    assert writer.depth == 0
+    assert database.count("steps") == 301
+
+
 async def test_batches_commit_in_submission_order(store: Store) -> None:
     """Tiny batches split each run's writes across transactions; order still holds."""
     writer = Writer(store, max_batch=3)
@@ -315,6 +331,7 @@ async def test_close_gives_up_after_its_timeout_and_cancels_the_rest(
     try:
         with database.hold_write_lock():
             futures = [writer.submit(put("r", f"s{i}")) for i in range(10)]
+            writer.post(put("r", "posted"))  # no future to cancel: dropped with the rest
             await writer.close(timeout=0.2)
             assert all(f.cancelled() for f in futures)
             assert writer.depth == 0
