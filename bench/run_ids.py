@@ -13,6 +13,7 @@ and each dirtied page is written whole to the WAL and again at checkpoint.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import secrets
 import sqlite3
 import tempfile
@@ -20,8 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.seed import create_schema
 from gateway.store import CreateRun, FinishRun, RecordAttempt, StoredRequest, StoredResponse, Write
-from gateway.store.schema import MIGRATIONS, SQLITE_META
 from gateway.store.sqlite_sql import plan
 from gateway.tokens import new_run_id
 
@@ -40,14 +41,10 @@ LAYOUTS: dict[str, Callable[[], str]] = {
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    """A file with the gateway's schema and its write connection's pragmas."""
+    """A file with the gateway's schema (WAL) and its write connection's pragmas."""
+    asyncio.run(create_schema(path))
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute(SQLITE_META)
-    for migration in MIGRATIONS:
-        for statement in migration.sqlite:
-            conn.execute(statement)
     return conn
 
 

@@ -440,12 +440,9 @@ class Pool:
         raise AssertionError("unreachable")
 
     async def _connection(self, where: Origin, within: float, fresh: bool) -> _Connection:
-        """An idle connection to `where` (unless `fresh`), else a new one within the limit."""
-        while True:
-            if not fresh and (idle := self._take_idle(where)) is not None:
-                return idle
-            if len(self._open) < self.limit or self._evict_idle():
-                break
+        """A new connection to `where` within the limit; while waiting for room, one that
+        comes back idle (unless `fresh`). The caller has looked for an idle one already."""
+        while len(self._open) >= self.limit and not self._evict_idle():
             waiter = self.loop.create_future()
             self._queue.append(waiter)
             try:
@@ -453,6 +450,8 @@ class Pool:
             finally:
                 if waiter in self._queue:
                     self._queue.remove(waiter)
+            if not fresh and (idle := self._take_idle(where)) is not None:
+                return idle
         conn = _Connection(self, where)
         self._open.add(conn)
         try:
