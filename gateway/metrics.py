@@ -1,16 +1,174 @@
 """Every Prometheus metric the gateway exports, defined once; handlers import them.
 
 Names and labels are part of the operations contract: change them only with a note.
+The values are plain numbers that only the event loop's thread touches, read by one
+collector when `/metrics` is scraped: prometheus-client's own metric types take a lock
+on every update, and the hot path makes eight updates per durable request.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import ClassVar, Generic, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
-_M = TypeVar("_M", Counter, Gauge, Histogram)
+
+class Value:
+    """One counter or gauge series."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+
+class Buckets:
+    """One histogram series: a count per bucket (not cumulative until scraped), and the sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le).
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+
+_S = TypeVar("_S", Value, Buckets)
+
+
+class _Family(Generic[_S]):
+    """A metric and its series by label values; the unlabelled one has the series ()."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...] = (),
+        *,
+        exported: bool = True,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.series: dict[tuple[str, ...], _S] = {}
+        if not labelnames:
+            self._plain: _S = self.labels()
+        if exported:
+            _FAMILIES.append(self)
+
+    def _new(self) -> _S:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> _S:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+        series = self.series.get(values)
+        if series is None:
+            series = self.series[values] = self._new()
+        return series
+
+    def metric(self) -> Metric:
+        raise NotImplementedError
+
+
+class _Values(_Family[Value]):
+    """Counters and gauges: one number per series."""
+
+    family_type: ClassVar[type[CounterMetricFamily] | type[GaugeMetricFamily]]
+
+    def _new(self) -> Value:
+        return Value()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._plain.value += amount
+
+    def metric(self) -> Metric:
+        family = self.family_type(self.name, self.documentation, labels=self.labelnames)
+        for values, series in self.series.items():
+            family.add_metric(values, series.value)
+        return family
+
+
+class Counter(_Values):
+    family_type = CounterMetricFamily  # it names the family without `_total`
+
+
+class Gauge(_Values):
+    family_type = GaugeMetricFamily
+
+    def dec(self, amount: float = 1.0) -> None:
+        self._plain.value -= amount
+
+    def set(self, value: float) -> None:
+        self._plain.value = float(value)
+
+
+class Histogram(_Family[Buckets]):
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...] = (),
+        *,
+        buckets: tuple[float, ...],
+        exported: bool = True,
+    ) -> None:
+        self.bounds = tuple(float(b) for b in buckets)
+        super().__init__(name, documentation, labelnames, exported=exported)
+
+    def _new(self) -> Buckets:
+        return Buckets(self.bounds)
+
+    def observe(self, amount: float) -> None:
+        self._plain.observe(amount)
+
+    def metric(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        edges = [repr(b) for b in self.bounds] + ["+Inf"]  # repr: as prometheus-client
+        for values, series in self.series.items():
+            cumulative, total = [], 0
+            for edge, count in zip(edges, series.counts, strict=True):
+                total += count
+                cumulative.append((edge, float(total)))
+            family.add_metric(values, cumulative, series.sum)
+        return family
+
+
+_FAMILIES: list[_Family[Value] | _Family[Buckets]] = []
+
+
+class _Collector(Collector):
+    def collect(self) -> Iterator[Metric]:
+        for family in _FAMILIES:
+            yield family.metric()
+
+
+REGISTRY.register(_Collector())
+
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -34,45 +192,45 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 REQUESTS = Counter(
     "durable_requests_total",
     "Requests the ingress admitted, by route and kind (durable or plain).",
-    ["route", "kind"],
+    ("route", "kind"),
 )
 REJECTED = Counter(
     "durable_rejected_total",
     "Requests the ingress answered itself with an error, by HTTP status.",
-    ["status"],
+    ("status",),
 )
 RUNS = Counter(
     "durable_runs_total",
     "Runs that reached a final state, by route and outcome.",
-    ["route", "outcome"],
+    ("route", "outcome"),
 )
 ATTEMPTS = Counter(
-    "durable_attempts_total", "Upstream attempts, by route and outcome kind.", ["route", "outcome"]
+    "durable_attempts_total", "Upstream attempts, by route and outcome kind.", ("route", "outcome")
 )
-RETRIES = Counter("durable_retries_total", "Retries scheduled after a failed attempt.", ["route"])
+RETRIES = Counter("durable_retries_total", "Retries scheduled after a failed attempt.", ("route",))
 STEPS = Counter(
     "durable_steps_recorded_total",
     "Step results recorded through the sidecar, by result.",
-    ["result"],
+    ("result",),
 )
 SUSPENSIONS = Counter(
-    "durable_suspensions_total", "Runs suspended (durable sleep or event wait), by kind.", ["kind"]
+    "durable_suspensions_total", "Runs suspended (durable sleep or event wait), by kind.", ("kind",)
 )
 DELIVERIES = Counter(
     "durable_deliveries_total",
     "How the original client got its answer: direct, held, redirect_303, accepted_202.",
-    ["route", "mode"],
+    ("route", "mode"),
 )
 UPSTREAM_LATENCY = Histogram(
     "durable_upstream_latency_seconds",
     "Time from sending an attempt to the upstream's response headers.",
-    ["route"],
+    ("route",),
     buckets=_LATENCY_BUCKETS,
 )
 OVERHEAD = Histogram(
     "durable_gateway_overhead_seconds",
     "Gateway time before the first attempt is sent (admission, headers, run set-up).",
-    ["route"],
+    ("route",),
     buckets=_OVERHEAD_BUCKETS,
 )
 STORE_WRITE = Histogram(
@@ -88,7 +246,7 @@ STORE_BATCH = Histogram(
 STORE_QUEUE = Gauge("durable_store_queue_depth", "Writes queued and not yet committed.")
 IN_FLIGHT = Gauge("durable_runs_in_flight", "Runs live in this process (running or waiting).")
 SUSPENDED = Gauge(
-    "durable_runs_suspended", "Suspended runs in the store, by what they wait for.", ["kind"]
+    "durable_runs_suspended", "Suspended runs in the store, by what they wait for.", ("kind",)
 )
 TIMERS = Gauge(
     "durable_timers_pending", "Durable timers in the store: sleeps and waits with a timeout."
@@ -96,19 +254,19 @@ TIMERS = Gauge(
 EVENTS = Counter(
     "durable_events_total",
     "Events posted to /v1/events, by result (received, duplicate).",
-    ["result"],
+    ("result",),
 )
 EVENTS_MATCHED = Counter("durable_events_matched_total", "Waits completed by a posted event.")
 ADMIN_ACTIONS = Counter(
-    "durable_admin_actions_total", "Operator actions on runs (cancel, retry).", ["action"]
+    "durable_admin_actions_total", "Operator actions on runs (cancel, retry).", ("action",)
 )
 
 
 @functools.cache
-def child(metric: _M, *values: str) -> _M:
-    """`metric.labels(*values)`, looked up once: `labels()` validates and locks on every
-    call, a cost the hot path pays several times per request. Label values are a small
-    fixed set (routes, outcomes, kinds), so the cache stays as small as the metric."""
+def child(metric: _Family[_S], *values: str) -> _S:
+    """`metric.labels(*values)`, looked up once: the hot path asks several times per
+    request. Label values are a small fixed set (routes, outcomes, kinds), so the cache
+    stays as small as the metric."""
     return metric.labels(*values)
 
 
