@@ -5,9 +5,8 @@ Never lets a client set the gateway's own `Durable-*` request headers.
 
 from __future__ import annotations
 
-import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol, cast
 
 from step_protocol.wire import GATEWAY_HEADERS
@@ -42,6 +41,8 @@ _DROP_UPSTREAM: Final = _GATEWAY_SET | {
     "traceparent",
 }
 
+_NOT_FORWARDED: Final = HOP_BY_HOP | _DROP_UPSTREAM
+
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
@@ -64,14 +65,30 @@ def _pairs(source: HeaderSource) -> Iterable[tuple[str, str]]:
     return cast(Iterable[tuple[str, str]], source)
 
 
+def _named_by_connection(value: str, named: set[str] | None) -> set[str] | None:
+    """Add the header names a `Connection:` value lists, less the ones always dropped."""
+    tokens = {token.strip().lower() for token in value.split(",")} - HOP_BY_HOP
+    if not tokens:
+        return named
+    return tokens if named is None else named | tokens
+
+
 def strip_hop_by_hop(items: HeaderSource) -> Pairs:
-    """Headers less the hop-by-hop ones, including any named in `Connection:`."""
-    pairs = list(_pairs(items))
-    drop = set(HOP_BY_HOP)
-    for name, value in pairs:
-        if name.lower() == "connection":
-            drop.update(token.strip().lower() for token in value.split(","))
-    return [(name, value) for name, value in pairs if name.lower() not in drop]
+    """Headers less the hop-by-hop ones, including any named in `Connection:`.
+
+    One pass over the usual headers; a second only when `Connection:` names others.
+    """
+    kept: Pairs = []
+    named: set[str] | None = None
+    for name, value in _pairs(items):
+        lower = name.lower()
+        if lower not in HOP_BY_HOP:
+            kept.append((name, value))
+        elif lower == "connection":
+            named = _named_by_connection(value, named)
+    if named:
+        return [(name, value) for name, value in kept if name.lower() not in named]
+    return kept
 
 
 def upstream_request_headers(
@@ -91,12 +108,19 @@ def upstream_request_headers(
     """
     out: Pairs = []
     forwarded_for: list[str] = []
-    for name, value in strip_hop_by_hop(client_headers):
+    named: set[str] | None = None
+    for name, value in _pairs(client_headers):
         lower = name.lower()
         if lower == "x-forwarded-for":
             forwarded_for.append(value.strip())
-        elif lower not in _DROP_UPSTREAM:
+        elif lower not in _NOT_FORWARDED:
             out.append((name, value))
+        elif lower == "connection":
+            named = _named_by_connection(value, named)
+    if named:
+        out = [(name, value) for name, value in out if name.lower() not in named]
+        if "x-forwarded-for" in named:
+            forwarded_for = []
     if client_ip:
         forwarded_for.append(client_ip)
     chain = ", ".join(part for part in forwarded_for if part)
@@ -109,7 +133,7 @@ def upstream_request_headers(
     return out
 
 
-def traceparent_for(incoming: str | None, rng: random.Random) -> str:
+def traceparent_for(incoming: str | None, random_bytes: Callable[[int], bytes]) -> str:
     """The W3C `traceparent` for the upstream request.
 
     A valid incoming one keeps its trace id and flags and gets a fresh parent id, since
@@ -118,16 +142,16 @@ def traceparent_for(incoming: str | None, rng: random.Random) -> str:
     if incoming is not None:
         found = _TRACEPARENT.fullmatch(incoming.strip())
         if found and int(found[1], 16) and int(found[2], 16):
-            return f"00-{found[1]}-{_nonzero_hex(rng, 64)}-{found[3]}"
-    return f"00-{_nonzero_hex(rng, 128)}-{_nonzero_hex(rng, 64)}-01"
+            return f"00-{found[1]}-{_nonzero_hex(random_bytes, 8)}-{found[3]}"
+    return f"00-{_nonzero_hex(random_bytes, 16)}-{_nonzero_hex(random_bytes, 8)}-01"
 
 
-def _nonzero_hex(rng: random.Random, bits: int) -> str:
-    """Random id of `bits` bits as lower-case hex; all-zero ids are invalid in W3C."""
-    value = 0
-    while not value:
-        value = rng.getrandbits(bits)
-    return f"{value:0{bits // 4}x}"
+def _nonzero_hex(random_bytes: Callable[[int], bytes], size: int) -> str:
+    """A random id of `size` bytes as lower-case hex; all-zero ids are invalid in W3C."""
+    while True:
+        raw = random_bytes(size)
+        if any(raw):
+            return raw.hex()
 
 
 def client_response_headers(upstream_items: HeaderSource, *, keep_length: bool = True) -> Pairs:

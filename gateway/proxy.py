@@ -6,7 +6,6 @@ No run, no store, no retries: the upstream's answer (or a 502) goes straight bac
 from __future__ import annotations
 
 import asyncio
-import random
 
 import aiohttp
 from aiohttp import web
@@ -14,8 +13,7 @@ from aiohttp import web
 from gateway.config import RouteConfig
 from gateway.headers import client_response_headers, traceparent_for, upstream_request_headers
 from gateway.problems import problem_response
-
-_rng = random.Random()
+from gateway.tokens import random_bytes
 
 
 def new_session() -> aiohttp.ClientSession:
@@ -36,7 +34,7 @@ def upstream_headers(request: web.Request) -> list[tuple[str, str]]:
         client_ip=request.remote,
         scheme=request.scheme,
         host=request.host,
-        traceparent=traceparent_for(request.headers.get("traceparent"), _rng),
+        traceparent=traceparent_for(request.headers.get("traceparent"), random_bytes),
     )
 
 

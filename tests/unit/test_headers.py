@@ -118,6 +118,18 @@ def test_upstream_request_headers_full_trace() -> None:
     ]
 
 
+def test_a_forwarded_for_named_by_connection_is_not_carried_on() -> None:
+    client = proxy(
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("Connection", "x-forwarded-for"),
+        ("Accept", "a"),
+    )
+    got = upstream_request_headers(
+        client, client_ip="198.51.100.7", scheme="http", host=None, traceparent=TP
+    )
+    assert got[:2] == [("Accept", "a"), ("X-Forwarded-For", "198.51.100.7")]
+
+
 def test_upstream_request_headers_never_pass_gateway_headers() -> None:
     client = [(name.swapcase(), "x") for name in GATEWAY_HEADERS] + [
         (name.upper(), "y") for name in GATEWAY_HEADERS
@@ -182,7 +194,7 @@ VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     ],
 )
 def test_traceparent_for(incoming: str | None, kept_trace: str | None, flags: str) -> None:
-    got = traceparent_for(incoming, random.Random(11))
+    got = traceparent_for(incoming, random.Random(11).randbytes)
     assert TRACEPARENT.fullmatch(got)
     _, trace_id, parent_id, got_flags = got.split("-")
     assert got_flags == flags
@@ -195,32 +207,16 @@ def test_traceparent_for(incoming: str | None, kept_trace: str | None, flags: st
         assert trace_id == kept_trace
 
 
-class ZeroFirst(random.Random):
-    """Returns 0 on the first draw, to prove all-zero ids are redrawn."""
-
-    def __init__(self) -> None:
-        super().__init__(0)
-        self.first = True
-
-    def getrandbits(self, k: int, /) -> int:
-        if self.first:
-            self.first = False
-            return 0
-        return super().getrandbits(k)
-
-
 def test_traceparent_never_uses_an_all_zero_id() -> None:
-    got = traceparent_for(None, ZeroFirst())
+    draws = iter([bytes(16), b"\x01" * 16, bytes(8), b"\x02" * 8])
+    got = traceparent_for(None, lambda size: next(draws))
     _, trace_id, parent_id, _ = got.split("-")
-    assert int(trace_id, 16) != 0 and int(parent_id, 16) != 0
+    assert (trace_id, parent_id) == ("01" * 16, "02" * 8)  # each after an all-zero draw
 
 
 def test_traceparent_ids_are_zero_padded() -> None:
-    class Small(random.Random):
-        def getrandbits(self, k: int, /) -> int:
-            return 1
-
-    assert traceparent_for(None, Small()) == f"00-{'0' * 31}1-{'0' * 15}1-01"
+    got = traceparent_for(None, lambda size: bytes(size - 1) + b"\x01")
+    assert got == f"00-{'0' * 31}1-{'0' * 15}1-01"
 
 
 @pytest.mark.parametrize(

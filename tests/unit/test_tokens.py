@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gateway.tokens import Tokens, new_run_id, new_secret
+from gateway.tokens import Tokens, new_run_id, new_secret, random_bytes
 
 SECRET = b"test-secret-0123456789"
 TOKENS = Tokens(SECRET)
@@ -146,6 +146,13 @@ def test_new_run_id_is_128_bit_urlsafe_and_unique() -> None:
 def test_a_run_id_made_for_a_past_moment_carries_that_moment() -> None:
     raw = base64.urlsafe_b64decode(new_run_id(at=1_700_000_000.1234) + "==")
     assert int.from_bytes(raw[:6], "big") == 1_700_000_000_123
+
+
+def test_random_bytes_come_in_the_sizes_asked_and_never_repeat() -> None:
+    # 3,000 draws of 10 bytes run through several 4 KiB refills of the pool.
+    draws = [random_bytes(10) for _ in range(3000)] + [random_bytes(5000)]
+    assert [len(d) for d in draws] == [10] * 3000 + [5000]
+    assert len(set(draws)) == len(draws)
 
 
 def test_new_secret_is_32_bytes_base64url() -> None:
