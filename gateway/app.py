@@ -22,7 +22,6 @@ from gateway import (
     metrics,
     proxy,
     recovery,
-    results,
     retention,
     runs_api,
     sidecar,
@@ -32,7 +31,7 @@ from gateway.config import GatewayConfig
 from gateway.driver import LEASE_TTL, Driver
 from gateway.errors import StoreUnavailable
 from gateway.limits import Limits
-from gateway.problems import guard, problems_middleware
+from gateway.problems import problems_middleware
 from gateway.routes import RouteTable
 from gateway.scheduler import Scheduler
 from gateway.services import SERVICES, Services
@@ -91,15 +90,10 @@ async def build_services(config: GatewayConfig) -> Services:
     )
 
 
-def build_apps(services: Services) -> tuple[web.Application, web.Application, web.Application]:
-    """The ingress, sidecar and admin applications."""
+def build_apps(services: Services) -> tuple[web.Server, web.Application, web.Application]:
+    """The ingress's low-level server, and the sidecar and admin applications."""
     max_step = max((r.settings.max_step_output for r in services.config.routes), default=0)
-    # No middleware on the hot listener: its last route takes every path and method, so
-    # each handler answers its own errors (`guard`).
-    ingress_app = web.Application()
-    ingress_app.router.add_get(results.RESULT_PATH, guard(results.get_result))
-    ingress_app.router.add_get(results.STATUS_PATH, guard(results.get_status))
-    ingress_app.router.add_route("*", "/{tail:.*}", guard(ingress.handle))
+    ingress_server = web.Server(ingress.listener(services), access_log=None)
     sidecar_app = web.Application(
         middlewares=[problems_middleware],
         client_max_size=max(max_step, services.config.defaults.max_step_output) + 65536,
@@ -109,9 +103,9 @@ def build_apps(services: Services) -> tuple[web.Application, web.Application, we
     admin_app.add_routes(admin.routes())
     admin_app.add_routes(runs_api.routes())
     admin_app.add_routes(dashboard.routes())
-    for app in (ingress_app, sidecar_app, admin_app):
+    for app in (sidecar_app, admin_app):
         app[SERVICES] = services
-    return ingress_app, sidecar_app, admin_app
+    return ingress_server, sidecar_app, admin_app
 
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
@@ -121,18 +115,20 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     services = await build_services(config)
-    apps = build_apps(services)
+    ingress_server, sidecar_app, admin_app = build_apps(services)
+    grace = config.server.shutdown_grace
+    planned: list[web.BaseRunner] = [
+        web.ServerRunner(ingress_server, handle_signals=False, shutdown_timeout=grace),
+        *(
+            web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
+            for app in (sidecar_app, admin_app)
+        ),
+    ]
     addresses = (config.server.ingress, config.server.sidecar, config.server.admin)
-    runners: list[web.AppRunner] = []
+    runners: list[web.BaseRunner] = []
     background: list[asyncio.Task[None]] = []
     try:
-        for app, (host, port) in zip(apps, addresses, strict=True):
-            runner = web.AppRunner(
-                app,
-                access_log=None,
-                handle_signals=False,
-                shutdown_timeout=config.server.shutdown_grace,
-            )
+        for runner, (host, port) in zip(planned, addresses, strict=True):
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_address=True).start()
@@ -165,7 +161,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         await _shutdown(services, runners)
 
 
-async def _shutdown(services: Services, runners: list[web.AppRunner]) -> None:
+async def _shutdown(services: Services, runners: list[web.BaseRunner]) -> None:
     services.ready = False
     if runners:
         for site in list(runners[0].sites):

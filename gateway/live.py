@@ -18,7 +18,7 @@ class ClientSink:
 
     __slots__ = ("request", "response", "alive", "done")
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.BaseRequest) -> None:
         self.request = request
         self.response: web.StreamResponse | None = None
         self.alive = True

@@ -1,7 +1,7 @@
 """RFC 9457 problem+json: the one place a ProblemError becomes an HTTP response.
 
-Used as an aiohttp middleware on the sidecar and admin listeners and as a wrapper around
-the ingress's handlers (`guard`), so handlers just raise.
+Used as an aiohttp middleware on the sidecar and admin listeners, and called by the
+ingress's one handler (`ingress.listener`), so handlers just raise.
 """
 
 from __future__ import annotations
@@ -77,28 +77,11 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
     """Answer ProblemError, aiohttp's own HTTP errors and store faults as problem+json."""
     try:
         return await handler(request)
-    except Exception as exc:  # noqa: BLE001 - `_answer` re-raises what it does not answer
-        return _answer(request, exc)
+    except Exception as exc:  # noqa: BLE001 - `answer` re-raises what it does not answer
+        return answer(request, exc)
 
 
-def guard(handler: Handler) -> Handler:
-    """The handler, answering errors as `problems_middleware` does, for an app whose
-    routes take every path and method, so routing itself never fails.
-
-    Why: aiohttp runs an app's middlewares through two more calls per request, about
-    10k instructions, 1.3% of a durable request's on the event loop.
-    """
-
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except Exception as exc:  # noqa: BLE001 - `_answer` re-raises what it does not answer
-            return _answer(request, exc)
-
-    return guarded
-
-
-def _answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+def answer(request: web.BaseRequest, exc: Exception) -> web.StreamResponse:
     """The problem+json response for `exc`; re-raises anything else, and HTTP redirects."""
     if isinstance(exc, ProblemError):
         metrics.child(metrics.REJECTED, str(exc.status)).inc()

@@ -27,7 +27,7 @@ def new_session() -> aiohttp.ClientSession:
     )
 
 
-def upstream_headers(request: web.Request) -> list[tuple[str, str]]:
+def upstream_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     """The client's headers as an upstream gets them: hop-by-hop ones out, X-Forwarded-* in."""
     return upstream_request_headers(
         request.headers,
@@ -39,7 +39,7 @@ def upstream_headers(request: web.Request) -> list[tuple[str, str]]:
 
 
 async def forward(
-    request: web.Request, route: RouteConfig, session: aiohttp.ClientSession
+    request: web.BaseRequest, route: RouteConfig, session: aiohttp.ClientSession
 ) -> web.StreamResponse:
     headers = upstream_headers(request)
     timeout = route.settings.attempt_timeout

@@ -15,17 +15,26 @@ from gateway import delivery
 from gateway.delivery import Prefer
 from gateway.errors import NotFound
 from gateway.live import LiveRun, until_changed
-from gateway.services import SERVICES, Services
+from gateway.services import Services
 from gateway.store import StoredResponse
 from step_protocol import wire
 
-RESULT_PATH = "/_durable/runs/{run_id}/result"
-STATUS_PATH = "/_durable/runs/{run_id}"
+_PREFIX = "/_durable/runs/"
+"""`{_PREFIX}{run_id}/result` is a run's result, `{_PREFIX}{run_id}` its status."""
 
 
-def result_url(request: web.Request, run_id: str) -> str:
+def target(path: str) -> tuple[str, bool] | None:
+    """(run id, True for the result or False for the status) when `path` is a result URL's."""
+    if not path.startswith(_PREFIX):
+        return None
+    run_id, slash, rest = path[len(_PREFIX) :].partition("/")
+    if not run_id or (slash and rest != "result"):
+        return None
+    return run_id, bool(slash)
+
+
+def result_url(request: web.BaseRequest, services: Services, run_id: str) -> str:
     """Absolute result URL: `server.public_url` when set, else from the request's Host."""
-    services = request.app[SERVICES]
     base = services.config.server.public_url or f"{request.scheme}://{request.host}"
     token = services.tokens.result_token(run_id)
     return f"{base}/_durable/runs/{run_id}/result?token={token}"
@@ -41,16 +50,15 @@ def replay(stored: StoredResponse) -> web.Response:
     return response
 
 
-def _check(request: web.Request) -> tuple[Services, str]:
-    services = request.app[SERVICES]
-    run_id = request.match_info["run_id"]
+def _check(request: web.BaseRequest, services: Services, run_id: str) -> None:
     if not services.tokens.check_result_token(run_id, request.query.get("token")):
         raise NotFound("no such run, or a wrong token")
-    return services, run_id
 
 
-async def get_result(request: web.Request) -> web.StreamResponse:
-    services, run_id = _check(request)
+async def get_result(
+    request: web.BaseRequest, services: Services, run_id: str
+) -> web.StreamResponse:
+    _check(request, services, run_id)
     prefer = delivery.parse_prefer(request.headers.getall("Prefer", []))
     wait = delivery.result_wait(prefer)
     deadline = time.monotonic() + wait
@@ -59,7 +67,7 @@ async def get_result(request: web.Request) -> web.StreamResponse:
         if live is not None:
             live.waiters += 1
             try:
-                answer = await _wait_live(request, live, prefer, deadline)
+                answer = await _wait_live(request, services, live, prefer, deadline)
             finally:
                 services.driver.release(live)
             if answer is not None:
@@ -84,11 +92,11 @@ async def get_result(request: web.Request) -> web.StreamResponse:
 
 
 async def _wait_live(
-    request: web.Request, live: LiveRun, prefer: Prefer, deadline: float
+    request: web.BaseRequest, services: Services, live: LiveRun, prefer: Prefer, deadline: float
 ) -> web.Response | None:
     """The result of a run live here, or 202 at the deadline; None if it left memory."""
     run_id = live.run.run_id
-    while request.app[SERVICES].driver.get(run_id) is live:
+    while services.driver.get(run_id) is live:
         changed = live.changed()
         if live.run.finished and live.run.response is not None:
             if live.final_commit is not None:  # what a result URL shows must survive a crash
@@ -101,7 +109,7 @@ async def _wait_live(
     return None
 
 
-def _pending(request: web.Request, run_id: str, prefer: Prefer, status: str) -> web.Response:
+def _pending(request: web.BaseRequest, run_id: str, prefer: Prefer, status: str) -> web.Response:
     """Still running after the long-poll: come back to the same URL."""
     headers = {"Location": str(request.url), "Retry-After": "1", wire.RUN_ID: run_id}
     applied = delivery.preference_applied(prefer, honoured_async=False, honoured_wait=True)
@@ -110,8 +118,8 @@ def _pending(request: web.Request, run_id: str, prefer: Prefer, status: str) -> 
     return web.json_response({"run_id": run_id, "status": status}, status=202, headers=headers)
 
 
-async def get_status(request: web.Request) -> web.Response:
-    services, run_id = _check(request)
+async def get_status(request: web.BaseRequest, services: Services, run_id: str) -> web.Response:
+    _check(request, services, run_id)
     live = services.driver.get(run_id)
     if live is not None:
         run = live.run
@@ -137,5 +145,5 @@ async def get_status(request: web.Request) -> web.Response:
             "finished_at": row.finished_at,
             "wake_at": row.wake_at,
         }
-    body["result_url"] = result_url(request, run_id)
+    body["result_url"] = result_url(request, services, run_id)
     return web.json_response(body)

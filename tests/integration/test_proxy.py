@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
+import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
 from tests.helpers import assert_eventually, counts
@@ -141,3 +144,58 @@ async def test_client_disconnect_cancels_nothing(
         assert 'durable_runs_total{outcome="succeeded",route="demo"} 1.0' in text
 
     await assert_eventually(finished)
+
+
+async def _send_head(
+    url: str, path: str, expect: str, length: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Open a connection and send a POST's head only; return the streams and the first
+    response head the gateway sends before any body."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nExpect: {expect}\r\n"
+        f"Content-Length: {length}\r\nContent-Type: text/plain\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    return reader, writer, head
+
+
+@pytest.mark.parametrize("durable", ["true", "false"])
+async def test_expect_100_continue_is_answered_before_the_body(
+    backend: Backend, gateway_factory: GatewayFactory, durable: str
+) -> None:
+    gw = gateway_factory(durable_route(backend.url, durable=durable))
+    body = b"sent after the 100"
+    reader, writer, head = await _send_head(gw.ingress, "/demo/echo", "100-continue", len(body))
+    try:
+        assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert final.startswith(b"HTTP/1.1 200 ")
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in final.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+        )
+        echo = orjson.loads(await reader.readexactly(length))
+        assert echo["body"] == body.decode()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("expect", "length", "status"),
+    [("100-continue", 2048, b"413"), ("something-else", 10, b"417")],
+)
+async def test_a_refused_expectation_is_answered_without_the_body(
+    backend: Backend, gateway_factory: GatewayFactory, expect: str, length: int, status: bytes
+) -> None:
+    gw = gateway_factory(durable_route(backend.url, max_body="1KiB"))
+    _, writer, head = await _send_head(gw.ingress, "/demo/echo", expect, length)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 " + status + b" ")
+    assert b"application/problem+json" in head
