@@ -22,7 +22,9 @@ class _Only(Collector):
             yield family.metric()
 
 
-def _scrape(*families: metrics.Counter | metrics.Gauge | metrics.Histogram) -> dict[tuple, float]:
+def _scrape(
+    *families: metrics.Counter | metrics.Gauge | metrics.Histogram,
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry()
     registry.register(_Only(*families))
     text = generate_latest(registry).decode()
