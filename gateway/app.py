@@ -90,22 +90,16 @@ async def build_services(config: GatewayConfig) -> Services:
     )
 
 
-def build_apps(services: Services) -> tuple[web.Server, web.Application, web.Application]:
-    """The ingress's low-level server, and the sidecar and admin applications."""
-    max_step = max((r.settings.max_step_output for r in services.config.routes), default=0)
+def build_apps(services: Services) -> tuple[web.Server, web.Server, web.Application]:
+    """The ingress's and the sidecar's low-level servers, and the admin application."""
     ingress_server = web.Server(ingress.listener(services), access_log=None)
-    sidecar_app = web.Application(
-        middlewares=[problems_middleware],
-        client_max_size=max(max_step, services.config.defaults.max_step_output) + 65536,
-    )
-    sidecar_app.add_routes(sidecar.routes())
+    sidecar_server = web.Server(sidecar.listener(services), access_log=None)
     admin_app = web.Application(middlewares=[problems_middleware, admin.admin_auth])
     admin_app.add_routes(admin.routes())
     admin_app.add_routes(runs_api.routes())
     admin_app.add_routes(dashboard.routes())
-    for app in (sidecar_app, admin_app):
-        app[SERVICES] = services
-    return ingress_server, sidecar_app, admin_app
+    admin_app[SERVICES] = services
+    return ingress_server, sidecar_server, admin_app
 
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
@@ -115,14 +109,12 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     services = await build_services(config)
-    ingress_server, sidecar_app, admin_app = build_apps(services)
+    ingress_server, sidecar_server, admin_app = build_apps(services)
     grace = config.server.shutdown_grace
     planned: list[web.BaseRunner] = [
         web.ServerRunner(ingress_server, handle_signals=False, shutdown_timeout=grace),
-        *(
-            web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
-            for app in (sidecar_app, admin_app)
-        ),
+        web.ServerRunner(sidecar_server, handle_signals=False, shutdown_timeout=grace),
+        web.AppRunner(admin_app, access_log=None, handle_signals=False, shutdown_timeout=grace),
     ]
     addresses = (config.server.ingress, config.server.sidecar, config.server.admin)
     runners: list[web.BaseRunner] = []

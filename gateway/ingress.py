@@ -12,12 +12,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import HttpVersion11, hdrs, web
 
-from gateway import delivery, idempotency, metrics, problems, proxy, results
+from gateway import bodies, delivery, idempotency, metrics, problems, proxy, results
 from gateway.config import RouteConfig
 from gateway.delivery import Delivery, Prefer
 from gateway.errors import (
     BadRequest,
-    BodyTooLarge,
     IdempotencyMismatch,
     RouteNotFound,
     Unavailable,
@@ -185,17 +184,10 @@ async def _continue(request: web.BaseRequest) -> None:
 
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
     """The whole request body, refused with 413 past the route's max_body."""
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"request body is larger than max_body ({limit} bytes)")
+    if bodies.declared_too_large(request, limit):
+        raise bodies.too_large(limit, "max_body")
     await _continue(request)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body is larger than max_body ({limit} bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await bodies.read_whole(request, limit, "max_body")
 
 
 async def _answer(

@@ -7,12 +7,14 @@ the run. Answers from memory for live runs; reads the store only for runs not li
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
 
-from gateway import suspensions
+from gateway import bodies, problems, suspensions
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -22,7 +24,7 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.runs import StepResult, steps_envelope
-from gateway.services import SERVICES
+from gateway.services import Services
 from step_protocol import wire
 
 _JSON = "application/json"
@@ -33,69 +35,106 @@ _TOO_LARGE = {
 }
 
 
-def routes() -> web.RouteTableDef:
-    table = web.RouteTableDef()
-    table.get("/v1/runs/{run_id}/steps")(list_steps)
-    table.get("/v1/runs/{run_id}/steps/{step_id}")(get_step)
-    table.put("/v1/runs/{run_id}/steps/{step_id}")(put_step)
-    table.post("/v1/runs/{run_id}/steps/{step_id}/sleep")(sleep)
-    table.post("/v1/runs/{run_id}/steps/{step_id}/wait")(wait)
-    return table
+_PREFIX = "/v1/runs/"
+
+_Handler = Callable[[web.BaseRequest, Services, str, str], Awaitable[web.Response]]
 
 
-def _authorize(request: web.Request) -> tuple[str, int]:
-    """The run id and attempt the bearer token opens; 401 without one, 403 if wrong."""
-    run_id = request.match_info["run_id"]
+def listener(services: Services) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """The sidecar's one handler, for aiohttp's low-level server.
+
+    No `web.Application`, as on the ingress (`ingress.listener`): its router and a
+    middleware cost about 40k instructions a call, and a 3-step request makes three.
+    Paths are `/v1/runs/{run_id}/steps[/{step_id}[/sleep|/wait]]`, each segment
+    percent-decoded as aiohttp's router would.
+    """
+
+    async def serve(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            found = _target(request.rel_url.raw_path)
+            if found is None:
+                raise web.HTTPNotFound()
+            run_id, step_id, methods = found
+            handler = methods.get(request.method)
+            if handler is None:
+                raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
+            return await handler(request, services, run_id, step_id)
+        except Exception as exc:  # noqa: BLE001 - `answer` re-raises what it does not answer
+            return problems.answer(request, exc)
+
+    return serve
+
+
+def _target(raw_path: str) -> tuple[str, str, dict[str, _Handler]] | None:
+    """(run id, step id or "", handlers by method) for a sidecar path; None for no route."""
+    if not raw_path.startswith(_PREFIX):
+        return None
+    parts = raw_path[len(_PREFIX) :].split("/")
+    if not 2 <= len(parts) <= 4 or not parts[0] or parts[1] != "steps":
+        return None
+    run_id = unquote(parts[0])
+    if len(parts) == 2:
+        return run_id, "", _ON_STEPS
+    if not parts[2]:
+        return None
+    methods = _ON_STEP if len(parts) == 3 else _ON_ACTION.get(parts[3])
+    return None if methods is None else (run_id, unquote(parts[2]), methods)
+
+
+def _authorize(request: web.BaseRequest, services: Services, run_id: str) -> int:
+    """The attempt the bearer token opens for this run; 401 without one, 403 if wrong."""
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send the run's Durable-Token as `Authorization: Bearer …`")
-    attempt = request.app[SERVICES].tokens.check_attempt_token(run_id, token.strip())
+    attempt = services.tokens.check_attempt_token(run_id, token.strip())
     if attempt is None:
         raise Forbidden("this token does not open this run", run_id=run_id)
-    return run_id, attempt
+    return attempt
 
 
-def _step_id(request: web.Request) -> str:
-    step_id = request.match_info["step_id"]
+def _check_step_id(step_id: str) -> None:
     if not step_id or len(step_id) > wire.MAX_STEP_ID:
         raise BadRequest(f"a step id is 1 to {wire.MAX_STEP_ID} characters")
-    return step_id
 
 
-async def _steps(request: web.Request, run_id: str) -> dict[str, bytes]:
-    live = request.app[SERVICES].driver.get(run_id)
+async def _steps(services: Services, run_id: str) -> dict[str, bytes]:
+    live = services.driver.get(run_id)
     if live is not None:
         return live.run.steps
-    if await request.app[SERVICES].store.get_run(run_id) is None:
+    if await services.store.get_run(run_id) is None:
         raise NotFound("no such run", run_id=run_id)
-    return await request.app[SERVICES].store.load_steps(run_id)
+    return await services.store.load_steps(run_id)
 
 
-async def list_steps(request: web.Request) -> web.Response:
-    run_id, _ = _authorize(request)
-    body = steps_envelope(await _steps(request, run_id))
+async def list_steps(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    _authorize(request, services, run_id)
+    body = steps_envelope(await _steps(services, run_id))
     return web.Response(body=body, content_type=_JSON)
 
 
-async def get_step(request: web.Request) -> web.Response:
-    run_id, _ = _authorize(request)
-    step_id = _step_id(request)
-    output = (await _steps(request, run_id)).get(step_id)
+async def get_step(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    _authorize(request, services, run_id)
+    _check_step_id(step_id)
+    output = (await _steps(services, run_id)).get(step_id)
     if output is None:
         raise NotFound(f"step {step_id!r} has not completed", run_id=run_id)
     return web.Response(body=b'{"output":' + output + b"}", content_type=_JSON)
 
 
-async def put_step(request: web.Request) -> web.Response:
-    run_id, attempt = _authorize(request)
-    step_id = _step_id(request)
-    driver = request.app[SERVICES].driver
+async def put_step(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    attempt = _authorize(request, services, run_id)
+    _check_step_id(step_id)
+    driver = services.driver
     live = driver.get(run_id)
     limit = (live.run.route.settings.max_step_output if live else 4 * 1024 * 1024) + 1024
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge("step output is larger than max_step_output", run_id=run_id)
-    raw = await request.read()
+    raw = await bodies.read_whole(request, limit, "max_step_output", run_id)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -123,14 +162,24 @@ async def put_step(request: web.Request) -> web.Response:
     raise BodyTooLarge(_TOO_LARGE[result], run_id=run_id)
 
 
-async def _json_object(request: web.Request, run_id: str) -> dict[str, Any]:
+async def _call(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> tuple[int, dict[str, Any]]:
+    """A sleep's or wait's attempt and JSON object body (at most the largest step output
+    and 64 KiB)."""
+    attempt = _authorize(request, services, run_id)
+    _check_step_id(step_id)
+    config = services.config
+    largest = max((r.settings.max_step_output for r in config.routes), default=0)
+    limit = max(largest, config.defaults.max_step_output) + 65536
     try:
-        body = orjson.loads(await request.read())
+        raw = await bodies.read_whole(request, limit, "a sidecar call's limit", run_id)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"body is not JSON: {exc}", run_id=run_id) from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object", run_id=run_id)
-    return body
+    return attempt, body
 
 
 def _seconds(value: Any, name: str, run_id: str) -> float:
@@ -145,10 +194,10 @@ def _answer(answer: suspensions.Answer) -> web.Response:
     return web.Response(status=200 if answer.done else 202, body=answer.body, content_type=_JSON)
 
 
-async def sleep(request: web.Request) -> web.Response:
-    run_id, attempt = _authorize(request)
-    step_id = _step_id(request)
-    body = await _json_object(request, run_id)
+async def sleep(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    attempt, body = await _call(request, services, run_id, step_id)
     now = time.time()
     if ("seconds" in body) == ("until" in body):
         raise BadRequest('send {"seconds": N} or {"until": "<RFC 3339>"}', run_id=run_id)
@@ -159,14 +208,13 @@ async def sleep(request: web.Request) -> web.Response:
             wake_at = wire.parse_timestamp(str(body["until"])).timestamp()
         except ValueError as exc:
             raise BadRequest(f'"until" must be an RFC 3339 time: {exc}', run_id=run_id) from None
-    driver = request.app[SERVICES].driver
-    return _answer(suspensions.sleep(driver, run_id, attempt, step_id, wake_at, now))
+    return _answer(suspensions.sleep(services.driver, run_id, attempt, step_id, wake_at, now))
 
 
-async def wait(request: web.Request) -> web.Response:
-    run_id, attempt = _authorize(request)
-    step_id = _step_id(request)
-    body = await _json_object(request, run_id)
+async def wait(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    attempt, body = await _call(request, services, run_id, step_id)
     event, match = body.get("event"), body.get("match", {})
     if not isinstance(event, str) or not event:
         raise BadRequest('"event" must be a non-empty string', run_id=run_id)
@@ -174,7 +222,6 @@ async def wait(request: web.Request) -> web.Response:
         raise BadRequest('"match" must map dotted paths to values', run_id=run_id)
     timeout = body.get("timeout")
     lookback = body.get("lookback")
-    services = request.app[SERVICES]
     answer = await suspensions.wait(
         services.driver,
         services.store,
@@ -188,3 +235,8 @@ async def wait(request: web.Request) -> web.Response:
         now=time.time(),
     )
     return _answer(answer)
+
+
+_ON_STEPS: dict[str, _Handler] = {"GET": list_steps, "HEAD": list_steps}
+_ON_STEP: dict[str, _Handler] = {"GET": get_step, "HEAD": get_step, "PUT": put_step}
+_ON_ACTION: dict[str, dict[str, _Handler]] = {"sleep": {"POST": sleep}, "wait": {"POST": wait}}

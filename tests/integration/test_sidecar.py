@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import aiohttp
+from yarl import URL
 
 from tests.conftest import GatewayFactory, HeldBackend, durable_route
 
@@ -135,5 +137,45 @@ async def test_large_steps_are_fetched_not_inlined(
     assert second["Durable-Steps"] == "fetch"
     async with http.get(f"{base}/steps", headers=bearer(second)) as r:
         assert await r.json() == {"steps": {"big": {"output": big}}}
+    await held.answers.put(200)
+    (await request).release()
+
+
+async def test_sidecar_paths_methods_and_encoded_step_ids(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    base, headers, request, _ = await start_run(gateway_factory, held, http, max_step_output="1KiB")
+    auth = bearer(headers)
+    # A step id's percent-encoding is decoded, a slash included, as one path segment.
+    encoded = URL(f"{base}/steps/order%2F7%3Acharge%20one", encoded=True)
+    async with http.put(encoded, json={"output": 1}, headers=auth) as r:
+        assert r.status == 201
+    async with http.get(f"{base}/steps", headers=auth) as r:
+        assert await r.json() == {"steps": {"order/7:charge one": {"output": 1}}}
+    async with http.head(encoded, headers=auth) as r:
+        assert r.status == 200
+    for method, path, status in [
+        ("GET", f"{base}/stepz", 404),
+        ("GET", f"{base}/steps/a/b/c", 404),
+        ("POST", f"{base}/steps/a/nap", 404),
+        ("GET", base.rsplit("/v1/", 1)[0] + "/v2/x", 404),
+        ("DELETE", f"{base}/steps/a", 405),
+        ("PUT", f"{base}/steps", 405),
+        ("GET", f"{base}/steps/a/sleep", 405),
+    ]:
+        async with http.request(method, path, headers=auth) as r:
+            assert r.status == status, (method, path)
+            assert r.content_type == "application/problem+json"
+            if status == 405:
+                assert r.headers["Allow"]
+    async with http.put(f"{base}/steps", headers=auth) as r:
+        assert r.headers["Allow"] == "GET,HEAD"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b" " * 1000  # no Content-Length: the limit is found while reading
+
+    async with http.put(f"{base}/steps/chunked", data=chunks(), headers=auth) as r:
+        assert r.status == 413
     await held.answers.put(200)
     (await request).release()
