@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
-from aiohttp import HttpVersion11, hdrs, web
+from aiohttp import web
 
-from gateway import bodies, delivery, idempotency, metrics, problems, proxy, results
+from gateway import delivery, idempotency, listeners, metrics, proxy, results
 from gateway.config import RouteConfig
 from gateway.delivery import Delivery, Prefer
 from gateway.errors import (
@@ -30,32 +29,26 @@ from step_protocol import wire
 
 _READS = frozenset({"GET", "HEAD"})
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
-
-def listener(services: Services) -> Handler:
+def listener(services: Services) -> listeners.Handler:
     """The ingress's one handler, for aiohttp's low-level server: a result URL, or a route.
 
     No `web.Application`: its router, match info and response hooks cost about 30k
     instructions a request, 16% of what aiohttp spends on one, and the ingress routes
-    requests itself (`RouteTable`). Errors are answered as `problems_middleware`
-    answers them on the other listeners.
+    requests itself (`RouteTable`).
     """
 
     async def serve(request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            if request.method in _READS:
-                found = results.target(request.path)
-                if found is not None:
-                    run_id, whole = found
-                    if whole:
-                        return await results.get_result(request, services, run_id)
-                    return await results.get_status(request, services, run_id)
-            return await handle(request, services)
-        except Exception as exc:  # noqa: BLE001 - `answer` re-raises what it does not answer
-            return problems.answer(request, exc)
+        if request.method in _READS:
+            found = results.target(listeners.segments(request, results.PREFIX))
+            if found is not None:
+                run_id, whole = found
+                if whole:
+                    return await results.get_result(request, services, run_id)
+                return await results.get_status(request, services, run_id)
+        return await handle(request, services)
 
-    return serve
+    return listeners.guard(serve)
 
 
 async def handle(request: web.BaseRequest, services: Services) -> web.StreamResponse:
@@ -72,7 +65,7 @@ async def handle(request: web.BaseRequest, services: Services) -> web.StreamResp
     _check_rate(request, route, limits)
     if not route.durable:
         metrics.child(metrics.REQUESTS, route.name, "plain").inc()
-        await _continue(request)
+        await listeners.expect_continue(request)
         return await proxy.forward(request, route, services.session)
     metrics.child(metrics.REQUESTS, route.name, "durable").inc()
     writer = services.writer
@@ -81,7 +74,7 @@ async def handle(request: web.BaseRequest, services: Services) -> web.StreamResp
             f"storage cannot take new runs now ({writer.last_error or 'write queue full'})",
             retry_after=1,
         )
-    body = await _read_body(request, route.settings.max_body)
+    body = await listeners.read_whole(request, route.settings.max_body, "max_body")
     idem = _idempotency(request, route, body)
     if idem is not None:
         existing = await _existing_run(request, services, route, *idem)
@@ -166,28 +159,6 @@ def _check_rate(request: web.BaseRequest, route: RouteConfig, limits: Limits) ->
 class _TooManyRequests(web.HTTPTooManyRequests):
     def __init__(self, detail: str, wait: float) -> None:
         super().__init__(text=detail, headers={"Retry-After": str(max(1, int(wait + 0.999)))})
-
-
-async def _continue(request: web.BaseRequest) -> None:
-    """Answer `Expect: 100-continue` before the body is read, as aiohttp's router would.
-
-    Only once the request is known to be wanted: a body over max_body is refused first.
-    """
-    expect = request.headers.get(hdrs.EXPECT)
-    if expect is None or request.version != HttpVersion11:
-        return
-    if expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the interim response is not part of the answer
-
-
-async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole request body, refused with 413 past the route's max_body."""
-    if bodies.declared_too_large(request, limit):
-        raise bodies.too_large(limit, "max_body")
-    await _continue(request)
-    return await bodies.read_whole(request, limit, "max_body")
 
 
 async def _answer(

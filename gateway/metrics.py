@@ -21,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 
 class Value:
@@ -148,7 +149,7 @@ class Histogram(_Family[Buckets]):
 
     def metric(self) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        edges = [repr(b) for b in self.bounds] + ["+Inf"]  # repr: as prometheus-client
+        edges = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         for values, series in self.series.items():
             cumulative, total = [], 0
             for edge, count in zip(edges, series.counts, strict=True):
@@ -165,9 +166,6 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Metric]:
         for family in _FAMILIES:
             yield family.metric()
-
-
-REGISTRY.register(_Collector())
 
 
 _LATENCY_BUCKETS = (
@@ -274,3 +272,8 @@ def observe_commit(writes: int, seconds: float) -> None:
     """The writer's commit hook: one group-commit transaction finished."""
     STORE_BATCH.observe(writes)
     STORE_WRITE.observe(seconds)
+
+
+# Registered once every family exists: the registry reads their names now, to refuse
+# a second metric of the same name later.
+REGISTRY.register(_Collector())

@@ -19,18 +19,18 @@ from gateway.services import Services
 from gateway.store import StoredResponse
 from step_protocol import wire
 
-_PREFIX = "/_durable/runs/"
-"""`{_PREFIX}{run_id}/result` is a run's result, `{_PREFIX}{run_id}` its status."""
+PREFIX = "/_durable/runs/"
+"""`{PREFIX}{run_id}/result` is a run's result, `{PREFIX}{run_id}` its status."""
 
 
-def target(path: str) -> tuple[str, bool] | None:
-    """(run id, True for the result or False for the status) when `path` is a result URL's."""
-    if not path.startswith(_PREFIX):
+def target(segments: list[str] | None) -> tuple[str, bool] | None:
+    """(run id, True for the result or False for the status) for a path's segments after
+    PREFIX (`listeners.segments`); None when they are not a result URL's."""
+    if segments is None or not 1 <= len(segments) <= 2 or not segments[0]:
         return None
-    run_id, slash, rest = path[len(_PREFIX) :].partition("/")
-    if not run_id or (slash and rest != "result"):
+    if len(segments) == 2 and segments[1] != "result":
         return None
-    return run_id, bool(slash)
+    return segments[0], len(segments) == 2
 
 
 def result_url(request: web.BaseRequest, services: Services, run_id: str) -> str:

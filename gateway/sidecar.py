@@ -9,12 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 from aiohttp import web
 
-from gateway import bodies, problems, suspensions
+from gateway import listeners, suspensions
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -40,45 +39,37 @@ _PREFIX = "/v1/runs/"
 _Handler = Callable[[web.BaseRequest, Services, str, str], Awaitable[web.Response]]
 
 
-def listener(services: Services) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+def listener(services: Services) -> listeners.Handler:
     """The sidecar's one handler, for aiohttp's low-level server.
 
     No `web.Application`, as on the ingress (`ingress.listener`): its router and a
     middleware cost about 40k instructions a call, and a 3-step request makes three.
-    Paths are `/v1/runs/{run_id}/steps[/{step_id}[/sleep|/wait]]`, each segment
-    percent-decoded as aiohttp's router would.
+    Paths are `/v1/runs/{run_id}/steps[/{step_id}[/sleep|/wait]]`.
     """
 
     async def serve(request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            found = _target(request.rel_url.raw_path)
-            if found is None:
-                raise web.HTTPNotFound()
-            run_id, step_id, methods = found
-            handler = methods.get(request.method)
-            if handler is None:
-                raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
-            return await handler(request, services, run_id, step_id)
-        except Exception as exc:  # noqa: BLE001 - `answer` re-raises what it does not answer
-            return problems.answer(request, exc)
+        found = _target(listeners.segments(request, _PREFIX))
+        if found is None:
+            raise web.HTTPNotFound()
+        run_id, step_id, methods = found
+        handler = methods.get(request.method)
+        if handler is None:
+            raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
+        return await handler(request, services, run_id, step_id)
 
-    return serve
+    return listeners.guard(serve)
 
 
-def _target(raw_path: str) -> tuple[str, str, dict[str, _Handler]] | None:
-    """(run id, step id or "", handlers by method) for a sidecar path; None for no route."""
-    if not raw_path.startswith(_PREFIX):
+def _target(parts: list[str] | None) -> tuple[str, str, dict[str, _Handler]] | None:
+    """(run id, step id or "", handlers by method) for a path's segments after _PREFIX."""
+    if parts is None or not 2 <= len(parts) <= 4 or not parts[0] or parts[1] != "steps":
         return None
-    parts = raw_path[len(_PREFIX) :].split("/")
-    if not 2 <= len(parts) <= 4 or not parts[0] or parts[1] != "steps":
-        return None
-    run_id = unquote(parts[0])
     if len(parts) == 2:
-        return run_id, "", _ON_STEPS
+        return parts[0], "", _ON_STEPS
     if not parts[2]:
         return None
     methods = _ON_STEP if len(parts) == 3 else _ON_ACTION.get(parts[3])
-    return None if methods is None else (run_id, unquote(parts[2]), methods)
+    return None if methods is None else (parts[0], parts[2], methods)
 
 
 def _authorize(request: web.BaseRequest, services: Services, run_id: str) -> int:
@@ -134,7 +125,7 @@ async def put_step(
     driver = services.driver
     live = driver.get(run_id)
     limit = (live.run.route.settings.max_step_output if live else 4 * 1024 * 1024) + 1024
-    raw = await bodies.read_whole(request, limit, "max_step_output", run_id)
+    raw = await listeners.read_whole(request, limit, "max_step_output", run_id)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -173,7 +164,7 @@ async def _call(
     largest = max((r.settings.max_step_output for r in config.routes), default=0)
     limit = max(largest, config.defaults.max_step_output) + 65536
     try:
-        raw = await bodies.read_whole(request, limit, "a sidecar call's limit", run_id)
+        raw = await listeners.read_whole(request, limit, "a sidecar call's limit", run_id)
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"body is not JSON: {exc}", run_id=run_id) from None

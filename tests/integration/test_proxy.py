@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 import pytest
+from yarl import URL
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import assert_eventually, counts
+from tests.helpers import assert_eventually, counts, read_response, send_head
 
 
 async def test_happy_path_passes_the_response_through(
@@ -146,20 +146,8 @@ async def test_client_disconnect_cancels_nothing(
     await assert_eventually(finished)
 
 
-async def _send_head(
-    url: str, path: str, expect: str, length: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-    """Open a connection and send a POST's head only; return the streams and the first
-    response head the gateway sends before any body."""
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(
-        f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nExpect: {expect}\r\n"
-        f"Content-Length: {length}\r\nContent-Type: text/plain\r\n\r\n".encode()
-    )
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    return reader, writer, head
+def _expecting(expect: str, length: int) -> dict[str, str]:
+    return {"Expect": expect, "Content-Length": str(length), "Content-Type": "text/plain"}
 
 
 @pytest.mark.parametrize("durable", ["true", "false"])
@@ -168,21 +156,14 @@ async def test_expect_100_continue_is_answered_before_the_body(
 ) -> None:
     gw = gateway_factory(durable_route(backend.url, durable=durable))
     body = b"sent after the 100"
-    reader, writer, head = await _send_head(gw.ingress, "/demo/echo", "100-continue", len(body))
+    url = gw.url("/demo/echo")
+    reader, writer, head = await send_head(url, "POST", _expecting("100-continue", len(body)))
     try:
         assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
         writer.write(body)
-        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        final, answer = await read_response(reader)
         assert final.startswith(b"HTTP/1.1 200 ")
-        length = int(
-            next(
-                line.split(b":")[1]
-                for line in final.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-        )
-        echo = orjson.loads(await reader.readexactly(length))
-        assert echo["body"] == body.decode()
+        assert orjson.loads(answer)["body"] == body.decode()
     finally:
         writer.close()
 
@@ -195,7 +176,28 @@ async def test_a_refused_expectation_is_answered_without_the_body(
     backend: Backend, gateway_factory: GatewayFactory, expect: str, length: int, status: bytes
 ) -> None:
     gw = gateway_factory(durable_route(backend.url, max_body="1KiB"))
-    _, writer, head = await _send_head(gw.ingress, "/demo/echo", expect, length)
+    _, writer, head = await send_head(gw.url("/demo/echo"), "POST", _expecting(expect, length))
     writer.close()
     assert head.startswith(b"HTTP/1.1 " + status + b" ")
     assert b"application/problem+json" in head
+
+
+async def test_an_empty_expect_header_expects_nothing(
+    backend: Backend, gateway_factory: GatewayFactory
+) -> None:
+    gw = gateway_factory(durable_route(backend.url))
+    _, writer, head = await send_head(gw.url("/demo/echo"), "POST", _expecting("", 0))
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_result_paths_are_decoded_as_one_segment_each(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    # An encoded slash stays inside the run id: never a result URL's "/result", and the
+    # reserved /_durable/ paths never reach a catch-all route's upstream.
+    gw = gateway_factory(durable_route(backend.url, path="/*"))
+    for path in ("/_durable/runs/a%2Fresult", "/_durable/runs/a%2Fb/result"):
+        async with http.get(URL(gw.url(path), encoded=True)) as resp:
+            assert resp.status == 404, path
+            assert (await resp.json())["detail"] == "no such run, or a wrong token"

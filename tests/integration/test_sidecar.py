@@ -9,6 +9,7 @@ import aiohttp
 from yarl import URL
 
 from tests.conftest import GatewayFactory, HeldBackend, durable_route
+from tests.helpers import read_response, send_head
 
 
 async def start_run(
@@ -151,9 +152,18 @@ async def test_sidecar_paths_methods_and_encoded_step_ids(
     async with http.put(encoded, json={"output": 1}, headers=auth) as r:
         assert r.status == 201
     async with http.get(f"{base}/steps", headers=auth) as r:
-        assert await r.json() == {"steps": {"order/7:charge one": {"output": 1}}}
+        assert (await r.json())["steps"] == {"order/7:charge one": {"output": 1}}
     async with http.head(encoded, headers=auth) as r:
         assert r.status == 200
+    # Escapes that are not UTF-8 stay as sent, so two such ids never become one.
+    for raw in ("%FF", "%FE"):
+        async with http.put(
+            URL(f"{base}/steps/{raw}", encoded=True), json={"output": raw}, headers=auth
+        ) as r:
+            assert r.status == 201
+    async with http.get(f"{base}/steps", headers=auth) as r:
+        steps = (await r.json())["steps"]
+    assert steps["%FF"] == {"output": "%FF"} and steps["%FE"] == {"output": "%FE"}
     for method, path, status in [
         ("GET", f"{base}/stepz", 404),
         ("GET", f"{base}/steps/a/b/c", 404),
@@ -177,5 +187,28 @@ async def test_sidecar_paths_methods_and_encoded_step_ids(
 
     async with http.put(f"{base}/steps/chunked", data=chunks(), headers=auth) as r:
         assert r.status == 413
+    await held.answers.put(200)
+    (await request).release()
+
+
+async def test_sidecar_answers_expect_100_continue(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    base, headers, request, _ = await start_run(gateway_factory, held, http, max_step_output="1KiB")
+    body = b'{"output": "after the 100"}'
+    ask = {**bearer(headers), "Expect": "100-continue", "Content-Type": "application/json"}
+    reader, writer, head = await send_head(
+        f"{base}/steps/a", "PUT", {**ask, "Content-Length": str(len(body))}
+    )
+    try:
+        assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        final, _ = await read_response(reader)
+        assert final.startswith(b"HTTP/1.1 201 ")
+    finally:
+        writer.close()
+    _, writer, head = await send_head(f"{base}/steps/b", "PUT", {**ask, "Content-Length": "5000"})
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 413 ")  # refused before the body is sent
     await held.answers.put(200)
     (await request).release()
