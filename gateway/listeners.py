@@ -56,7 +56,7 @@ async def expect_continue(request: web.BaseRequest) -> None:
     request.writer.output_size = 0  # the interim response is not part of the answer
 
 
-def too_large(limit: int, setting: str, run_id: str | None = None) -> BodyTooLarge:
+def _too_large(limit: int, setting: str, run_id: str | None = None) -> BodyTooLarge:
     return BodyTooLarge(f"request body is larger than {setting} ({limit} bytes)", run_id=run_id)
 
 
@@ -66,13 +66,13 @@ async def read_whole(
     """The whole body; 413 past `limit` bytes, naming the `setting` that sets it, before
     `100 Continue` when the length is declared, or as the bytes arrive when chunked."""
     if request.content_length is not None and request.content_length > limit:
-        raise too_large(limit, setting, run_id)
+        raise _too_large(limit, setting, run_id)
     await expect_continue(request)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
         size += len(chunk)
         if size > limit:
-            raise too_large(limit, setting, run_id)
+            raise _too_large(limit, setting, run_id)
         chunks.append(chunk)
     return b"".join(chunks)

@@ -1,7 +1,7 @@
 """RFC 9457 problem+json: the one place a ProblemError becomes an HTTP response.
 
-Used as an aiohttp middleware on the sidecar and admin listeners, and called by the
-ingress's one handler (`ingress.listener`), so handlers just raise.
+Used as an aiohttp middleware on the admin listener, and through `listeners.guard` on the
+ingress and the sidecar, so handlers just raise.
 """
 
 from __future__ import annotations

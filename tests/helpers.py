@@ -201,12 +201,22 @@ async def send_head(
     return reader, writer, head
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """The next response's head and its body (framed by Content-Length)."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    return head, await reader.readexactly(length)
+async def send_after_continue(
+    url: str, method: str, headers: dict[str, str], body: bytes
+) -> tuple[bytes, bytes]:
+    """Send a request with `Expect: 100-continue`, its body only after the `100 Continue`
+    (asserted); return the final response's head and its body (framed by Content-Length)."""
+    ask = {**headers, "Expect": "100-continue", "Content-Length": str(len(body))}
+    reader, writer, head = await send_head(url, method, ask)
+    try:
+        assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(body)
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in final.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return final, await reader.readexactly(length)
+    finally:
+        writer.close()

@@ -11,7 +11,7 @@ import pytest
 from yarl import URL
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import assert_eventually, counts, read_response, send_head
+from tests.helpers import assert_eventually, counts, send_after_continue, send_head
 
 
 async def test_happy_path_passes_the_response_through(
@@ -157,15 +157,9 @@ async def test_expect_100_continue_is_answered_before_the_body(
     gw = gateway_factory(durable_route(backend.url, durable=durable))
     body = b"sent after the 100"
     url = gw.url("/demo/echo")
-    reader, writer, head = await send_head(url, "POST", _expecting("100-continue", len(body)))
-    try:
-        assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
-        writer.write(body)
-        final, answer = await read_response(reader)
-        assert final.startswith(b"HTTP/1.1 200 ")
-        assert orjson.loads(answer)["body"] == body.decode()
-    finally:
-        writer.close()
+    final, answer = await send_after_continue(url, "POST", {"Content-Type": "text/plain"}, body)
+    assert final.startswith(b"HTTP/1.1 200 ")
+    assert orjson.loads(answer)["body"] == body.decode()
 
 
 @pytest.mark.parametrize(

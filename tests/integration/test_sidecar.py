@@ -9,7 +9,7 @@ import aiohttp
 from yarl import URL
 
 from tests.conftest import GatewayFactory, HeldBackend, durable_route
-from tests.helpers import read_response, send_head
+from tests.helpers import send_after_continue, send_head
 
 
 async def start_run(
@@ -196,18 +196,11 @@ async def test_sidecar_answers_expect_100_continue(
 ) -> None:
     base, headers, request, _ = await start_run(gateway_factory, held, http, max_step_output="1KiB")
     body = b'{"output": "after the 100"}'
-    ask = {**bearer(headers), "Expect": "100-continue", "Content-Type": "application/json"}
-    reader, writer, head = await send_head(
-        f"{base}/steps/a", "PUT", {**ask, "Content-Length": str(len(body))}
-    )
-    try:
-        assert head == b"HTTP/1.1 100 Continue\r\n\r\n"
-        writer.write(body)
-        final, _ = await read_response(reader)
-        assert final.startswith(b"HTTP/1.1 201 ")
-    finally:
-        writer.close()
-    _, writer, head = await send_head(f"{base}/steps/b", "PUT", {**ask, "Content-Length": "5000"})
+    ask = {**bearer(headers), "Content-Type": "application/json"}
+    final, _ = await send_after_continue(f"{base}/steps/a", "PUT", ask, body)
+    assert final.startswith(b"HTTP/1.1 201 ")
+    too_big = {**ask, "Expect": "100-continue", "Content-Length": "5000"}
+    _, writer, head = await send_head(f"{base}/steps/b", "PUT", too_big)
     writer.close()
     assert head.startswith(b"HTTP/1.1 413 ")  # refused before the body is sent
     await held.answers.put(200)
