@@ -2,7 +2,7 @@
 
 Sends the bench backend's `/0` the same POST (53-byte body, the four `Durable-*` headers)
 from 32 concurrent workers, first through aiohttp's client as the gateway used it
-(session options, per-call timeouts), then through `gateway.upstream.Pool`, and prints
+(session options, per-call timeouts), then through `gateway.upstream.pool.Pool`, and prints
 this process's CPU per request for each. The backend runs in its own process, so its
 CPU is not counted.
 
@@ -21,8 +21,9 @@ from pathlib import Path
 import aiohttp
 
 from bench.processes import Lab
-from gateway import proxy, upstream
+from gateway import upstream
 from gateway.cli import loop_runner
+from gateway.http import proxy
 
 BODY = b'{"prompt":"hello","n":1,"padding":"xxxxxxxxxxxxxxxx"}'
 HEADERS = [

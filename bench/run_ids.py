@@ -1,11 +1,12 @@
 """Why run ids start with their creation time: the store's cost per run, by id layout.
 
 Writes the happy path's batches (a run created, answered at its first attempt and
-finished, 400 runs a transaction) through the store's own statements (`sqlite_sql.plan`)
-into a fresh file with the gateway's schema, once with wholly random ids and once with
-the gateway's (a millisecond timestamp, then 80 random bits), and prints the CPU each run
-cost as the file grows. A random key puts every run's index entry on a page of its own,
-and each dirtied page is written whole to the WAL and again at checkpoint.
+finished, 400 runs a transaction) through the store's own statements
+(`gateway.store.sqlite.sql.plan`) into a fresh file with the gateway's schema, once with
+wholly random ids and once with the gateway's (a millisecond timestamp, then 80 random
+bits), and prints the CPU each run cost as the file grows. A random key puts every run's
+index entry on a page of its own, and each dirtied page is written whole to the WAL and
+again at checkpoint.
 
     python -m bench.run_ids [--runs 200000]
 """
@@ -22,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.seed import create_schema
+from gateway.engine.tokens import new_run_id
 from gateway.store import CreateRun, FinishRun, RecordAttempt, StoredRequest, StoredResponse, Write
-from gateway.store.sqlite_sql import plan
-from gateway.tokens import new_run_id
+from gateway.store.sqlite.sql import plan
 
 BATCH = 400
 REQUEST = StoredRequest(

@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.store import open_store
-from gateway.tokens import new_run_id
+from gateway.engine.tokens import new_run_id
+from gateway.store.open import open_store
 
 RUN: Final = (
     "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at, finished_at,"

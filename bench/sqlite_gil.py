@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from gateway.store import sqlite_sql
+from gateway.store.sqlite import sql as sqlite_sql
 
 ROWS = 2000
 INSERT = "INSERT INTO t VALUES (?, ?, ?, ?, ?)"

@@ -14,31 +14,21 @@ import signal
 
 from aiohttp import web
 
-from gateway import (
-    admin,
-    dashboard,
-    ingress,
-    leases,
-    metrics,
-    proxy,
-    recovery,
-    retention,
-    runs_api,
-    sidecar,
-    upstream,
-)
+from gateway import metrics, upstream
 from gateway.config import GatewayConfig
-from gateway.driver import LEASE_TTL, Driver
+from gateway.engine import leases, recovery, retention
+from gateway.engine.driver import LEASE_TTL, Driver
+from gateway.engine.limits import Limits
+from gateway.engine.scheduler import Scheduler
+from gateway.engine.tokens import Tokens, new_secret
 from gateway.errors import StoreUnavailable
-from gateway.limits import Limits
-from gateway.problems import problems_middleware
-from gateway.routes import RouteTable
-from gateway.scheduler import Scheduler
-from gateway.services import SERVICES, Services
-from gateway.store import open_store
+from gateway.http import admin, dashboard, ingress, proxy, runs_api, sidecar
+from gateway.http.problems import problems_middleware
+from gateway.http.routes import RouteTable
+from gateway.http.services import SERVICES, Services
+from gateway.store.open import open_store
 from gateway.store.writer import Writer
 from gateway.tasks import spawn
-from gateway.tokens import Tokens, new_secret
 
 log = logging.getLogger("gateway")
 

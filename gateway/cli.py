@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("durable-gateway: error: --config FILE is required", file=sys.stderr)
         return EXIT_CONFIG
-    from gateway.config_loader import load_config
+    from gateway.config.loader import load_config
 
     try:
         config = load_config(config_path)

@@ -1,4 +1,4 @@
-"""The gateway's few exceptions. `problems.py` turns ProblemError into RFC 9457 JSON.
+"""The gateway's few exceptions. `http/problems.py` turns ProblemError into RFC 9457 JSON.
 
     GatewayError
     ├── ConfigError            bad configuration: key path, line, message
@@ -17,11 +17,33 @@
         └── Unavailable            503 (storage fault, queue timeout, shutting down)
 
 Upstream failures are not exceptions: `attempts.py` turns them into an AttemptOutcome.
+`problem_body` is the RFC 9457 body every problem response, live or stored, carries.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+import orjson
+
+CONTENT_TYPE = "application/problem+json"
+TYPE_BASE = "https://durable-gateway.dev/problems/"
+
+
+def problem_body(
+    status: int, type_: str, title: str, detail: str, run_id: str | None = None, **extra: Any
+) -> bytes:
+    """The JSON body of a problem response."""
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + type_,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if run_id is not None:
+        body["run_id"] = run_id
+    body.update(extra)
+    return orjson.dumps(body)
 
 
 class GatewayError(Exception):

@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 from yarl import URL
 
-from gateway import dashboard
-from gateway.problems import problems_middleware
+from gateway.http import dashboard
+from gateway.http.problems import problems_middleware
 from tests.conftest import Backend, GatewayFactory, durable_route
 from tests.helpers import assert_eventually, get_json
 

@@ -14,7 +14,8 @@ from typing import Protocol
 
 import pytest
 
-from gateway.store import FullStore, open_store
+from gateway.store import FullStore
+from gateway.store.open import open_store
 from gateway.store.sqlite import SqliteStore
 
 DATABASES = ["sqlite"]

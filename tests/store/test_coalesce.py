@@ -11,7 +11,7 @@ from gateway.store import (
     StoredResponse,
     UpdateRun,
 )
-from gateway.store.sqlite_sql import CreatedFinished, coalesce
+from gateway.store.batch import CreatedFinished, coalesce
 
 REQUEST = StoredRequest("POST", "/a?x=1", [("X-One", "1")], b"body")
 RESPONSE = StoredResponse(201, [("Content-Type", "text/plain")], b"done")

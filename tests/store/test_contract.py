@@ -16,10 +16,8 @@ import aiosqlite
 import pytest
 
 from gateway.errors import StoreUnavailable
-from gateway.runs import FINAL_STATUSES
 from gateway.store import (
     PARKED_STATUSES,
-    TEST_MAX_PAGES_ENV,
     AttemptRow,
     CreateRun,
     FinishRun,
@@ -30,11 +28,14 @@ from gateway.store import (
     StoredResponse,
     UpdateRun,
     Write,
-    open_store,
     schema,
-    sqlite_sql,
 )
-from gateway.store.sqlite import SqliteStore, describe_error, group_writes, path_from_url
+from gateway.store.batch import group_writes
+from gateway.store.open import TEST_MAX_PAGES_ENV, open_store
+from gateway.store.records import FINAL_STATUSES
+from gateway.store.sqlite import SqliteStore, describe_error, path_from_url
+from gateway.store.sqlite import sql as sqlite_sql
+from gateway.store.sqlite.migrate import migrate_sqlite
 from tests.store import records
 
 if TYPE_CHECKING:
@@ -468,13 +469,13 @@ async def test_sqlite_migrations_apply_once_and_in_order(tmp_path: Path) -> None
         postgres=("CREATE TABLE extra (x INTEGER)",),
     )
     async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as conn:
-        assert await schema.migrate_sqlite(conn) == [m.version for m in schema.MIGRATIONS]
-        assert await schema.migrate_sqlite(conn) == []
-        assert await schema.migrate_sqlite(conn, (*schema.MIGRATIONS, extra)) == [extra.version]
-        assert await schema.migrate_sqlite(conn, (*schema.MIGRATIONS, extra)) == []
+        assert await migrate_sqlite(conn) == [m.version for m in schema.MIGRATIONS]
+        assert await migrate_sqlite(conn) == []
+        assert await migrate_sqlite(conn, (*schema.MIGRATIONS, extra)) == [extra.version]
+        assert await migrate_sqlite(conn, (*schema.MIGRATIONS, extra)) == []
         # Old code meeting the newer database refuses it, and changes nothing.
         with pytest.raises(StoreUnavailable, match="newer"):
-            await schema.migrate_sqlite(conn)
+            await migrate_sqlite(conn)
         async with conn.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
             assert await cur.fetchone() == (str(extra.version),)
         assert not conn.in_transaction
@@ -487,12 +488,12 @@ async def test_sqlite_failed_migration_leaves_nothing_behind(tmp_path: Path) -> 
         postgres=(),
     )
     async with aiosqlite.connect(tmp_path / "m.db", isolation_level=None) as conn:
-        await schema.migrate_sqlite(conn)
+        await migrate_sqlite(conn)
         with pytest.raises(sqlite3.OperationalError):
-            await schema.migrate_sqlite(conn, (*schema.MIGRATIONS, broken))
+            await migrate_sqlite(conn, (*schema.MIGRATIONS, broken))
         async with conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'") as cur:
             assert await cur.fetchone() is None
-        assert await schema.migrate_sqlite(conn) == []
+        assert await migrate_sqlite(conn) == []
 
 
 def test_migration_versions_must_increase() -> None:

@@ -20,8 +20,8 @@ from gateway.store import (
     StoredResponse,
     SuspendRun,
     UpdateRun,
-    open_store,
 )
+from gateway.store.open import open_store
 from gateway.store.sqlite import SqliteStore
 from tests.helpers import ROOT
 from tests.store.records import REQUEST, create, ids

@@ -21,11 +21,11 @@ from gateway.store import (
     StoredResponse,
     SuspendRun,
     Write,
-    open_store,
-    sqlite_sql,
-    sqlite_suspensions,
 )
-from gateway.store.sqlite_listing import (
+from gateway.store.open import open_store
+from gateway.store.sqlite import sql as sqlite_sql
+from gateway.store.sqlite import suspensions as sqlite_suspensions
+from gateway.store.sqlite.listing import (
     decode_cursor,
     encode_cursor,
     list_runs_query,

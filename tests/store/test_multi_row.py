@@ -17,7 +17,7 @@ from gateway.store import (
     Write,
 )
 from gateway.store.sqlite import SqliteStore
-from gateway.store.sqlite_sql import MAX_ROWS, claim_updates, multi_row, plan
+from gateway.store.sqlite.sql import MAX_ROWS, claim_updates, multi_row, plan
 from tests.store.records import ids
 
 REQUEST = StoredRequest("POST", "/a", [("X-One", "1")], b"body")

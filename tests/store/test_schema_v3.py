@@ -12,9 +12,9 @@ from gateway.store import (
     PendingRow,
     PutPending,
     SuspendRun,
-    open_store,
     schema,
 )
+from gateway.store.open import open_store
 from tests.store.records import ids
 
 V2_RUN = (

@@ -13,7 +13,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import TypeVar
 
-from gateway.store import FullStore, open_store
+from gateway.store import FullStore
+from gateway.store.open import open_store
 
 T = TypeVar("T")
 

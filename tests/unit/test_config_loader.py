@@ -18,7 +18,7 @@ from gateway.config import (
     ServerConfig,
     StorageConfig,
 )
-from gateway.config_loader import (
+from gateway.config.loader import (
     load_config,
     load_config_text,
     parse_address,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.delivery import (
+from gateway.http.delivery import (
     Delivery,
     Prefer,
     choose,

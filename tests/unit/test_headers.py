@@ -8,7 +8,7 @@ import re
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.headers import (
+from gateway.upstream.headers import (
     HOP_BY_HOP,
     client_response_headers,
     strip_hop_by_hop,

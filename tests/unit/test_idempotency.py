@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import BadRequest
-from gateway.idempotency import fingerprint, parse_key
+from gateway.http.idempotency import fingerprint, parse_key
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import ConcurrencyConfig, RateLimitConfig
+from gateway.engine.limits import ConcurrencyLimiter, RateLimiter, TokenBucket, limit_key
 from gateway.errors import Unavailable
-from gateway.limits import ConcurrencyLimiter, RateLimiter, TokenBucket, limit_key
 
 HEADERS = CIMultiDictProxy(CIMultiDict([("X-User-Id", "u1"), ("Accept", "*/*")]))
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from gateway.config import RetryPolicy
-from gateway.retries import (
+from gateway.engine.retries import (
     MAX_RETRY_AFTER,
     AttemptOutcome,
     Decision,

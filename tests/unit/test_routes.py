@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import RouteConfig, RouteMatch
-from gateway.routes import STANDARD_METHODS, RouteTable, is_reserved
+from gateway.http.routes import STANDARD_METHODS, RouteTable, is_reserved
 
 
 def route(name: str, path: str, *methods: str) -> RouteConfig:

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.engine.suspensions import first_match, stored_events
 from gateway.store import EventRow
-from gateway.suspensions import first_match, stored_events
 from step_protocol import wire
 
 PAID = wire.event_output("e1", "order.paid", {"order_id": "42", "total": 10}, 100.0)

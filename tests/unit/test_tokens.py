@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gateway.tokens import Tokens, new_run_id, new_secret, random_bytes
+from gateway.engine.tokens import Tokens, new_run_id, new_secret, random_bytes
 
 SECRET = b"test-secret-0123456789"
 TOKENS = Tokens(SECRET)

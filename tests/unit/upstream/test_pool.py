@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway import upstream
-from gateway.upstream import Pool, UpstreamError, encode_head, origin
+from gateway.upstream import pool as upstream
+from gateway.upstream.pool import Pool, UpstreamError, encode_head, origin
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

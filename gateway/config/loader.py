@@ -1,0 +1,551 @@
+"""Startup edge: YAML text → `GatewayConfig`, with `${ENV}` expanded per scalar value.
+
+Every problem becomes a ConfigError naming the key path and line; it never returns a
+half-valid config and never echoes secrets (secret, admin_token, storage URL) in errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.config.model import (
+    ConcurrencyConfig,
+    Durability,
+    ErrorKind,
+    GatewayConfig,
+    RateLimitConfig,
+    RetryPolicy,
+    RouteConfig,
+    RouteMatch,
+    RouteSettings,
+    SecurityConfig,
+    ServerConfig,
+    StorageConfig,
+)
+from gateway.errors import ConfigError
+from step_protocol import wire
+
+__all__ = [
+    "load_config",
+    "load_config_text",
+    "parse_address",
+    "parse_duration",
+    "parse_rate",
+    "parse_size",
+]
+
+# ── pure value parsers ──────────────────────────────────────────────────────────
+
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # ASCII only: `\d` would take "٣"
+_SIZE = re.compile(rf"({_NUMBER})\s*([kmgt]i?b|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1} | {
+    f"{p}{i}b": (1024 if i else 1000) ** n for n, p in enumerate("kmgt", start=1) for i in ("", "i")
+}
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds from `250ms`, `30s`, `5m`, `2h`, `7d`, `1h30m`, or a bare number of seconds.
+
+    The grammar is the step protocol's (`wire.parse_duration`), so a config and a
+    backend's `timeout` read alike; only the error keeps the config's own wording.
+    """
+    try:
+        return wire.parse_duration(text)
+    except ValueError:
+        raise ValueError(
+            f"invalid duration {str(text)!r}: use e.g. 250ms, 30s, 5m, 2h, 7d"
+        ) from None
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from `512B`, `100KB`/`10MB` (decimal), `512KiB`/`10MiB`/`1GiB`, or bare bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"invalid size {text!r}: must be >= 0")
+        return text
+    s = str(text).strip()
+    m = _SIZE.fullmatch(s)
+    if m is None or (m[2] is None and not m[1].isdigit()):
+        raise ValueError(f"invalid size {str(text)!r}: use e.g. 512KiB, 10MiB, 100KB or bytes")
+    value = Decimal(m[1]) * _SIZE_UNITS[(m[2] or "b").lower()]
+    if value != value.to_integral_value():
+        raise ValueError(f"invalid size {s!r}: not a whole number of bytes")
+    return int(value)
+
+
+def parse_address(text: str | int) -> tuple[str, int]:
+    """`(host, port)` from `host:port`, `[::1]:port`, `:port` or a bare port (host 0.0.0.0)."""
+    s = str(text).strip()
+    host, sep, port = s.rpartition(":")
+    if not sep:
+        host, port = "", s
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid address {s!r}: bad IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"invalid address {s!r}: write IPv6 hosts in brackets, e.g. [::1]:8080")
+    elif host and not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"invalid address {s!r}: bad host name")
+    if not re.fullmatch("[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {s!r}: expected host:port with a port 1..65535")
+    return host or "0.0.0.0", int(port)
+
+
+def parse_rate(text: str | float) -> float:
+    """Events per second from `10/s`, `600/m`, `3600/h`, `100/10s`, or a bare number per second."""
+    s = str(text).strip()
+    count, sep, per = s.partition("/")
+    per = per.strip()
+    try:
+        if not re.fullmatch(_NUMBER, count.strip()) or (sep and not per):
+            raise ValueError(s)
+        rate = float(count) / parse_duration("1" + per if per.isalpha() else per or "1")
+    except (ValueError, ZeroDivisionError):
+        rate = 0.0
+    if rate <= 0:
+        raise ValueError(f"invalid rate {s!r}: use a number > 0 per s, m or h, e.g. 10/s, 600/m")
+    return rate
+
+
+# ── YAML nodes with key paths ───────────────────────────────────────────────────
+
+_T = TypeVar("_T")
+_NULL_TAG = "tag:yaml.org,2002:null"
+_VAR_REF = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+@dataclass(frozen=True, slots=True)
+class _At:
+    """A YAML node plus its key path, so any value read from it can say where it was."""
+
+    node: yaml.Node
+    path: str
+    source: str
+    env: Mapping[str, str]
+
+    def error(self, message: str) -> ConfigError:
+        mark = self.node.start_mark
+        line = mark.line + 1 if mark is not None else None
+        return ConfigError(self.path, message, line=line, source=self.source)
+
+    def child(self, key: str | int, node: yaml.Node) -> _At:
+        if isinstance(key, int):
+            path = f"{self.path}[{key}]"
+        else:
+            path = f"{self.path}.{key}" if self.path else key
+        return _At(node, path, self.source, self.env)
+
+
+def _expand(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand `${VAR}` / `${VAR:-default}` (`$${` is a literal `${`); also return unset names."""
+    unset: list[str] = []
+
+    def one(m: re.Match[str]) -> str:
+        if m[0] == "$${":
+            return "${"
+        body = m["body"]
+        if body is None:
+            raise ValueError("unclosed '${' (write '$${' for a literal '${')")
+        name, has_default, default = body.partition(":-")
+        if not _VAR_NAME.fullmatch(name):
+            raise ValueError(f"bad environment reference '${{{body}}}'")
+        value = env.get(name)
+        if has_default and not value:  # like the shell: unset or empty takes the default
+            return default
+        if value is None:
+            unset.append(name)
+            return ""
+        return value
+
+    return _VAR_REF.sub(one, text), unset
+
+
+def _fields(at: _At, allowed: Collection[str], required: Collection[str] = ()) -> dict[str, _At]:
+    """The mapping's values by key; unknown, repeated or missing keys are errors."""
+    if at.node.tag == _NULL_TAG and not required:
+        return {}
+    if not isinstance(at.node, yaml.MappingNode):
+        raise at.error("must be a mapping of key: value")
+    out: dict[str, _At] = {}
+    for key_node, value_node in at.node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _NULL_TAG:
+            raise _At(key_node, at.path, at.source, at.env).error("keys must be plain names")
+        key = key_node.value
+        value = at.child(key, value_node)
+        if key in out:
+            raise value.error(f"duplicate key '{key}'")
+        if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise value.error(f"unknown key{hint}")
+        out[key] = value
+    for key in required:
+        if key not in out:
+            raise at.child(key, at.node).error("is required")
+    return out
+
+
+def _items(at: _At) -> list[_At]:
+    if at.node.tag == _NULL_TAG:
+        return []
+    if not isinstance(at.node, yaml.SequenceNode):
+        raise at.error("must be a list")
+    return [at.child(i, node) for i, node in enumerate(at.node.value)]
+
+
+def _text(at: _At, *, optional: bool = False) -> str | None:
+    """The scalar's text after `${VAR}` expansion; None for an optional field left empty."""
+    if not isinstance(at.node, yaml.ScalarNode):
+        raise at.error("must be a single value, not a list or mapping")
+    if at.node.tag == _NULL_TAG:
+        if optional:
+            return None
+        raise at.error("must not be empty")
+    try:
+        text, unset = _expand(at.node.value, at.env)
+    except ValueError as e:
+        raise at.error(str(e)) from None
+    if optional and not text:  # `secret: ${DURABLE_SECRET}` with the variable unset
+        return None
+    if unset:
+        raise at.error(f"environment variable {unset[0]} is not set")
+    return text
+
+
+def _string(at: _At) -> str:
+    text = _text(at)
+    if not text:
+        raise at.error("must not be empty")
+    return text
+
+
+def _parsed(at: _At, parse: Callable[[str], _T], problem: str | None = None) -> _T:
+    """`parse` applied to the scalar; its ValueError (or `problem`) becomes a ConfigError."""
+    try:
+        return parse(_string(at))
+    except ValueError as e:
+        raise at.error(problem or str(e)) from None
+
+
+def _int(at: _At, minimum: int) -> int:
+    value = _parsed(at, int, "must be an integer")  # int() takes "-3" and "1_000", not "3.0"
+    if value < minimum:
+        raise at.error(f"must be >= {minimum}")
+    return value
+
+
+def _number(at: _At, low: float, high: float = math.inf) -> float:
+    value = _parsed(at, float, "must be a number")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise at.error(
+            f"must be between {low:g} and {high:g}" if high < math.inf else f"must be >= {low:g}"
+        )
+    return value
+
+
+def _duration(at: _At, *, positive: bool = False) -> float:
+    value = _parsed(at, parse_duration)
+    if positive and value <= 0:
+        raise at.error("must be > 0")
+    return value
+
+
+def _size(at: _At, *, positive: bool = False) -> int:
+    value = _parsed(at, parse_size)
+    if positive and value <= 0:
+        raise at.error("must be > 0")
+    return value
+
+
+def _bool(at: _At) -> bool:
+    word = _string(at).lower()
+    if word not in _BOOLS:
+        raise at.error("must be true or false")
+    return _BOOLS[word]
+
+
+def _choice(at: _At, options: tuple[str, ...]) -> str:
+    value = _string(at)
+    if value not in options:
+        raise at.error(f"must be one of {', '.join(options)}")
+    return value
+
+
+def _url(at: _At, text: str) -> str:
+    """An http(s) base URL without trailing slash; the value is kept out of messages."""
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises on a bad port
+    except ValueError:
+        raise at.error("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise at.error("must be an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise at.error("must not have a query or fragment")
+    return text.rstrip("/")
+
+
+def _optional_url(fields: Mapping[str, _At], key: str) -> str | None:
+    text = _text(fields[key], optional=True) if key in fields else None
+    return None if text is None else _url(fields[key], text)
+
+
+def _key(at: _At) -> str:
+    """A limiter key: `ip`, `header:NAME` (lower-cased) or `query:NAME`."""
+    value = _string(at)
+    kind, _, name = value.partition(":")
+    if value == "ip":
+        return value
+    if kind == "header" and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+        return f"header:{name.lower()}"
+    if kind == "query" and name:
+        return value
+    raise at.error("must be 'ip', 'header:NAME' or 'query:NAME'")
+
+
+# ── sections ────────────────────────────────────────────────────────────────────
+
+
+def _retry_on(at: _At) -> tuple[frozenset[int], frozenset[ErrorKind]]:
+    statuses: set[int] = set()
+    errors: set[ErrorKind] = set()
+    for item in _items(at):
+        word = _string(item).lower()
+        if word in ("connect_error", "timeout"):
+            errors.add("connect_error" if word == "connect_error" else "timeout")
+        elif re.fullmatch(r"[1-5]xx", word):
+            base = int(word[0]) * 100
+            statuses.update(range(base, base + 100))
+        elif re.fullmatch("[1-5][0-9][0-9]", word):
+            statuses.add(int(word))
+        else:
+            raise item.error("must be a status 100..599, '5xx', 'connect_error' or 'timeout'")
+    return frozenset(statuses), frozenset(errors)
+
+
+_RETRY_READERS: dict[str, Callable[[_At], object]] = {
+    "max_attempts": lambda at: _int(at, 1),
+    "initial_backoff": lambda at: _duration(at, positive=True),
+    "max_backoff": lambda at: _duration(at, positive=True),
+    "multiplier": lambda at: _number(at, 1.0),
+    "jitter": lambda at: _number(at, 0.0, 1.0),
+}
+
+
+def _retry(at: _At, base: RetryPolicy) -> RetryPolicy:
+    """`base` with the fields this mapping sets; the rest are inherited one by one."""
+    fields = _fields(at, [*_RETRY_READERS, "on"])
+    changes: dict[str, Any] = {
+        k: read(fields[k]) for k, read in _RETRY_READERS.items() if k in fields
+    }
+    if "on" in fields:
+        changes["on_status"], changes["on_errors"] = _retry_on(fields["on"])
+    policy = replace(base, **changes)
+    if policy.max_backoff < policy.initial_backoff:
+        if "max_backoff" in fields:
+            raise fields["max_backoff"].error(
+                f"must be >= initial_backoff ({policy.initial_backoff:g}s)"
+            )
+        raise fields["initial_backoff"].error(f"must be <= max_backoff ({policy.max_backoff:g}s)")
+    return policy
+
+
+_SETTING_READERS: dict[str, Callable[[_At], object]] = {
+    "attempt_timeout": lambda at: _duration(at, positive=True),
+    "hold": _duration,
+    "max_body": _size,  # 0 is allowed: a route that takes no request bodies
+    "max_step_output": lambda at: _size(at, positive=True),
+    "max_run_state": lambda at: _size(at, positive=True),
+    "max_steps": lambda at: _int(at, 1),
+    "idempotency": lambda at: _choice(at, ("off", "optional", "required")),
+    "on_exhausted": lambda at: _choice(at, ("fail", "pause")),
+}
+_SETTING_KEYS = frozenset(f.name for f in dataclasses.fields(RouteSettings))
+
+
+def _settings(fields: Mapping[str, _At], base: RouteSettings) -> RouteSettings:
+    """`base` overridden per field by what is set here (and per sub-field for `retry`)."""
+    changes: dict[str, Any] = {
+        k: read(fields[k]) for k, read in _SETTING_READERS.items() if k in fields
+    }
+    if "retry" in fields:
+        changes["retry"] = _retry(fields["retry"], base.retry)
+    return replace(base, **changes)
+
+
+def _server(at: _At) -> ServerConfig:
+    f = _fields(at, [x.name for x in dataclasses.fields(ServerConfig)])
+    base = ServerConfig()
+    names = ("ingress", "sidecar", "admin")
+    bound = {k: _parsed(f[k], parse_address) if k in f else getattr(base, k) for k in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            (host_a, port_a), (host_b, port_b) = bound[a], bound[b]
+            if port_a == port_b and (host_a == host_b or {"0.0.0.0", "::"} & {host_a, host_b}):
+                blame, other = (b, a) if b in f else (a, b)
+                raise f[blame].error(f"uses the same port as server.{other}")
+    grace = _duration(f["shutdown_grace"]) if "shutdown_grace" in f else base.shutdown_grace
+    return ServerConfig(
+        **bound,
+        public_url=_optional_url(f, "public_url"),
+        sidecar_url=_optional_url(f, "sidecar_url"),
+        shutdown_grace=grace,
+    )
+
+
+def _storage(at: _At) -> StorageConfig:
+    f = _fields(at, ["url", "durability", "retention"])
+    base = StorageConfig()
+    url = _string(f["url"]) if "url" in f else base.url
+    if not url.startswith(("sqlite:", "postgresql:", "postgres:")):
+        raise f["url"].error("must start with sqlite: or postgresql:")
+    durability = (
+        _choice(f["durability"], ("async", "sync")) if "durability" in f else base.durability
+    )
+    retention = _duration(f["retention"], positive=True) if "retention" in f else base.retention
+    return StorageConfig(url=url, durability=cast(Durability, durability), retention=retention)
+
+
+def _security(at: _At) -> SecurityConfig:
+    f = _fields(at, ["secret", "admin_token"])
+    return SecurityConfig(
+        secret=_text(f["secret"], optional=True) if "secret" in f else None,
+        admin_token=_text(f["admin_token"], optional=True) if "admin_token" in f else None,
+    )
+
+
+def _match(at: _At) -> RouteMatch:
+    scalar = isinstance(at.node, yaml.ScalarNode)  # `match: /api/*` is short for {path: /api/*}
+    f = {"path": at} if scalar else _fields(at, ["path", "methods"], ["path"])
+    path = _string(f["path"])
+    if not path.startswith("/"):
+        raise f["path"].error("must start with '/'")
+    if "*" in path.removesuffix("/*"):
+        raise f["path"].error("may use '*' only as a final '/*' (a prefix match)")
+    if "?" in path or "#" in path:
+        raise f["path"].error("must not contain a query or fragment")
+    if "methods" not in f or f["methods"].node.tag == _NULL_TAG:
+        return RouteMatch(path=path)
+    methods: set[str] = set()
+    for item in _items(f["methods"]):
+        name = _string(item)
+        if not re.fullmatch(r"[A-Za-z]+", name):
+            raise item.error("must be an HTTP method name such as GET or POST")
+        methods.add(name.upper())
+    if not methods:
+        raise f["methods"].error("must not be empty (leave it out to match any method)")
+    return RouteMatch(path=path, methods=frozenset(methods))
+
+
+def _concurrency(at: _At) -> ConcurrencyConfig:
+    f = _fields(at, ["limit", "key", "queue_timeout"], ["limit"])
+    return ConcurrencyConfig(
+        limit=_int(f["limit"], 1),
+        key=_key(f["key"]) if "key" in f else None,
+        queue_timeout=_duration(f["queue_timeout"]) if "queue_timeout" in f else 30.0,
+    )
+
+
+def _rate_limit(at: _At) -> RateLimitConfig:
+    f = _fields(at, ["rate", "burst", "key"], ["rate"])
+    rate = _parsed(f["rate"], parse_rate)
+    return RateLimitConfig(
+        rate=rate,
+        burst=_int(f["burst"], 1) if "burst" in f else max(1, math.ceil(rate)),
+        key=_key(f["key"]) if "key" in f else None,
+    )
+
+
+_ROUTE_KEYS = _SETTING_KEYS | {"name", "match", "upstream", "durable", "concurrency", "rate_limit"}
+
+
+def _route(at: _At, defaults: RouteSettings, taken: Collection[str]) -> RouteConfig:
+    f = _fields(at, _ROUTE_KEYS, ["name", "match", "upstream"])
+    name = _string(f["name"])
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise f["name"].error("may use only letters, digits, '-', '_' and '.'")
+    if name in taken:
+        raise f["name"].error(f"duplicate route name '{name}'")
+    return RouteConfig(
+        name=name,
+        match=_match(f["match"]),
+        upstream=_url(f["upstream"], _string(f["upstream"])),
+        durable=_bool(f["durable"]) if "durable" in f else True,
+        settings=_settings(f, defaults),
+        concurrency=_concurrency(f["concurrency"]) if "concurrency" in f else None,
+        rate_limit=_rate_limit(f["rate_limit"]) if "rate_limit" in f else None,
+    )
+
+
+def _gateway(root: _At) -> GatewayConfig:
+    if root.node.tag != _NULL_TAG and not isinstance(root.node, yaml.MappingNode):
+        raise root.error("the top level must be a mapping (server:, storage:, routes: …)")
+    f = _fields(root, ["server", "storage", "security", "defaults", "routes"])
+    server = _server(f["server"]) if "server" in f else ServerConfig()
+    storage = _storage(f["storage"]) if "storage" in f else StorageConfig()
+    security = _security(f["security"]) if "security" in f else SecurityConfig()
+    defaults = RouteSettings()
+    if "defaults" in f:
+        defaults = _settings(_fields(f["defaults"], _SETTING_KEYS), defaults)
+    if "routes" not in f:
+        raise ConfigError("routes", "at least one route is required", source=root.source)
+    routes: list[RouteConfig] = []
+    for item in _items(f["routes"]):
+        routes.append(_route(item, defaults, {r.name for r in routes}))
+    if not routes:
+        raise f["routes"].error("at least one route is required")
+    return GatewayConfig(server, storage, security, defaults, tuple(routes), root.source)
+
+
+# ── entry points ────────────────────────────────────────────────────────────────
+
+
+def load_config_text(
+    text: str, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Parse and validate a config; `env` (default: os.environ) feeds `${VAR}` expansion."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(
+            "", f"invalid YAML: {e.problem or e.context}", line=line, source=source
+        ) from e
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"invalid YAML: {e}", source=source) from e
+    root = node if node is not None else yaml.ScalarNode(_NULL_TAG, "")
+    return _gateway(_At(root, "", source, os.environ if env is None else env))
+
+
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Read and load a config file; unreadable or non-UTF-8 files are ConfigErrors too."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise ConfigError("", f"cannot read the file: {e.strerror or e}", source=source) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError("", "the file is not UTF-8 text", source=source) from e
+    return load_config_text(text, source, env)

@@ -1,0 +1,66 @@
+"""Admin listener: Prometheus metrics and health; later the runs API and the dashboard.
+
+Loopback by default; when `security.admin_token` is set, everything but the health
+checks needs it as a bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway import metrics
+from gateway.errors import Unauthorized
+from gateway.http import events_api as events
+from gateway.http.services import SERVICES
+
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
+"""The health checks, and the dashboard page and its static files, which hold no data."""
+
+
+@web.middleware
+async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[SERVICES].config.security.admin_token
+    if token and request.path not in _OPEN_PATHS and not request.path.startswith("/static/"):
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), token.encode()):
+            raise Unauthorized("the admin API needs `Authorization: Bearer <admin_token>`")
+    return await handler(request)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    metrics.STORE_QUEUE.set(services.writer.depth)
+    pending = await services.store.count_pending()
+    for kind in ("sleep", "wait"):
+        metrics.child(metrics.SUSPENDED, kind).set(pending.get(kind, 0))
+    metrics.TIMERS.set(await services.store.count_timers())
+    body = generate_latest()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 once all three listeners are bound."""
+    if not request.app[SERVICES].ready:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 while the gateway admits new runs (not while starting or draining)."""
+    services = request.app[SERVICES]
+    if not services.ready or not services.driver.accepting:
+        return web.json_response({"status": "not ready"}, status=503)
+    return web.json_response({"status": "ready", "queued_writes": services.writer.depth})
+
+
+def routes() -> web.RouteTableDef:
+    table = web.RouteTableDef()
+    table.get("/metrics")(get_metrics)
+    table.get("/healthz")(healthz)
+    table.get("/readyz")(readyz)
+    table.post("/v1/events")(events.post_event)
+    return table

@@ -1,0 +1,234 @@
+"""Sidecar listener: the backend's API for recording steps of the run it is serving.
+
+Checks the per-attempt bearer token, then reports step writes to the driver, which owns
+the run. Answers from memory for live runs; reads the store only for runs not live here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.engine import suspensions
+from gateway.engine.runs import StepResult, steps_envelope
+from gateway.errors import (
+    BadRequest,
+    BodyTooLarge,
+    Forbidden,
+    NotFound,
+    StepConflict,
+    Unauthorized,
+)
+from gateway.http import listeners
+from gateway.http.services import Services
+from step_protocol import wire
+
+_JSON = "application/json"
+_TOO_LARGE = {
+    StepResult.OUTPUT_TOO_LARGE: "step output is larger than max_step_output",
+    StepResult.STATE_TOO_LARGE: "all step outputs together would pass max_run_state",
+    StepResult.TOO_MANY_STEPS: "the run already has max_steps steps",
+}
+
+
+_PREFIX = "/v1/runs/"
+
+_Handler = Callable[[web.BaseRequest, Services, str, str], Awaitable[web.Response]]
+
+
+def listener(services: Services) -> listeners.Handler:
+    """The sidecar's one handler, for aiohttp's low-level server.
+
+    No `web.Application`, as on the ingress (`ingress.listener`): its router and a
+    middleware cost about 40k instructions a call, and a 3-step request makes three.
+    Paths are `/v1/runs/{run_id}/steps[/{step_id}[/sleep|/wait]]`.
+    """
+
+    async def serve(request: web.BaseRequest) -> web.StreamResponse:
+        found = _target(listeners.segments(request, _PREFIX))
+        if found is None:
+            raise web.HTTPNotFound()
+        run_id, step_id, methods = found
+        handler = methods.get(request.method)
+        if handler is None:
+            raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
+        return await handler(request, services, run_id, step_id)
+
+    return listeners.guard(serve)
+
+
+def _target(parts: list[str] | None) -> tuple[str, str, dict[str, _Handler]] | None:
+    """(run id, step id or "", handlers by method) for a path's segments after _PREFIX."""
+    if parts is None or not 2 <= len(parts) <= 4 or not parts[0] or parts[1] != "steps":
+        return None
+    if len(parts) == 2:
+        return parts[0], "", _ON_STEPS
+    if not parts[2]:
+        return None
+    methods = _ON_STEP if len(parts) == 3 else _ON_ACTION.get(parts[3])
+    return None if methods is None else (parts[0], parts[2], methods)
+
+
+def _authorize(request: web.BaseRequest, services: Services, run_id: str) -> int:
+    """The attempt the bearer token opens for this run; 401 without one, 403 if wrong."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send the run's Durable-Token as `Authorization: Bearer …`")
+    attempt = services.tokens.check_attempt_token(run_id, token.strip())
+    if attempt is None:
+        raise Forbidden("this token does not open this run", run_id=run_id)
+    return attempt
+
+
+def _check_step_id(step_id: str) -> None:
+    if not step_id or len(step_id) > wire.MAX_STEP_ID:
+        raise BadRequest(f"a step id is 1 to {wire.MAX_STEP_ID} characters")
+
+
+async def _steps(services: Services, run_id: str) -> dict[str, bytes]:
+    live = services.driver.get(run_id)
+    if live is not None:
+        return live.run.steps
+    if await services.store.get_run(run_id) is None:
+        raise NotFound("no such run", run_id=run_id)
+    return await services.store.load_steps(run_id)
+
+
+async def list_steps(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    _authorize(request, services, run_id)
+    body = steps_envelope(await _steps(services, run_id))
+    return web.Response(body=body, content_type=_JSON)
+
+
+async def get_step(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    _authorize(request, services, run_id)
+    _check_step_id(step_id)
+    output = (await _steps(services, run_id)).get(step_id)
+    if output is None:
+        raise NotFound(f"step {step_id!r} has not completed", run_id=run_id)
+    return web.Response(body=b'{"output":' + output + b"}", content_type=_JSON)
+
+
+async def put_step(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    attempt = _authorize(request, services, run_id)
+    _check_step_id(step_id)
+    driver = services.driver
+    live = driver.get(run_id)
+    limit = (live.run.route.settings.max_step_output if live else 4 * 1024 * 1024) + 1024
+    raw = await listeners.read_whole(request, limit, "max_step_output", run_id)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}", run_id=run_id) from None
+    if not isinstance(body, dict) or ("output" in body) == ("error" in body):
+        raise BadRequest('body must be {"output": …} or {"error": {"message": …}}', run_id=run_id)
+    if "error" in body:
+        error = body["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        if not isinstance(message, str):
+            raise BadRequest('"error" must be {"message": "…"}', run_id=run_id)
+        driver.step_error(run_id, attempt, step_id, message)
+        return web.Response(body=b'{"recorded":"error"}', content_type=_JSON)
+    output = orjson.dumps(body["output"], option=orjson.OPT_SORT_KEYS)
+    sync = request.query.get("durable") == "sync"
+    result = await driver.put_step(run_id, attempt, step_id, output, sync)
+    if result is StepResult.CREATED:
+        return web.Response(status=201, body=b'{"created":true}', content_type=_JSON)
+    if result is StepResult.SAME:
+        return web.Response(status=200, body=b'{"created":false}', content_type=_JSON)
+    if result is StepResult.CONFLICT:
+        raise StepConflict(
+            f"step {step_id!r} already completed with a different output", run_id=run_id
+        )
+    raise BodyTooLarge(_TOO_LARGE[result], run_id=run_id)
+
+
+async def _call(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> tuple[int, dict[str, Any]]:
+    """A sleep's or wait's attempt and JSON object body (at most the largest step output
+    and 64 KiB)."""
+    attempt = _authorize(request, services, run_id)
+    _check_step_id(step_id)
+    config = services.config
+    largest = max((r.settings.max_step_output for r in config.routes), default=0)
+    limit = max(largest, config.defaults.max_step_output) + 65536
+    try:
+        raw = await listeners.read_whole(request, limit, "a sidecar call's limit", run_id)
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}", run_id=run_id) from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object", run_id=run_id)
+    return attempt, body
+
+
+def _seconds(value: Any, name: str, run_id: str) -> float:
+    """A duration given as seconds or as text like `30s`, `5m`, `1h`."""
+    try:
+        return wire.parse_duration(value)
+    except ValueError as exc:
+        raise BadRequest(f'"{name}": {exc}', run_id=run_id) from None
+
+
+def _answer(answer: suspensions.Answer) -> web.Response:
+    return web.Response(status=200 if answer.done else 202, body=answer.body, content_type=_JSON)
+
+
+async def sleep(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    attempt, body = await _call(request, services, run_id, step_id)
+    now = time.time()
+    if ("seconds" in body) == ("until" in body):
+        raise BadRequest('send {"seconds": N} or {"until": "<RFC 3339>"}', run_id=run_id)
+    if "seconds" in body:
+        wake_at = now + _seconds(body["seconds"], "seconds", run_id)
+    else:
+        try:
+            wake_at = wire.parse_timestamp(str(body["until"])).timestamp()
+        except ValueError as exc:
+            raise BadRequest(f'"until" must be an RFC 3339 time: {exc}', run_id=run_id) from None
+    return _answer(suspensions.sleep(services.driver, run_id, attempt, step_id, wake_at, now))
+
+
+async def wait(
+    request: web.BaseRequest, services: Services, run_id: str, step_id: str
+) -> web.Response:
+    attempt, body = await _call(request, services, run_id, step_id)
+    event, match = body.get("event"), body.get("match", {})
+    if not isinstance(event, str) or not event:
+        raise BadRequest('"event" must be a non-empty string', run_id=run_id)
+    if not isinstance(match, dict):
+        raise BadRequest('"match" must map dotted paths to values', run_id=run_id)
+    timeout = body.get("timeout")
+    lookback = body.get("lookback")
+    answer = await suspensions.wait(
+        services.driver,
+        services.store,
+        run_id,
+        attempt,
+        step_id,
+        event=event,
+        match=match,
+        timeout_in=None if timeout is None else _seconds(timeout, "timeout", run_id),
+        lookback=None if lookback is None else _seconds(lookback, "lookback", run_id),
+        now=time.time(),
+    )
+    return _answer(answer)
+
+
+_ON_STEPS: dict[str, _Handler] = {"GET": list_steps, "HEAD": list_steps}
+_ON_STEP: dict[str, _Handler] = {"GET": get_step, "HEAD": get_step, "PUT": put_step}
+_ON_ACTION: dict[str, dict[str, _Handler]] = {"sleep": {"POST": sleep}, "wait": {"POST": wait}}

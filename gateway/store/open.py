@@ -1,0 +1,26 @@
+"""Opening a store from its `storage.url`: the one place that knows the dialects.
+
+Imported by the composition root (`gateway.app`) and tools only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gateway.store.protocols import FullStore
+
+TEST_MAX_PAGES_ENV = "DURABLE_TEST_SQLITE_MAX_PAGES"
+"""Test-only fault point: caps an SQLite store's size in pages so writes fail as on a
+full disk (SQLITE_FULL). Never set it in production."""
+
+
+async def open_store(url: str) -> FullStore:
+    """Open (and migrate) the store a `storage.url` names."""
+    if url.startswith("sqlite:"):
+        from gateway.store.sqlite import SqliteStore
+
+        max_pages = os.environ.get(TEST_MAX_PAGES_ENV, "").strip()
+        if max_pages:
+            return await SqliteStore.open(url, max_page_count=int(max_pages))
+        return await SqliteStore.open(url)
+    raise ValueError(f"unsupported storage url scheme: {url.split(':', 1)[0]!r}")

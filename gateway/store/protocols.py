@@ -1,0 +1,165 @@
+"""The store's seams: what the gateway needs from a database, as Protocols.
+
+`Store` holds runs, steps, leases, keys and retention; `SuspensionStore` sleeps, waits
+and events; `RunQueries` the admin API's reads. Each dialect implements `FullStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.store.records import (
+    AttemptRow,
+    EventRow,
+    PendingRow,
+    RunRow,
+    RunSummary,
+    StepRow,
+    Write,
+)
+
+
+class Store(Protocol):
+    """The domain operations the gateway needs from a database.
+
+    Leases: a run belongs to the `owner` whose `lease_until` has not passed. An owner
+    id names one process start (say host:pid:random), never a host alone: a restarted
+    process is a new owner, so its claims never mistake a dead start's runs for its own.
+    """
+
+    @property
+    def exclusive(self) -> bool:
+        """True when no other gateway process can use this store (SQLite's file lock),
+        so live-looking leases are a dead process's and may be taken: `steal=True`."""
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        """Commit all writes in one transaction, in order; all or nothing."""
+
+    async def get_run(self, run_id: str) -> RunRow | None: ...
+
+    async def load_steps(self, run_id: str) -> dict[str, bytes]:
+        """Completed steps of a run: step id → canonical JSON bytes of the output."""
+
+    async def list_attempts(self, run_id: str) -> list[AttemptRow]:
+        """The run's attempts in order. A store may keep a first attempt that ended the
+        run with success in the run alone; it reads back as running from the run's
+        creation to its end."""
+
+    async def get_meta(self, key: str) -> str | None: ...
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store value under key unless one is there; return the value that is."""
+
+    async def claim_unfinished(
+        self, owner: str, now: float, lease_ttl: float, limit: int = 1000, *, steal: bool = False
+    ) -> list[RunRow]:
+        """Take up to `limit` active runs and lease them to owner until now + lease_ttl.
+
+        Active: unfinished and not parked (PARKED_STATUSES; `claim_due` takes suspended
+        runs when due). Takes runs with no lease or an expired one (`lease_until < now`),
+        or with `steal` every active run; never one this owner already holds unexpired, so
+        calling again until fewer than `limit` come back pages through all of them
+        once (provided the loop ends within `lease_ttl`). Due runs come first
+        (`wake_at` NULL first, then by wake_at, then by created_at). Atomic: two
+        owners claiming at once never get the same run.
+        """
+
+    async def renew_leases(self, owner: str, until: float) -> int:
+        """Extend every lease owner holds on an active run; returns how many."""
+
+    async def release_leases(self, owner: str) -> int:
+        """Graceful stop: end owner's leases at once (owner kept) so others take the runs."""
+
+    async def find_idempotency(self, route: str, key: str) -> tuple[str, str] | None:
+        """The (fingerprint, run id) an idempotency key on a route is bound to."""
+
+    async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
+        """Delete up to `limit` runs that finished before cutoff, with their steps,
+        attempts, pending rows and idempotency keys, and up to `limit` events older than
+        cutoff, in one short transaction. Returns the larger of the two counts.
+
+        Loop while it returns `limit`, yielding between calls, so requests never wait
+        long behind a purge.
+        """
+
+    async def close(self) -> None: ...
+
+
+class SuspensionStore(Protocol):
+    """Durable sleep and wait-for-event: pending rows, due runs, events.
+
+    A suspended run is in the store alone: its `wake_at` (indexed) says when a
+    scheduler on any node takes it; nothing is held in memory per timer.
+    """
+
+    async def claim_due(
+        self, owner: str, now: float, lease_ttl: float, limit: int = 500
+    ) -> list[RunRow]:
+        """Take up to `limit` suspended runs due by now (`wake_at <= now`), earliest first.
+
+        Atomic: each comes back `running`, with no wake time and leased to owner until
+        now + lease_ttl, so it leaves the due index at once, and if this node dies it is
+        an ordinary active run that `claim_unfinished` recovers.
+        """
+
+    async def next_wake_at(self) -> float | None:
+        """The earliest wake time of a suspended run; None when none has one."""
+
+    async def count_pending(self) -> dict[str, int]:
+        """Pending rows by kind, `{"sleep": n, "wait": m}`, for a gauge read at scrape time.
+
+        Counts every pending row, so it includes the few of runs that were woken and
+        have not yet recorded the step; cheap (an index-only count, no join).
+        """
+
+    async def count_timers(self) -> int:
+        """Suspended runs with a wake time: the timers the schedulers hold, for a gauge.
+
+        One per run (its earliest sleep or wait timeout); an index-only count.
+        """
+
+    async def count_suspends(self, run_id: str) -> int:
+        """How many of a run's attempts ended suspended (outcome `suspended`), which its
+        retry budget leaves out; counted in the database, no attempt row is read."""
+
+    async def get_pending(self, run_id: str, step_id: str) -> PendingRow | None: ...
+
+    async def list_pending(self, run_id: str) -> list[PendingRow]:
+        """A run's pending sleeps and waits, oldest first."""
+
+    async def waits_for(self, event: str, limit: int = 10_000) -> list[PendingRow]:
+        """Pending waits on this event name of suspended runs, oldest first."""
+
+    async def add_event(self, event_id: str, name: str, data: bytes, ts: float) -> bool:
+        """Record an event; False (and nothing changes) when its id is known already."""
+
+    async def complete_wait(self, run_id: str, step_id: str, output: bytes, now: float) -> bool:
+        """Complete a pending wait with `output`, in one transaction: store the step
+        (at the run's current attempt), delete the pending row, and make a suspended
+        run due now. False, changing nothing, when the wait is gone or its step is done
+        already, so two events never both complete one wait.
+        """
+
+    async def events_since(self, name: str, since: float, limit: int = 1000) -> list[EventRow]:
+        """Events of this name with `ts >= since`, oldest first (a wait's look-back)."""
+
+
+class RunQueries(Protocol):
+    """Reads for the admin API and dashboard; never load bodies they do not show."""
+
+    async def list_runs(
+        self, route: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[RunSummary], str | None]:
+        """One page of runs, newest first, and the cursor of the next page (None: last).
+
+        The cursor is opaque; a malformed one raises ValueError. Pages are keyset
+        pages: runs created meanwhile never shift them.
+        """
+
+    async def list_steps(self, run_id: str) -> list[StepRow]:
+        """A run's completed steps in the order they were recorded, with their sizes."""
+
+
+class FullStore(Store, SuspensionStore, RunQueries, Protocol):
+    """Everything a database offers the gateway; what `open_store` returns."""

@@ -1,0 +1,278 @@
+"""The store's records: requests and responses, the writes the writer batches, the rows
+reads give back, and the run status vocabulary every layer shares.
+
+Plain data: no I/O, no SQL; both dialects build their statements from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+Headers = list[tuple[str, str]]
+
+# Requests, responses and writes: every durable request builds several, so they are
+# slotted but not `frozen`, whose `__init__` sets each field through
+# `object.__setattr__` and costs five times as much (0.67 against 0.12 µs for nine
+# fields). They are treated as immutable all the same: nothing assigns to them.
+
+
+@dataclass(slots=True)
+class StoredRequest:
+    """What a run re-sends on every attempt, including after a restart."""
+
+    method: str
+    path_qs: str
+    headers: Headers
+    body: bytes
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    """A run's final response, replayed verbatim by its result URL."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+# --- writes: small records the writer batches into one transaction ---------------
+
+
+@dataclass(slots=True)
+class CreateRun:
+    """A new run with its request; with `idempotency`, its key in the same transaction."""
+
+    run_id: str
+    route: str
+    request: StoredRequest
+    created_at: float
+    status: str = "running"
+    attempt: int = 1
+    """The attempt starting now. Stored at once, so a run recovered after a crash starts
+    at the next number and never reuses the token of an attempt that may still be live."""
+    owner: str | None = None
+    lease_until: float | None = None
+    idempotency: tuple[str, str] | None = None
+    """(key, request fingerprint). The first key on a route wins; a later insert of the
+    same key is ignored, not an error."""
+
+
+@dataclass(slots=True)
+class PutStep:
+    """A completed step; first write wins (INSERT that ignores an existing key)."""
+
+    run_id: str
+    step_id: str
+    output: bytes
+    """Canonical JSON bytes of the output."""
+    attempt: int
+    created_at: float
+
+
+@dataclass(slots=True)
+class RecordAttempt:
+    run_id: str
+    attempt: int
+    started_at: float
+    ended_at: float
+    outcome: str
+    """`response`, `connect_error`, `timeout` or `suspended`."""
+    status: int | None = None
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class UpdateRun:
+    """A run's state between attempts: status, attempt number, when it wakes."""
+
+    run_id: str
+    status: str
+    attempt: int
+    wake_at: float | None
+    updated_at: float
+
+
+@dataclass(slots=True)
+class FinishRun:
+    """A run's final response; also releases its lease (owner and lease_until cleared)
+    and deletes its pending sleeps and waits."""
+
+    run_id: str
+    status: str
+    """`succeeded` or `failed`."""
+    response: StoredResponse
+    finished_at: float
+
+
+@dataclass(slots=True)
+class PutPending:
+    """A sleep or wait a run is parked on. First write wins: the first call of a step
+    fixes its wake time, event and match for every later attempt."""
+
+    run_id: str
+    step_id: str
+    kind: str
+    """`sleep` or `wait`."""
+    wake_at: float | None
+    """When a sleep is over or a wait times out; None: a wait without timeout."""
+    event: str | None
+    match: bytes | None
+    """Canonical JSON object of dotted path → value (waits only)."""
+    created_at: float
+
+
+@dataclass(slots=True)
+class DropPending:
+    """Delete one pending sleep or wait, or all of a run's when `step_id` is None."""
+
+    run_id: str
+    step_id: str | None = None
+
+
+@dataclass(slots=True)
+class SuspendRun:
+    """The run's attempt ended on a sleep or wait: park it and release its lease, so
+    any node's scheduler takes it when due. Never revives a finished run."""
+
+    run_id: str
+    attempt: int
+    wake_at: float | None
+    """None: only an event wakes it."""
+    updated_at: float
+
+
+@dataclass(slots=True)
+class CancelRun:
+    """An operator cancelled the run: `response` becomes its result, its pending sleeps
+    and waits go, its lease ends. A no-op on a finished run (its result stands)."""
+
+    run_id: str
+    response: StoredResponse
+    finished_at: float
+
+
+@dataclass(slots=True)
+class ResetRun:
+    """Run a failed or cancelled run again: back to `running` at `attempt`, its stored
+    response cleared, its steps kept."""
+
+    run_id: str
+    attempt: int
+    updated_at: float
+    owner: str | None = None
+    """The node that runs it now; None leaves it for any node's claim."""
+    lease_until: float | None = None
+
+
+Write = (
+    CreateRun
+    | PutStep
+    | RecordAttempt
+    | UpdateRun
+    | FinishRun
+    | PutPending
+    | DropPending
+    | SuspendRun
+    | CancelRun
+    | ResetRun
+)
+
+
+class RunStatus(StrEnum):
+    """A run's status: the one vocabulary of the engine, the store and the APIs."""
+
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    SUSPENDED = "suspended"
+    """Waiting for a durable sleep or an event; lives in the store, not in memory."""
+    PAUSED = "paused"
+    """Attempts exhausted on a route with `on_exhausted: pause`: waits for an operator."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+"""A run in any other status is unfinished: retention keeps it."""
+
+PARKED_STATUSES = frozenset({RunStatus.SUSPENDED, RunStatus.PAUSED})
+"""Unfinished runs that no claim takes: the scheduler takes suspended ones when due, an
+operator resumes paused ones. Every other unfinished run is active: recovery claims it."""
+
+
+# --- reads ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    run_id: str
+    route: str
+    status: str
+    attempt: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    wake_at: float | None
+    request: StoredRequest
+    response: StoredResponse | None
+    owner: str | None = None
+    """The process that holds the run's lease (kept after release, for the record)."""
+    lease_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    attempt: int
+    started_at: float
+    ended_at: float
+    outcome: str
+    status: int | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    run_id: str
+    step_id: str
+    kind: str
+    wake_at: float | None
+    event: str | None
+    match: bytes | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    event_id: str
+    name: str
+    data: bytes
+    """JSON bytes, as posted."""
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """A run as the admin listing shows it: no request or response bodies."""
+
+    run_id: str
+    route: str
+    status: str
+    attempt: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    wake_at: float | None
+    method: str
+    path_qs: str
+    response_status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """A completed step as the admin run view shows it: its size, not its output."""
+
+    step_id: str
+    attempt: int
+    created_at: float
+    output_bytes: int

@@ -1,0 +1,269 @@
+"""SQLite plumbing under the store: opening, pragmas, migrations, one IMMEDIATE write
+transaction at a time, reads from a committed snapshot, error mapping, closing.
+
+Holds no domain SQL (the store's modules do, and hand their claims to `_claim`); never
+lets a read see an uncommitted write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Final, Self
+
+import aiosqlite
+
+from gateway.errors import StoreUnavailable
+from gateway.store.records import RunRow
+from gateway.store.sqlite import filelock
+from gateway.store.sqlite.migrate import migrate_sqlite
+from gateway.store.sqlite.sql import claim_updates, run_row
+
+log = logging.getLogger("gateway.store.sqlite")
+
+MEMORY: Final = ":memory:"
+_PREFIX: Final = "sqlite:///"
+
+
+def path_from_url(url: str) -> str:
+    """`sqlite:///rel/x.db` → `rel/x.db`; `sqlite:////abs/x.db` → `/abs/x.db`; `:memory:`."""
+    if not url.startswith(_PREFIX) or len(url) == len(_PREFIX):
+        raise ValueError(
+            f"bad sqlite url {url!r}: expected sqlite:///relative/path.db, "
+            "sqlite:////absolute/path.db or sqlite:///:memory:"
+        )
+    return url[len(_PREFIX) :]
+
+
+# Primary result codes (the low byte of an extended code) worth a plain explanation.
+_CAUSES: Final[dict[int, tuple[str, str]]] = {
+    5: ("database is locked", "is locked by another connection (busy past busy_timeout)"),
+    6: ("database table is locked", "is locked by another connection"),
+    8: ("readonly database", "is read-only: check the permissions of the file and its directory"),
+    10: ("disk i/o error", "hit a disk I/O error"),
+    13: ("database or disk is full", "is full: the disk is out of space or the size cap was hit"),
+    14: ("unable to open database", "cannot be opened: check the path and its permissions"),
+}
+
+
+def describe_error(exc: sqlite3.Error, path: str, doing: str) -> str:
+    """A message an operator can act on: what failed, on which file, and the likely cause."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorcode", None)
+    for primary, (needle, cause) in _CAUSES.items():
+        if (code is not None and code & 0xFF == primary) or needle in text.lower():
+            return f"sqlite: {doing} failed: {path} {cause} ({text})"
+    return f"sqlite: {doing} failed on {path}: {text}"
+
+
+@contextlib.asynccontextmanager
+async def _mapped_errors(path: str, doing: str) -> AsyncIterator[None]:
+    """Turn database faults into StoreUnavailable, the one error callers handle."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(describe_error(exc, path, doing)) from exc
+
+
+def _prepare_path(path: str) -> None:
+    if path != MEMORY:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"sqlite: cannot create the directory of {path}: {exc}") from exc
+
+
+async def _connect(path: str, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
+    # isolation_level=None: autocommit, so the only transactions are our explicit BEGINs.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if read_only:
+            await conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+class SqliteConnections:
+    """Two connections to one SQLite file in WAL mode: `_writer` for transactions (one
+    at a time), `_reader` for reads. The store classes build on it."""
+
+    __slots__ = (
+        "path",
+        "exclusive",
+        "_writer",
+        "_reader",
+        "_write_lock",
+        "_read_guard",
+        "_lock_fd",
+        "_closed",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        lock_fd: int | None = None,
+    ):
+        self.path = path
+        # The file lock keeps other gateways out; nothing else can see a :memory: one.
+        self.exclusive = lock_fd is not None or path == MEMORY
+        self._writer = writer
+        self._reader = reader
+        # Transactions on the write connection must not interleave: aiosqlite orders
+        # calls, not transactions (apply, claims, purges and meta writes all BEGIN).
+        self._write_lock = asyncio.Lock()
+        # With one shared connection (:memory:), a read between a batch's statements
+        # would see uncommitted rows; with two, WAL gives reads a committed snapshot.
+        self._read_guard: contextlib.AbstractAsyncContextManager[Any] = (
+            self._write_lock if reader is writer else contextlib.nullcontext()
+        )
+        self._lock_fd = lock_fd
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, url: str, *, busy_timeout_ms: int = 5000, max_page_count: int | None = None
+    ) -> Self:
+        """Open the file a `sqlite:///…` url names, creating, locking and migrating it.
+
+        Raises StoreUnavailable when another process holds the file. `max_page_count`
+        is a test fault point: it caps the file's size so writes fail as on a full disk.
+        """
+        path = path_from_url(url)
+        _prepare_path(path)
+        lock_fd = None if path == MEMORY else filelock.acquire(path)
+        try:
+            async with _mapped_errors(path, "opening"):
+                writer = await _connect(path, busy_timeout_ms, read_only=False)
+                try:
+                    reader = await cls._set_up(path, writer, busy_timeout_ms, max_page_count)
+                except BaseException:
+                    await writer.close()
+                    raise
+        except BaseException:
+            filelock.release(lock_fd)
+            raise
+        return cls(path, writer, reader, lock_fd)
+
+    @staticmethod
+    async def _set_up(
+        path: str, writer: aiosqlite.Connection, busy_timeout_ms: int, max_page_count: int | None
+    ) -> aiosqlite.Connection:
+        """Pragmas and migrations on the write connection; returns the read connection."""
+        async with writer.execute("PRAGMA journal_mode = WAL") as cur:
+            mode = await cur.fetchone()
+        if path != MEMORY and (mode is None or str(mode[0]).lower() != "wal"):
+            log.warning("sqlite %s: WAL unavailable, journal_mode is %s", path, mode)
+        # NORMAL with WAL syncs at checkpoints, not at every commit: a committed
+        # transaction survives a process crash (kill -9), since it is in the WAL
+        # file in the OS page cache; a power loss or OS crash may drop the last
+        # commits, never corrupt the file. A `synchronous: full` option may come.
+        await writer.execute("PRAGMA synchronous = NORMAL")
+        # A burst can grow the WAL far past its usual size; cut it back after each
+        # checkpoint, so the files on disk stay bounded under a steady load.
+        await writer.execute("PRAGMA journal_size_limit = 67108864")
+        # No foreign keys: the store never relies on cascades, and checks cost.
+        await writer.execute("PRAGMA foreign_keys = OFF")
+        applied = await migrate_sqlite(writer)
+        if applied:
+            log.info("sqlite %s: applied schema migrations %s", path, applied)
+        if max_page_count is not None:
+            log.warning("sqlite %s: test fault point: max_page_count = %d", path, max_page_count)
+            await writer.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+        if path == MEMORY:
+            return writer
+        return await _connect(path, busy_timeout_ms, read_only=True)
+
+    async def set_max_page_count(self, pages: int) -> int:
+        """Test fault point: cap (or lift the cap on) the file's size; returns the cap.
+
+        SQLite never sets it below the pages already in use.
+        """
+        self._check_open()
+        async with self._write_lock, _mapped_errors(self.path, "setting max_page_count"):
+            async with self._writer.execute(f"PRAGMA max_page_count = {int(pages)}") as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One IMMEDIATE transaction on the write connection: all of it commits, or none.
+
+        IMMEDIATE takes the write lock up front, so a busy database fails (after
+        busy_timeout) before any statement runs, instead of on upgrade mid-way. After a
+        failure the connection is rolled back and stays usable for the next try.
+        """
+        self._check_open()
+        async with self._write_lock, _mapped_errors(self.path, doing):
+            self._check_open()  # close() may have run while we waited for the lock
+            conn = self._writer
+            if conn.in_transaction:  # a rollback that itself failed left one open
+                await conn.rollback()
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException:
+                # Queued behind the failed statement on the connection's thread, so it
+                # runs after it even when we were cancelled; a no-op if SQLite already
+                # rolled back (it does on SQLITE_FULL and some I/O errors).
+                try:
+                    await conn.rollback()
+                except sqlite3.Error as exc:
+                    log.warning(
+                        "sqlite %s: rollback failed, retried before next use: %s", self.path, exc
+                    )
+                raise
+
+    async def _claim(
+        self, doing: str, select: str, params: tuple[Any, ...], assign: str, values: tuple[Any, ...]
+    ) -> list[RunRow]:
+        """Read the runs `select` picks and set `assign` (with `values`) on all of them in
+        one transaction, so two claimers never take the same run. Returns the rows as read.
+        """
+        async with self._transaction(doing) as conn:
+            async with conn.execute(select, params) as cur:
+                rows = [run_row(row) for row in await cur.fetchall()]
+            for sql, args in claim_updates(assign, values, [row.run_id for row in rows]):
+                await conn.execute(sql, args)
+        return rows
+
+    async def close(self) -> None:
+        """Close both connections and drop the file lock; later calls raise. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            async with self._write_lock:
+                if self._reader is not self._writer:
+                    await self._reader.close()
+                await self._writer.close()
+        finally:
+            # Only once both connections are closed: the next holder may write at once.
+            filelock.release(self._lock_fd)
+            self._lock_fd = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(f"sqlite store {self.path} is closed")
+
+    async def _read_one(self, sql: str, *params: Any) -> Any:
+        self._check_open()
+        async with self._read_guard, _mapped_errors(self.path, "reading"):
+            async with self._reader.execute(sql, params) as cur:
+                return await cur.fetchone()
+
+    async def _read_all(self, sql: str, *params: Any) -> list[Any]:
+        self._check_open()
+        async with self._read_guard, _mapped_errors(self.path, "reading"):
+            async with self._reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())

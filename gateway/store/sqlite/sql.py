@@ -1,0 +1,347 @@
+"""SQLite statements for the store's writes and reads, and the rows they take and give.
+
+Pure: builds parameters and records, never touches a connection. Used by `sqlite.py` only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Final
+
+from gateway.store.batch import (
+    CreatedFinished,
+    coalesce,
+    decode_headers,
+    encode_headers,
+    group_writes,
+)
+from gateway.store.records import (
+    FINAL_STATUSES,
+    CancelRun,
+    CreateRun,
+    DropPending,
+    FinishRun,
+    PutPending,
+    PutStep,
+    RecordAttempt,
+    ResetRun,
+    RunRow,
+    StoredRequest,
+    StoredResponse,
+    SuspendRun,
+    UpdateRun,
+    Write,
+)
+from gateway.store.schema import ACTIVE, UNFINISHED
+
+# One statement per kind of write. Parameters come from `_row` in the same order.
+_SQL: Final[dict[type[Any], str]] = {
+    CreateRun: (
+        "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at,"
+        " method, path_qs, req_headers, req_body, owner, lease_until)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING"
+    ),
+    CreatedFinished: (
+        "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at,"
+        " finished_at, method, path_qs, req_headers, req_body, resp_status, resp_headers,"
+        " resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (run_id) DO NOTHING"
+    ),
+    PutStep: (
+        "INSERT INTO steps (run_id, step_id, output, attempt, created_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
+    ),
+    RecordAttempt: (
+        "INSERT INTO attempts (run_id, attempt, started_at, ended_at, outcome, status, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, attempt) DO UPDATE SET"
+        " started_at = excluded.started_at, ended_at = excluded.ended_at,"
+        " outcome = excluded.outcome, status = excluded.status, detail = excluded.detail"
+    ),
+    UpdateRun: (
+        "UPDATE runs SET status = ?, attempt = ?, wake_at = ?, updated_at = ? WHERE run_id = ?"
+    ),
+    FinishRun: (
+        "UPDATE runs SET status = ?, resp_status = ?, resp_headers = ?, resp_body = ?,"
+        " finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL, lease_until = NULL"
+        " WHERE run_id = ?"
+    ),
+    PutPending: (
+        "INSERT INTO pending (run_id, step_id, kind, wake_at, event, match, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
+    ),
+    # One statement for both: a NULL step id matches every step of the run.
+    DropPending: "DELETE FROM pending WHERE run_id = ? AND step_id = coalesce(?, step_id)",
+    # Guarded: a suspension that lost a race with a final write must not revive the run.
+    SuspendRun: (
+        "UPDATE runs SET status = 'suspended', attempt = ?, wake_at = ?, updated_at = ?,"
+        f" owner = NULL, lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
+    ),
+    # Guarded: a run that finished first keeps its real result.
+    CancelRun: (
+        "UPDATE runs SET status = 'cancelled', resp_status = ?, resp_headers = ?,"
+        " resp_body = ?, finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL,"
+        f" lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
+    ),
+    ResetRun: (
+        "UPDATE runs SET status = 'running', attempt = ?, updated_at = ?, finished_at = NULL,"
+        " resp_status = NULL, resp_headers = NULL, resp_body = NULL, wake_at = NULL,"
+        " owner = ?, lease_until = ? WHERE run_id = ?"
+    ),
+}
+
+# Run after their kind's statement, with (run_id,) per write: a run that ends leaves
+# no pending sleep or wait behind.
+_DROP_ALL_PENDING: Final = "DELETE FROM pending WHERE run_id = ?"
+_ALSO: Final[dict[type[Any], str]] = {FinishRun: _DROP_ALL_PENDING, CancelRun: _DROP_ALL_PENDING}
+
+# Written with its CreateRun, after it; the first key on a route wins.
+_INSERT_KEY: Final = (
+    "INSERT INTO idempotency_keys (route, idem_key, fingerprint, run_id, created_at)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (route, idem_key) DO NOTHING"
+)
+
+RUN_COLUMNS: Final = (
+    "run_id, route, status, attempt, created_at, updated_at, finished_at, wake_at,"
+    " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body,"
+    " owner, lease_until"
+)
+
+# Due runs first: no wake time (run now), then the earliest wake, then the oldest;
+# run_id only makes the order total, so pages never depend on how ties fall.
+CLAIM: Final = (
+    f"SELECT {RUN_COLUMNS} FROM runs WHERE {ACTIVE} AND {{which}}"
+    " ORDER BY wake_at NULLS FIRST, created_at, run_id LIMIT ?"
+)
+# What claiming sets on each run it takes (see `claim_updates`).
+CLAIM_LEASE: Final = "owner = ?, lease_until = ?"
+EXPIRED: Final = "(lease_until IS NULL OR lease_until < ?)"
+# Stealing takes live leases too, except this owner's own: it is running those already.
+NOT_MINE: Final = "(lease_until IS NULL OR lease_until < ? OR owner IS NOT ?)"
+
+# Suspended runs hold no lease, paused ones need none: both stay out of the lease index.
+RENEW: Final = f"UPDATE runs SET lease_until = ? WHERE owner = ? AND {ACTIVE}"
+RELEASE: Final = f"UPDATE runs SET lease_until = NULL WHERE owner = ? AND {ACTIVE}"
+
+# Named: with no statistics the planner reads every finished run through the status
+# listing index and sorts them, instead of a range of runs_finished.
+PURGEABLE: Final = (
+    "SELECT run_id FROM runs INDEXED BY runs_finished WHERE finished_at < ?"
+    f" AND status IN ({', '.join(repr(str(s)) for s in sorted(FINAL_STATUSES))})"
+    " ORDER BY finished_at LIMIT ?"
+)
+# Dependents first; the run row goes last, so no key or step ever outlives its run.
+PURGE: Final = (
+    "DELETE FROM idempotency_keys WHERE run_id = ?",
+    "DELETE FROM steps WHERE run_id = ?",
+    "DELETE FROM attempts WHERE run_id = ?",
+    "DELETE FROM pending WHERE run_id = ?",
+    "DELETE FROM runs WHERE run_id = ?",
+)
+# Oldest first through events_ts; rowids, so the delete needs no second key lookup.
+PURGE_EVENTS: Final = (
+    "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ? ORDER BY ts LIMIT ?)"
+)
+
+
+def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
+    """Statement parameters for one write, in `_SQL` order."""
+    match write:
+        case PutStep():
+            return (write.run_id, write.step_id, write.output, write.attempt, write.created_at)
+        case CreateRun(request=req):
+            return (
+                write.run_id,
+                write.route,
+                write.status,
+                write.attempt,
+                write.created_at,
+                write.created_at,
+                req.method,
+                req.path_qs,
+                encode_headers(req.headers),
+                req.body,
+                write.owner,
+                write.lease_until,
+            )
+        case CreatedFinished(create=create, finish=finish):
+            return (
+                create.run_id,
+                create.route,
+                finish.status,
+                create.attempt,
+                create.created_at,
+                finish.finished_at,
+                finish.finished_at,
+                create.request.method,
+                create.request.path_qs,
+                encode_headers(create.request.headers),
+                create.request.body,
+                finish.response.status,
+                encode_headers(finish.response.headers),
+                finish.response.body,
+            )
+        case RecordAttempt():
+            return (
+                write.run_id,
+                write.attempt,
+                write.started_at,
+                write.ended_at,
+                write.outcome,
+                write.status,
+                write.detail,
+            )
+        case UpdateRun():
+            return (write.status, write.attempt, write.wake_at, write.updated_at, write.run_id)
+        case FinishRun(response=resp):
+            return (
+                write.status,
+                resp.status,
+                encode_headers(resp.headers),
+                resp.body,
+                write.finished_at,
+                write.finished_at,
+                write.run_id,
+            )
+        case PutPending():
+            return (
+                write.run_id,
+                write.step_id,
+                write.kind,
+                write.wake_at,
+                write.event,
+                write.match,
+                write.created_at,
+            )
+        case DropPending():
+            return (write.run_id, write.step_id)
+        case SuspendRun():
+            return (write.attempt, write.wake_at, write.updated_at, write.run_id)
+        case CancelRun(response=resp):
+            return (
+                resp.status,
+                encode_headers(resp.headers),
+                resp.body,
+                write.finished_at,
+                write.finished_at,
+                write.run_id,
+            )
+        case ResetRun():
+            return (
+                write.attempt,
+                write.updated_at,
+                write.owner,
+                write.lease_until,
+                write.run_id,
+            )
+
+
+def run_row(row: Any) -> RunRow:
+    """A `runs` row selected as RUN_COLUMNS, as a record."""
+    response = None
+    if row[12] is not None:
+        response = StoredResponse(row[12], decode_headers(row[13]), bytes(row[14]))
+    return RunRow(
+        run_id=row[0],
+        route=row[1],
+        status=row[2],
+        attempt=row[3],
+        created_at=row[4],
+        updated_at=row[5],
+        finished_at=row[6],
+        wake_at=row[7],
+        request=StoredRequest(row[8], row[9], decode_headers(row[10]), bytes(row[11])),
+        response=response,
+        owner=row[15],
+        lease_until=row[16],
+    )
+
+
+# A run whose first attempt was folded into its row (`folds_attempt`) has no attempt
+# row; that attempt is read back from the run, from its creation to its end.
+LIST_ATTEMPTS: Final = (
+    "SELECT attempt, started_at, ended_at, outcome, status, detail FROM attempts"
+    " WHERE run_id = ?1"
+    " UNION ALL SELECT 1, created_at, finished_at, 'response', resp_status, NULL FROM runs"
+    " WHERE run_id = ?1 AND status = 'succeeded' AND attempt = 1"
+    " AND NOT EXISTS (SELECT 1 FROM attempts WHERE run_id = ?1)"
+    " ORDER BY 1"
+)
+
+
+# SQLite's default cap on parameters in one statement since 3.32 (999 before).
+_MAX_PARAMS: Final = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+# Enough rows to make a statement's per-call costs vanish, few enough to keep each
+# statement's text and parameter list small.
+MAX_ROWS: Final = 500
+_VALUES: Final = re.compile(r"VALUES (\([?, ]+\))")
+
+
+def multi_row(sql: str, rows: list[tuple[Any, ...]]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """One statement for many rows where SQL allows it, as (statement, [flat params]).
+
+    Why: the sqlite3 module releases and retakes the GIL around every row it steps,
+    and under a busy event loop each retake waits up to the switch interval (5 ms),
+    so `executemany` of 2,000 rows can take seconds. `INSERT … VALUES (…), (…)` and
+    `DELETE … WHERE run_id IN (…)` step once per statement. Rows keep their order,
+    so an upsert or `DO NOTHING` sees the rows as `executemany` would.
+    """
+    if len(rows) < 2:
+        return [(sql, rows)]
+    width = len(rows[0])
+    values = _VALUES.search(sql)
+    if values is not None:
+        head, one, tail = sql[: values.start(1)], values.group(1), sql[values.end(1) :]
+    elif sql.endswith("WHERE run_id = ?") and width == 1:
+        head, one, tail = sql[: -len("= ?")] + "IN (", "?", ")"
+    else:
+        return [(sql, rows)]
+    per = max(1, min(MAX_ROWS, _MAX_PARAMS // width))
+    out: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        flat = tuple(itertools.chain.from_iterable(chunk))
+        out.append((head + ", ".join([one] * len(chunk)) + tail, [flat]))
+    return out
+
+
+def claim_updates(
+    assign: str, values: tuple[Any, ...], run_ids: Sequence[str]
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """`UPDATE runs SET <assign> WHERE run_id IN (…)` for claimed runs, as (statement,
+    params) pairs of at most MAX_ROWS ids each.
+
+    A claim gives every run it takes the same values, so `multi_row`'s `IN (…)` rewrite
+    of `WHERE run_id = ?` does what `executemany` did per row, without stepping SQLite
+    (and the GIL) per run. `values` fill `assign`'s placeholders, the chunk's ids follow.
+    """
+    sql = f"UPDATE runs SET {assign} WHERE run_id = ?"
+    return [
+        (statement, values + ids)
+        for statement, chunks in multi_row(sql, [(run_id,) for run_id in run_ids])
+        for ids in chunks
+    ]
+
+
+def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The batch as (statement, parameter rows) pairs, one executemany each, in order."""
+    pairs: list[tuple[str, list[tuple[Any, ...]]]] = []
+    for group in group_writes(coalesce(writes)):
+        kind = type(group[0])
+        pairs += multi_row(_SQL[kind], [_row(w) for w in group])
+        also = _ALSO.get(kind)
+        if also is not None:
+            pairs += multi_row(also, [(w.run_id,) for w in group])
+        if kind is not CreateRun and kind is not CreatedFinished:
+            continue  # only a run's creation carries an idempotency key
+        creates = (w.create if isinstance(w, CreatedFinished) else w for w in group)
+        keys = [
+            (w.route, w.idempotency[0], w.idempotency[1], w.run_id, w.created_at)
+            for w in creates
+            if isinstance(w, CreateRun) and w.idempotency is not None
+        ]
+        if keys:
+            pairs += multi_row(_INSERT_KEY, keys)
+    return pairs
