@@ -17,10 +17,12 @@ from aiohttp import web
 from gateway import metrics, upstream
 from gateway.config import GatewayConfig
 from gateway.engine import leases, recovery, retention
-from gateway.engine.driver import LEASE_TTL, Driver
+from gateway.engine.driver import Driver
+from gateway.engine.leases import LEASE_TTL
 from gateway.engine.limits import Limits
 from gateway.engine.scheduler import Scheduler
 from gateway.engine.tokens import Tokens, new_secret
+from gateway.engine.view import RunView
 from gateway.errors import StoreUnavailable
 from gateway.http import admin, dashboard, ingress, proxy, runs_api, sidecar
 from gateway.http.problems import problems_middleware
@@ -49,7 +51,7 @@ def default_sidecar_url(config: GatewayConfig) -> str:
 async def build_services(config: GatewayConfig) -> Services:
     store = await open_store(config.storage.url)
     secret = config.security.secret or await store.set_meta_if_absent("secret", new_secret())
-    tokens = Tokens(secret.encode())
+    tokens = Tokens.from_text(secret)
     writer = Writer(store)
     writer.on_commit = metrics.observe_commit
     writer.start()
@@ -64,9 +66,9 @@ async def build_services(config: GatewayConfig) -> Services:
         sidecar_url=default_sidecar_url(config),
         sync_steps=config.storage.durability == "sync",
         limits=limits,
+        routes=config.routes,
     )
-    scheduler = Scheduler(store, driver, config.routes)
-    driver.on_suspend = scheduler.poke
+    scheduler = Scheduler(store, driver)
     return Services(
         config=config,
         store=store,
@@ -77,6 +79,7 @@ async def build_services(config: GatewayConfig) -> Services:
         limits=limits,
         session=session,
         scheduler=scheduler,
+        view=RunView(driver, store),
     )
 
 
@@ -115,7 +118,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_address=True).start()
         services.ready = True
-        await recovery.recover(services.scheduler)
+        await recovery.recover(services.driver)
         background += [
             spawn(services.scheduler.run_forever(), name="scheduler"),
             spawn(

@@ -29,8 +29,3 @@ def _forget(task: asyncio.Task[Any]) -> None:
     _tasks.discard(task)
     if not task.cancelled() and (exc := task.exception()) is not None:
         log.error("task %s failed", task.get_name(), exc_info=exc)
-
-
-def running() -> int:
-    """How many spawned tasks are alive (for tests and shutdown logs)."""
-    return len(_tasks)

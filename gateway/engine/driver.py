@@ -8,7 +8,6 @@ disconnects cancels nothing. Writes are queued on the writer; only `sync` ones a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -16,25 +15,34 @@ import secrets
 import socket
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gateway import metrics, upstream
 from gateway.config import RouteConfig
-from gateway.engine import attempts, suspensions
+from gateway.engine import attempts, suspensions, waits
+from gateway.engine.leases import LEASE_TTL
 from gateway.engine.limits import ConcurrencyLimiter, Limits
 from gateway.engine.live import LiveRun
 from gateway.engine.retries import AttemptOutcome, Decision, Verdict, decide
-from gateway.engine.runs import Run, StepResult, stored_problem
+from gateway.engine.runs import Pending, PendingKind, Run, StepResult, stored_problem
+from gateway.engine.suspensions import Answer
 from gateway.engine.tokens import Tokens, new_run_id
-from gateway.errors import NotFound, StaleAttempt, Unavailable
+from gateway.errors import Conflict, NotFound, StaleAttempt, Unavailable
 from gateway.store import (
+    FINAL_STATUSES,
+    CancelRun,
     CreateRun,
+    DropPending,
     FinishRun,
     FullStore,
+    IdempotencyKey,
+    PutPending,
     PutStep,
     RecordAttempt,
+    ResetRun,
+    RunRow,
     StoredRequest,
     StoredResponse,
     SuspendRun,
@@ -48,10 +56,11 @@ from step_protocol import wire
 
 log = logging.getLogger("gateway.engine.driver")
 
-LEASE_TTL = 30.0
-"""Seconds a run's lease lasts unless renewed; another node may take the run after it."""
 INLINE_BODY = 64 * 1024
 """A final body up to this size, with a declared length, is read whole, not streamed."""
+
+
+_RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED})
 
 
 class _QueueTimeout(Exception):
@@ -79,6 +88,7 @@ class Driver:
         sidecar_url: str,
         sync_steps: bool,
         limits: Limits,
+        routes: Iterable[RouteConfig] = (),
     ) -> None:
         self.store = store
         self.writer = writer
@@ -87,6 +97,9 @@ class Driver:
         self.sidecar_url = sidecar_url.rstrip("/")
         self.sync_steps = sync_steps
         self.limits = limits
+        self.routes = {route.name: route for route in routes}
+        """Durable routes by name: a run from the store is driven under its route's
+        current settings."""
         self.accepting = True
         self._live: dict[str, LiveRun] = {}
         self._rng = random.Random()
@@ -97,17 +110,14 @@ class Driver:
             weakref.WeakValueDictionary()
         )
         """Result URLs long-polling a run that lives in the store; gone when they leave."""
-        self.on_suspend: Callable[[], None] | None = None
-        """Called after a suspension commits (the scheduler re-reads its next wake time)."""
+        self.timers_changed = asyncio.Event()
+        """Set when a suspension commits or an event wakes a run: the scheduler, which
+        waits on it, re-reads its next wake time."""
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_urlsafe(6)}"
         """Owner name of this process's leases."""
 
     def get(self, run_id: str) -> LiveRun | None:
         return self._live.get(run_id)
-
-    @property
-    def live_count(self) -> int:
-        return len(self._live)
 
     def admit(
         self,
@@ -115,12 +125,12 @@ class Driver:
         request: StoredRequest,
         *,
         limit_key: str = "",
-        idempotency: tuple[str, str] | None = None,
+        idempotency: IdempotencyKey | None = None,
     ) -> LiveRun:
         """Create a run, queue its record, and start driving it; never waits on storage.
 
-        `idempotency` is (key, fingerprint); the key is stored with the run in one
-        transaction, and indexed here so a concurrent duplicate attaches at once.
+        An Idempotency-Key is stored with the run in one transaction, and indexed here
+        so a concurrent duplicate attaches at once.
         """
         if not self.accepting:
             raise Unavailable("the gateway is shutting down")
@@ -140,8 +150,8 @@ class Driver:
             )
         )
         if idempotency is not None:
-            live.idempotency = (route.name, idempotency[0], idempotency[1])
-            self._idempotent[live.idempotency[:2]] = live
+            live.idempotency = idempotency
+            self._idempotent[route.name, idempotency.key] = live
         self._start(live, resumed=False)
         return live
 
@@ -166,6 +176,42 @@ class Driver:
         else:
             live.task = spawn(self._drive(live, resumed=True), name=f"run-{run.run_id}")
         return live
+
+    async def resume(self, row: RunRow) -> LiveRun | None:
+        """Drive a run taken from the store (recovered or due) from its next attempt, with
+        its steps, pending sleeps and waits, and suspensions; None when its route is gone."""
+        run = await self._load(row)
+        return None if run is None else self.adopt(run)
+
+    async def _load(self, row: RunRow) -> Run | None:
+        """The one way a run is rebuilt from its row and what else the store keeps of it."""
+        route = self.routes.get(row.route)
+        if route is None or not route.durable:
+            log.warning(
+                "run of route %r not resumed: the route is no longer configured",
+                row.route,
+                extra={"run_id": row.run_id},
+            )
+            return None
+        steps = await self.store.load_steps(row.run_id)
+        pending = {
+            p.step_id: Pending(
+                p.step_id, PendingKind(p.kind), p.wake_at, p.event, p.match, p.created_at
+            )
+            for p in await self.store.list_pending(row.run_id)
+        }
+        return Run(
+            row.run_id,
+            route,
+            row.request,
+            row.created_at,
+            attempt=row.attempt,
+            status=RunStatus(row.status),
+            wake_at=row.wake_at,
+            steps=steps,
+            pending=pending,
+            suspends=await self.store.count_suspends(row.run_id),
+        )
 
     def watch(self, run_id: str) -> asyncio.Event:
         """An event set when a run now only in the store becomes live here (is resumed)."""
@@ -234,6 +280,67 @@ class Driver:
         run = live.run
         run.pending.pop(step_id, None)
         run.merge_steps({step_id: output})
+
+    # --- sleeps and waits (reported by the sidecar) -----------------------------------
+
+    def sleep(self, run_id: str, attempt: int, step_id: str, wake_at: float, now: float) -> Answer:
+        """A durable sleep's call: done once its (first call's) wake time has come."""
+        live = self.current(run_id, attempt)
+        return self._apply(live, suspensions.sleep(live.run, step_id, wake_at, now))
+
+    async def wait(
+        self,
+        run_id: str,
+        attempt: int,
+        step_id: str,
+        *,
+        event: str,
+        match: Mapping[str, Any],
+        timeout_in: float | None,
+        lookback: float | None,
+        now: float,
+    ) -> Answer:
+        """A wait-for-event's call: done once a matching event came, or its timeout."""
+        live = self.current(run_id, attempt)
+        found = None
+        if lookback is not None and suspensions.looks_back(live.run, step_id, lookback):
+            rows = await self.store.events_since(event, now - lookback)
+            found = suspensions.first_match(match, suspensions.stored_events(rows))
+            live = self.current(run_id, attempt)  # still ours after the read?
+        plan = suspensions.wait(
+            live.run,
+            step_id,
+            event=event,
+            match=match,
+            timeout_in=timeout_in,
+            now=now,
+            looked_back=found,
+        )
+        return self._apply(live, plan)
+
+    def _apply(self, live: LiveRun, plan: suspensions.Plan) -> Answer:
+        run = live.run
+        step_id = plan.step_id
+        if (fix := plan.fix) is not None:
+            run.pending[step_id] = fix
+            self.writer.post(
+                PutPending(
+                    run.run_id,
+                    step_id,
+                    fix.kind.value,
+                    fix.wake_at,
+                    fix.event,
+                    fix.match,
+                    fix.created_at,
+                )
+            )
+        if plan.complete is not None:
+            run.pending.pop(step_id, None)
+            self.record_step(live, step_id, plan.complete)
+            self.writer.post(DropPending(run.run_id, step_id))
+        if plan.suspend is not None:
+            run.suspension = plan.suspend
+        return plan.answer
 
     def step_error(self, run_id: str, attempt: int, step_id: str, message: str) -> None:
         live = self._live.get(run_id)
@@ -357,15 +464,21 @@ class Driver:
         live.wake_requested = False
         live.notify()
         await self.writer.submit(SuspendRun(run.run_id, run.attempt, wake, now))
-        if self.on_suspend is not None:
-            self.on_suspend()
-        if await suspensions.missed_event(self, live):
+        self.timers_changed.set()
+        found = await waits.missed(self.store, run, time.time())
+        if found is not None:
+            self.wait_completed(run.run_id, *found)
             return True
         if live.wake_requested:  # due or woken while the suspension was committing
             return True
         if live.evictable:
             self.forget(run.run_id)
         return False
+
+    def hold(self, live: LiveRun) -> None:
+        """A handler waits on a live run (a held client, a result URL): it stays in memory
+        until the handler calls `release`."""
+        live.waiters += 1
 
     def release(self, live: LiveRun) -> None:
         """A waiter leaves: a parked run nobody waits on lives in the store alone."""
@@ -398,9 +511,15 @@ class Driver:
         live.in_attempt = True
         self._in_attempt += 1
         self._drained.clear()
+        limiter = self.limits.concurrency.get(run.route.name)
         try:
-            async with self._slot(run, wait_forever=attempt > 1):
+            if limiter is not None:
+                await self._queue(limiter, run, first=attempt == 1)
+            try:
                 tried = await self._attempt(live, attempt)
+            finally:
+                if limiter is not None:
+                    limiter.release(run.limit_key)
         finally:
             live.in_attempt = False
             self._in_attempt -= 1
@@ -422,33 +541,17 @@ class Driver:
         )
         return tried
 
-    def _slot(self, run: Run, *, wait_forever: bool) -> AbstractAsyncContextManager[None]:
-        """A place in the route's concurrency queue for one attempt; nothing to take (a
-        `nullcontext`, cheaper than a generator-based manager) on a route without a limit.
+    @staticmethod
+    async def _queue(limiter: ConcurrencyLimiter, run: Run, *, first: bool) -> None:
+        """A place in the route's concurrency queue for one attempt.
 
         `queue_timeout` bounds only the first attempt's wait (the client is refused with
-        a 503); a run that has started waits as long as it takes for its retries.
+        a 503); a run that has started keeps its place in line as long as it takes.
         """
-        limiter = self.limits.concurrency.get(run.route.name)
-        if limiter is None:
-            return contextlib.nullcontext()
-        return self._queued(limiter, run, wait_forever)
-
-    @contextlib.asynccontextmanager
-    async def _queued(
-        self, limiter: ConcurrencyLimiter, run: Run, wait_forever: bool
-    ) -> AsyncIterator[None]:
-        while True:
-            try:
-                await limiter.acquire(run.limit_key)
-                break
-            except Unavailable as exc:
-                if not wait_forever:
-                    raise _QueueTimeout(str(exc)) from None
         try:
-            yield
-        finally:
-            limiter.release(run.limit_key)
+            await limiter.acquire(run.limit_key, wait_forever=not first)
+        except Unavailable as exc:
+            raise _QueueTimeout(str(exc)) from None
 
     async def _attempt(self, live: LiveRun, attempt: int) -> _Tried:
         """One attempt; a final response comes back stored (and streamed to a held client)."""
@@ -545,7 +648,65 @@ class Driver:
         if live is not None:
             metrics.IN_FLIGHT.dec()
             if live.idempotency is not None:
-                self._idempotent.pop(live.idempotency[:2], None)
+                self._idempotent.pop((live.run.route.name, live.idempotency.key), None)
+
+    # --- operators' actions (the admin API) --------------------------------------------
+
+    async def cancel(self, run_id: str) -> None:
+        """Cancel an unfinished run: its result becomes a 409 problem, its timers and
+        waits go. A live run's task is cancelled first, so no attempt outlives it."""
+        live = self._live.get(run_id)
+        if live is None:
+            row = await self.store.get_run(run_id)
+            live = self._live.get(run_id)  # it may have become live during the read
+            if live is None:
+                if row is None:
+                    raise NotFound("no such run", run_id=run_id)
+                status, route = row.status, row.route
+        if live is not None:
+            status, route = live.run.status.value, live.run.route.name
+        if status in FINAL_STATUSES:
+            raise Conflict(f"the run is already {status}", run_id=run_id)
+        response = stored_problem(
+            run_id, 409, "run-cancelled", "Run cancelled", "an operator cancelled this run"
+        )
+        committed = self.writer.submit(CancelRun(run_id, response, time.time()))
+        if live is not None:
+            if live.task is not None and not live.task.done():
+                live.task.cancel()
+            run = live.run
+            run.status, run.response, run.wake_at = RunStatus.CANCELLED, response, None
+            run.pending.clear()
+            live.final_commit = committed
+            committed.add_done_callback(lambda _: self.forget(run_id))
+            live.notify()
+        await asyncio.shield(committed)
+        metrics.child(metrics.RUNS, route, RunStatus.CANCELLED.value).inc()
+        log.info("cancelled by an operator", extra={"run_id": run_id})
+
+    async def retry(self, run_id: str) -> None:
+        """Run a failed, cancelled or paused run again from its completed steps, as a new
+        attempt under this process's lease."""
+        row = await self.store.get_run(run_id)
+        live = self._live.get(run_id)
+        if row is None:
+            raise NotFound("no such run", run_id=run_id)
+        status = live.run.status.value if live is not None else row.status
+        if status not in _RETRYABLE:
+            raise Conflict(
+                f"only a failed, cancelled or paused run can be retried; this one is {status}",
+                run_id=run_id,
+            )
+        run = await self._load(row)
+        if run is None:
+            raise Conflict(f"route {row.route!r} is no longer configured", run_id=run_id)
+        if live is not None:
+            self.forget(run_id)
+        now = time.time()
+        await self.writer.submit(ResetRun(run_id, run.attempt, now, self.node_id, now + LEASE_TTL))
+        run.status, run.response, run.wake_at = RunStatus.RUNNING, None, None
+        self.adopt(run)
+        log.info("retried by an operator", extra={"run_id": run_id})
 
     # --- shutdown -----------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ from gateway.store import Store
 
 log = logging.getLogger("gateway.engine.leases")
 
+LEASE_TTL = 30.0
+"""Seconds a run's lease lasts unless renewed; another node may take the run after it."""
+
 
 async def renew_forever(store: Store, owner: str, ttl: float) -> None:
     """Renew every `ttl / 3` seconds; a failed renewal is retried at the next period."""

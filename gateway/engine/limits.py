@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from typing import Final, final
 
 from gateway.config import ConcurrencyConfig, RateLimitConfig, RouteConfig
@@ -165,8 +164,9 @@ class ConcurrencyLimiter:
         slots = self._keys.get(key)
         return sum(1 for w in slots.waiters if not w.done()) if slots else 0
 
-    async def acquire(self, key: str) -> None:
-        """Wait for a slot under `key`; raises Unavailable after `queue_timeout`.
+    async def acquire(self, key: str, *, wait_forever: bool = False) -> None:
+        """Wait for a slot under `key`; raises Unavailable after `queue_timeout`, unless
+        `wait_forever` (a run's retry, which has started and keeps its place in line).
 
         A slot handed over just as the timer fires is kept, not lost; one handed over
         to a waiter that is being cancelled is passed on.
@@ -180,7 +180,7 @@ class ConcurrencyLimiter:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         slots.waiters.append(waiter)
         try:
-            async with asyncio.timeout(self._cfg.queue_timeout):
+            async with asyncio.timeout(None if wait_forever else self._cfg.queue_timeout):
                 await waiter
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
@@ -210,15 +210,6 @@ class ConcurrencyLimiter:
         slots.active -= 1
         if slots.active == 0:
             del self._keys[key]
-
-    @asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
-        """`async with limiter.slot(key):` acquire, and release whatever happens."""
-        await self.acquire(key)
-        try:
-            yield
-        finally:
-            self.release(key)
 
     def _forget(self, key: str, slots: _Slots, waiter: asyncio.Future[None]) -> None:
         waiter.cancel()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.engine.runs import Run
+from gateway.store import IdempotencyKey
 
 
 class ClientSink:
@@ -70,8 +71,8 @@ class LiveRun:
     """The scheduler took the run while its task was still committing its suspension."""
     created: asyncio.Future[None] | None = None
     """Resolves once the run's record is committed: wait for it before handing out its URL."""
-    idempotency: tuple[str, str, str] | None = None
-    """(route, key, fingerprint) when the request carried an Idempotency-Key."""
+    idempotency: IdempotencyKey | None = None
+    """The request's Idempotency-Key, when it carried one (its route is the run's)."""
     final_commit: asyncio.Future[None] | None = None
     """Resolves once the final response is committed."""
     _changes: list[asyncio.Future[None]] = field(default_factory=list)

@@ -10,23 +10,25 @@ from __future__ import annotations
 import logging
 import time
 
-from gateway.engine.driver import LEASE_TTL
-from gateway.engine.scheduler import PAGE, Scheduler
+from gateway.engine.driver import Driver
+from gateway.engine.leases import LEASE_TTL
+
+PAGE = 500
 
 log = logging.getLogger("gateway.engine.recovery")
 
 
-async def recover(scheduler: Scheduler) -> int:
+async def recover(driver: Driver) -> int:
     """Resume every unfinished run this process may own; returns how many."""
-    store, driver = scheduler.store, scheduler.driver
+    store = driver.store
     resumed = 0
     while True:
         rows = await store.claim_unfinished(
             driver.node_id, time.time(), LEASE_TTL, PAGE, steal=store.exclusive
         )
         for row in rows:
-            await scheduler.resume(row)
-            resumed += 1
+            if await driver.resume(row) is not None:
+                resumed += 1
         if len(rows) < PAGE:
             break
     if resumed:

@@ -11,12 +11,10 @@ import asyncio
 import logging
 import time
 
-from gateway.config import RouteConfig
-from gateway.engine.driver import LEASE_TTL, Driver
-from gateway.engine.runs import Pending, PendingKind, Run
+from gateway.engine.driver import Driver
+from gateway.engine.leases import LEASE_TTL
 from gateway.errors import StoreUnavailable
-from gateway.store import FullStore, RunRow
-from gateway.store.records import RunStatus
+from gateway.store import FullStore
 
 log = logging.getLogger("gateway.engine.scheduler")
 
@@ -26,19 +24,17 @@ IDLE = 5.0
 
 
 class Scheduler:
-    def __init__(self, store: FullStore, driver: Driver, routes: tuple[RouteConfig, ...]) -> None:
+    def __init__(self, store: FullStore, driver: Driver) -> None:
         self.store = store
         self.driver = driver
-        self.routes = {route.name: route for route in routes}
-        self._poke = asyncio.Event()
 
     def poke(self) -> None:
         """Re-read the earliest timer now (a suspension or an event may have moved it)."""
-        self._poke.set()
+        self.driver.timers_changed.set()
 
     async def run_forever(self) -> None:
         while True:
-            self._poke.clear()
+            self.driver.timers_changed.clear()
             try:
                 delay = await self._fire_due()
             except StoreUnavailable as exc:
@@ -47,7 +43,7 @@ class Scheduler:
             if delay > 0:
                 try:
                     async with asyncio.timeout(delay):
-                        await self._poke.wait()
+                        await self.driver.timers_changed.wait()
                 except TimeoutError:
                     pass
 
@@ -56,41 +52,10 @@ class Scheduler:
         while True:
             rows = await self.store.claim_due(self.driver.node_id, time.time(), LEASE_TTL, PAGE)
             for row in rows:
-                await self.resume(row)
+                await self.driver.resume(row)
             if len(rows) < PAGE:
                 break
         next_at = await self.store.next_wake_at()
         if next_at is None:
             return IDLE
         return min(IDLE, max(0.0, next_at - time.time()))
-
-    async def resume(self, row: RunRow) -> None:
-        """Hand a run taken from the store to the driver, with its steps and pending calls."""
-        route = self.routes.get(row.route)
-        if route is None or not route.durable:
-            log.warning(
-                "run of route %r not resumed: the route is no longer configured",
-                row.route,
-                extra={"run_id": row.run_id},
-            )
-            return
-        steps = await self.store.load_steps(row.run_id)
-        pending = {
-            p.step_id: Pending(
-                p.step_id, PendingKind(p.kind), p.wake_at, p.event, p.match, p.created_at
-            )
-            for p in await self.store.list_pending(row.run_id)
-        }
-        run = Run(
-            row.run_id,
-            route,
-            row.request,
-            row.created_at,
-            attempt=row.attempt,
-            status=RunStatus(row.status),
-            wake_at=row.wake_at,
-            steps=steps,
-            pending=pending,
-            suspends=await self.store.count_suspends(row.run_id),
-        )
-        self.driver.adopt(run)

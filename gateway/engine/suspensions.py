@@ -1,27 +1,22 @@
-"""Durable sleep and wait-for-event on a live run, as the sidecar reports them.
+"""Durable sleep and wait-for-event, decided over a run: pure, no I/O and no clock.
 
 The first call for a step fixes its timer (and, for a wait, its event and match) for
-every later attempt; a call answers `done` once it is over, or marks the current
-attempt as suspending. Changes runs only through the driver, which owns them.
+every later attempt; a call answers `done` once it is over, or tells the current attempt
+to suspend. The driver applies the `Plan` these return; nothing here changes a run.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-from gateway.engine.live import LiveRun
-from gateway.engine.runs import Pending, PendingKind
+from gateway.engine.runs import Pending, PendingKind, Run
 from gateway.errors import BadRequest
-from gateway.store import DropPending, EventRow, FullStore, PutPending
+from gateway.store import EventRow
 from step_protocol import wire
-
-if TYPE_CHECKING:  # the driver calls in here; only its type is needed
-    from gateway.engine.driver import Driver
 
 _SORTED = orjson.OPT_SORT_KEYS
 
@@ -31,6 +26,20 @@ class Answer:
     done: bool
     """True: 200, the step is over; False: 202, the attempt must end and the run suspend."""
     body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one sleep or wait call does to its run, in this order, and what it answers."""
+
+    step_id: str
+    answer: Answer
+    fix: Pending | None = None
+    """The step's first call: its sleep or wait, to keep (and store) for every attempt."""
+    complete: bytes | None = None
+    """The step is over now: its output, to record as the step's result."""
+    suspend: Pending | None = None
+    """The attempt must end and the run suspend on this."""
 
 
 def first_match(
@@ -53,113 +62,64 @@ def stored_events(rows: Iterable[EventRow]) -> Iterable[dict[str, Any]]:
     return (wire.event_output(r.event_id, r.name, orjson.loads(r.data), r.ts) for r in rows)
 
 
-def sleep(
-    driver: Driver, run_id: str, attempt: int, step_id: str, wake_at: float, now: float
-) -> Answer:
-    live = driver.current(run_id, attempt)
-    run = live.run
+def sleep(run: Run, step_id: str, wake_at: float, now: float) -> Plan:
     done = run.steps.get(step_id)
     if done is not None:
-        return Answer(True, done)
-    pending = _fix(driver, live, Pending(step_id, PendingKind.SLEEP, wake_at, created_at=now))
+        return Plan(step_id, Answer(True, done))
+    wanted = Pending(step_id, PendingKind.SLEEP, wake_at, created_at=now)
+    pending, fix = _fixed(run, wanted)
     assert pending.wake_at is not None
     if pending.wake_at <= now:
         output = orjson.dumps(
             {"done": True, "wake_at": wire.format_timestamp(pending.wake_at)}, option=_SORTED
         )
-        _complete(driver, live, step_id, output)
-        return Answer(True, output)
-    run.suspension = pending
-    return Answer(
-        False, orjson.dumps({"done": False, "wake_at": wire.format_timestamp(pending.wake_at)})
-    )
+        return Plan(step_id, Answer(True, output), fix=fix, complete=output)
+    body = orjson.dumps({"done": False, "wake_at": wire.format_timestamp(pending.wake_at)})
+    return Plan(step_id, Answer(False, body), fix=fix, suspend=pending)
 
 
-async def wait(
-    driver: Driver,
-    store: FullStore,
-    run_id: str,
-    attempt: int,
+def looks_back(run: Run, step_id: str, lookback: float | None) -> bool:
+    """True when a wait's first call must first search the stored events (`lookback`)."""
+    return bool(lookback) and step_id not in run.steps and step_id not in run.pending
+
+
+def wait(
+    run: Run,
     step_id: str,
     *,
     event: str,
     match: Mapping[str, Any],
     timeout_in: float | None,
-    lookback: float | None,
     now: float,
-) -> Answer:
-    live = driver.current(run_id, attempt)
-    done = live.run.steps.get(step_id)
+    looked_back: bytes | None = None,
+) -> Plan:
+    """`looked_back`: the stored event that a first call's look-back found, if any."""
+    done = run.steps.get(step_id)
     if done is not None:
-        return Answer(True, b'{"event":' + done + b"}")
-    if step_id not in live.run.pending and lookback:
-        rows = await store.events_since(event, now - lookback)
-        output = first_match(match, stored_events(rows))
-        if output is not None:
-            live = driver.current(run_id, attempt)  # still ours after the read?
-            _complete(driver, live, step_id, output)
-            return Answer(True, b'{"event":' + output + b"}")
+        return Plan(step_id, Answer(True, b'{"event":' + done + b"}"))
+    if looked_back is not None:
+        return Plan(step_id, Answer(True, b'{"event":' + looked_back + b"}"), complete=looked_back)
     deadline = None if timeout_in is None else now + timeout_in
     wanted = Pending(
         step_id, PendingKind.WAIT, deadline, event, orjson.dumps(match, option=_SORTED), now
     )
-    pending = _fix(driver, live, wanted)
+    pending, fix = _fixed(run, wanted)
     if pending.wake_at is not None and pending.wake_at <= now:
-        _complete(driver, live, step_id, b"null")
-        return Answer(True, b'{"event":null}')
-    live.run.suspension = pending
+        return Plan(step_id, Answer(True, b'{"event":null}'), fix=fix, complete=b"null")
     timeout_at = None if pending.wake_at is None else wire.format_timestamp(pending.wake_at)
-    return Answer(False, orjson.dumps({"event": None, "pending": True, "timeout_at": timeout_at}))
+    body = orjson.dumps({"event": None, "pending": True, "timeout_at": timeout_at})
+    return Plan(step_id, Answer(False, body), fix=fix, suspend=pending)
 
 
-def _fix(driver: Driver, live: LiveRun, wanted: Pending) -> Pending:
-    """The step's pending sleep or wait: the first call's, stored once."""
-    run = live.run
+def _fixed(run: Run, wanted: Pending) -> tuple[Pending, Pending | None]:
+    """The step's pending sleep or wait (the first call's), and `wanted` when it is that
+    first call, to be kept."""
     pending = run.pending.get(wanted.step_id)
     if pending is None:
-        run.pending[wanted.step_id] = pending = wanted
-        driver.writer.post(
-            PutPending(
-                run.run_id,
-                wanted.step_id,
-                wanted.kind.value,
-                wanted.wake_at,
-                wanted.event,
-                wanted.match,
-                wanted.created_at,
-            )
-        )
-    elif pending.kind is not wanted.kind:
+        return wanted, wanted
+    if pending.kind is not wanted.kind:
         raise BadRequest(
             f"step {wanted.step_id!r} is a {pending.kind.value}, not a {wanted.kind.value}",
             run_id=run.run_id,
         )
-    return pending
-
-
-def _complete(driver: Driver, live: LiveRun, step_id: str, output: bytes) -> None:
-    live.run.pending.pop(step_id, None)
-    driver.record_step(live, step_id, output)
-    driver.writer.post(DropPending(live.run.run_id, step_id))
-
-
-async def missed_event(driver: Driver, live: LiveRun) -> bool:
-    """Complete a wait with an event that came while its run was still running.
-
-    `POST /v1/events` only wakes runs already suspended in the store; an event that
-    arrived between the wait's first call and the suspension's commit is found here.
-    """
-    run = live.run
-    for pending in list(run.pending.values()):
-        if pending.kind is not PendingKind.WAIT or pending.event is None:
-            continue
-        rows = await driver.store.events_since(pending.event, pending.created_at)
-        output = first_match(pending.match, stored_events(rows))
-        # A refused completion (the wait is gone or its step done) stays refused for
-        # every later event as well: go on to the run's next wait.
-        if output is not None and await driver.store.complete_wait(
-            run.run_id, pending.step_id, output, time.time()
-        ):
-            driver.wait_completed(run.run_id, pending.step_id, output)
-            return True
-    return False
+    return pending, None

@@ -25,7 +25,7 @@ from gateway.http import delivery, idempotency, listeners, proxy, results
 from gateway.http.delivery import Delivery, Prefer
 from gateway.http.results import replay, result_url
 from gateway.http.services import Services
-from gateway.store import StoredRequest
+from gateway.store import IdempotencyKey, StoredRequest
 from step_protocol import wire
 
 _READS = frozenset({"GET", "HEAD"})
@@ -78,7 +78,7 @@ async def handle(request: web.BaseRequest, services: Services) -> web.StreamResp
     body = await listeners.read_whole(request, route.settings.max_body, "max_body")
     idem = _idempotency(request, route, body)
     if idem is not None:
-        existing = await _existing_run(request, services, route, *idem)
+        existing = await _existing_run(request, services, route, idem)
         if existing is not None:
             return existing
     stored = StoredRequest(request.method, request.path_qs, proxy.upstream_headers(request), body)
@@ -92,8 +92,8 @@ async def handle(request: web.BaseRequest, services: Services) -> web.StreamResp
 
 def _idempotency(
     request: web.BaseRequest, route: RouteConfig, body: bytes
-) -> tuple[str, str] | None:
-    """(key, fingerprint) when the route uses Idempotency-Key and the request has one."""
+) -> IdempotencyKey | None:
+    """The request's key and fingerprint, when the route uses Idempotency-Key."""
     mode = route.settings.idempotency
     if mode == "off":
         return None
@@ -103,35 +103,23 @@ def _idempotency(
             raise BadRequest(f"route {route.name!r} requires an {idempotency.HEADER} header")
         return None
     key = idempotency.parse_key(raw)
-    return key, idempotency.fingerprint(request.method, request.path_qs, body)
+    return IdempotencyKey(key, idempotency.fingerprint(request.method, request.path_qs, body))
 
 
 async def _existing_run(
-    request: web.BaseRequest, services: Services, route: RouteConfig, key: str, fingerprint: str
+    request: web.BaseRequest, services: Services, route: RouteConfig, idem: IdempotencyKey
 ) -> web.StreamResponse | None:
     """Attach to the run a key already belongs to: replay it, or wait on it; 422 on misuse."""
-    live = services.driver.attached(route.name, key)
-    if live is None:
-        found = await services.store.find_idempotency(route.name, key)
-        live = services.driver.attached(route.name, key)  # admitted while we were reading
-        if live is None:
-            if found is None:
-                return None
-            if found[0] != fingerprint:
-                raise _mismatch(key, found[1])
-            live = services.driver.get(found[1])
-            if live is None:
-                row = await services.store.get_run(found[1])
-                if row is None:
-                    return None  # purged a moment ago: the key is free again
-                if row.response is None:  # unfinished, owned elsewhere: its result URL waits
-                    return _to_result(
-                        request, services, found[1], 303, Prefer(), honoured_wait=False
-                    )
-                return _replayed(replay(row.response))
-    if live.idempotency is not None and live.idempotency[2] != fingerprint:
-        raise _mismatch(key, live.run.run_id)
-    return await _answer(request, services, route, live, attached=True)
+    keyed = await services.view.keyed(route.name, idem.key)
+    if keyed is None:
+        return None
+    if keyed.fingerprint is not None and keyed.fingerprint != idem.fingerprint:
+        raise _mismatch(idem.key, keyed.run_id)
+    if keyed.live is not None:
+        return await _answer(request, services, route, keyed.live, attached=True)
+    if keyed.response is None:  # unfinished, owned elsewhere: its result URL waits
+        return _to_result(request, services, keyed.run_id, 303, Prefer(), honoured_wait=False)
+    return _replayed(replay(keyed.response))
 
 
 def _mismatch(key: str, run_id: str) -> IdempotencyMismatch:
@@ -186,7 +174,7 @@ async def _answer(
     sink = None
     if not attached:
         sink = live.sink = ClientSink(request)
-    live.waiters += 1
+    services.driver.hold(live)
     try:
         return await _hold(request, services, route, live, prefer, budget, sink)
     finally:

@@ -63,9 +63,11 @@ async def get_result(
     wait = delivery.result_wait(prefer)
     deadline = time.monotonic() + wait
     while True:
-        live = services.driver.get(run_id)
-        if live is not None:
-            live.waiters += 1
+        state = await services.view.get(run_id)
+        if state is None:
+            raise NotFound("no such run, or a wrong token")
+        if (live := state.live) is not None:
+            services.driver.hold(live)
             try:
                 answer = await _wait_live(request, services, live, prefer, deadline)
             finally:
@@ -73,14 +75,11 @@ async def get_result(
             if answer is not None:
                 return answer
             continue
-        row = await services.store.get_run(run_id)
-        if row is None:
-            raise NotFound("no such run, or a wrong token")
-        if row.response is not None:
-            return replay(row.response)
+        if state.response is not None:
+            return replay(state.response)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return _pending(request, run_id, prefer, row.status)
+            return _pending(request, run_id, prefer, state.status)
         if services.driver.get(run_id) is not None:
             continue  # resumed while the store was read
         resumed = services.driver.watch(run_id)  # suspended in the store: wait until due
@@ -88,7 +87,7 @@ async def get_result(
             async with asyncio.timeout(remaining):
                 await resumed.wait()
         except TimeoutError:
-            return _pending(request, run_id, prefer, row.status)
+            return _pending(request, run_id, prefer, state.status)
 
 
 async def _wait_live(
@@ -120,30 +119,17 @@ def _pending(request: web.BaseRequest, run_id: str, prefer: Prefer, status: str)
 
 async def get_status(request: web.BaseRequest, services: Services, run_id: str) -> web.Response:
     _check(request, services, run_id)
-    live = services.driver.get(run_id)
-    if live is not None:
-        run = live.run
-        body = {
-            "run_id": run_id,
-            "route": run.route.name,
-            "status": run.status.value,
-            "attempt": run.attempt,
-            "created_at": run.created_at,
-            "wake_at": run.wake_at,
-            "steps": len(run.steps),
-        }
-    else:
-        row = await services.store.get_run(run_id)
-        if row is None:
-            raise NotFound("no such run, or a wrong token")
-        body = {
-            "run_id": run_id,
-            "route": row.route,
-            "status": row.status,
-            "attempt": row.attempt,
-            "created_at": row.created_at,
-            "finished_at": row.finished_at,
-            "wake_at": row.wake_at,
-        }
-    body["result_url"] = result_url(request, services, run_id)
+    state = await services.view.get(run_id)
+    if state is None:
+        raise NotFound("no such run, or a wrong token")
+    body = {
+        "run_id": run_id,
+        "route": state.route,
+        "status": state.status,
+        "attempt": state.attempt,
+        "created_at": state.created_at,
+        "finished_at": state.finished_at,
+        "wake_at": state.wake_at,
+        "result_url": result_url(request, services, run_id),
+    }
     return web.json_response(body)

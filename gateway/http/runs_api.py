@@ -1,7 +1,7 @@
 """The admin runs API: list and inspect runs, cancel and retry them.
 
-Reads the store (and the live run, when this process drives it); changes runs only
-through the driver. Mounted on the admin listener behind its bearer token.
+Reads runs through the engine's run view; changes them only through the driver's
+commands. Mounted on the admin listener behind its bearer token.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import orjson
 from aiohttp import web
 
 from gateway import metrics
-from gateway.engine import operations
-from gateway.engine.runs import Run
-from gateway.errors import BadRequest, Conflict, NotFound
-from gateway.http.services import SERVICES, Services
-from gateway.store import RunRow, StoredResponse
+from gateway.errors import BadRequest, NotFound
+from gateway.http.services import SERVICES
+from gateway.store import StoredResponse
 from gateway.store.records import RunStatus
 
 MAX_LIMIT = 500
@@ -51,18 +49,17 @@ async def list_runs(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise BadRequest(f"bad cursor: {exc}") from None
     items = []
-    for summary in runs:
-        live = services.driver.get(summary.run_id)
+    for summary in map(services.view.overlay, runs):
         items.append(
             {
                 "run_id": summary.run_id,
                 "route": summary.route,
-                "status": live.run.status.value if live else summary.status,
-                "attempt": live.run.attempt if live else summary.attempt,
+                "status": summary.status,
+                "attempt": summary.attempt,
                 "created_at": summary.created_at,
                 "updated_at": summary.updated_at,
                 "finished_at": summary.finished_at,
-                "wake_at": live.run.wake_at if live else summary.wake_at,
+                "wake_at": summary.wake_at,
                 "method": summary.method,
                 "path": summary.path_qs,
                 "response_status": summary.response_status,
@@ -74,12 +71,12 @@ async def list_runs(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     run_id = request.match_info["run_id"]
-    row = await _row(services, run_id)
-    live = services.driver.get(run_id)
+    state = await services.view.get(run_id, stored=True)
+    if state is None:
+        raise NotFound("no such run", run_id=run_id)
     attempts = await services.store.list_attempts(run_id)
     steps = await services.store.list_steps(run_id)
     pending = await services.store.list_pending(run_id)
-    response = live.run.response if live and live.run.response else row.response
     suspension = None
     if pending:
         first = min(pending, key=lambda p: (p.wake_at is None, p.wake_at or 0.0))
@@ -92,17 +89,17 @@ async def get_run(request: web.Request) -> web.Response:
         }
     body: dict[str, Any] = {
         "run_id": run_id,
-        "route": row.route,
-        "status": live.run.status.value if live else row.status,
-        "attempt": live.run.attempt if live else row.attempt,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "finished_at": row.finished_at,
-        "wake_at": live.run.wake_at if live else row.wake_at,
+        "route": state.route,
+        "status": state.status,
+        "attempt": state.attempt,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "finished_at": state.finished_at,
+        "wake_at": state.wake_at,
         "request": {
-            "method": row.request.method,
-            "path": row.request.path_qs,
-            "body_bytes": len(row.request.body),
+            "method": state.request.method,
+            "path": state.request.path_qs,
+            "body_bytes": len(state.request.body),
         },
         "attempts": [
             {
@@ -125,7 +122,7 @@ async def get_run(request: web.Request) -> web.Response:
             for s in steps
         ],
         "suspension": suspension,
-        "response": _summary(response),
+        "response": _summary(state.response),
     }
     return web.json_response(body)
 
@@ -141,21 +138,10 @@ def _summary(response: StoredResponse | None) -> dict[str, Any] | None:
     }
 
 
-async def _row(services: Services, run_id: str) -> RunRow:
-    row = await services.store.get_run(run_id)
-    if row is None:
-        raise NotFound("no such run", run_id=run_id)
-    return row
-
-
 async def cancel(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     run_id = request.match_info["run_id"]
-    live = services.driver.get(run_id)
-    status = None
-    if live is None:
-        status = (await _row(services, run_id)).status
-    await operations.cancel(services.driver, run_id, status)
+    await services.driver.cancel(run_id)
     metrics.child(metrics.ADMIN_ACTIONS, "cancel").inc()
     return web.json_response({"run_id": run_id, "status": RunStatus.CANCELLED.value})
 
@@ -163,27 +149,7 @@ async def cancel(request: web.Request) -> web.Response:
 async def retry(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     run_id = request.match_info["run_id"]
-    row = await _row(services, run_id)
-    live = services.driver.get(run_id)
-    status = live.run.status.value if live else row.status
-    if status not in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED):
-        raise Conflict(
-            f"only a failed, cancelled or paused run can be retried; this one is {status}",
-            run_id=run_id,
-        )
-    route = services.scheduler.routes.get(row.route)
-    if route is None or not route.durable:
-        raise Conflict(f"route {row.route!r} is no longer configured", run_id=run_id)
-    steps = await services.store.load_steps(run_id)
-    run = Run(
-        run_id,
-        route,
-        row.request,
-        row.created_at,
-        attempt=row.attempt,
-        steps=steps,
-    )
-    await operations.retry(services.driver, run)
+    await services.driver.retry(run_id)
     metrics.child(metrics.ADMIN_ACTIONS, "retry").inc()
     return web.json_response({"run_id": run_id, "status": RunStatus.RUNNING.value})
 

@@ -15,6 +15,7 @@ from gateway.engine.driver import Driver
 from gateway.engine.limits import Limits
 from gateway.engine.scheduler import Scheduler
 from gateway.engine.tokens import Tokens
+from gateway.engine.view import RunView
 from gateway.http.routes import RouteTable
 from gateway.store import FullStore
 from gateway.store.writer import Writer
@@ -31,6 +32,8 @@ class Services:
     limits: Limits
     session: aiohttp.ClientSession
     scheduler: Scheduler
+    view: RunView
+    """Every read of a run, live or stored, goes through here."""
     ready: bool = False
     """True once all three listeners are bound."""
 

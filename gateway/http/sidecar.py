@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.engine import suspensions
 from gateway.engine.runs import StepResult, steps_envelope
+from gateway.engine.suspensions import Answer
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -91,12 +91,10 @@ def _check_step_id(step_id: str) -> None:
 
 
 async def _steps(services: Services, run_id: str) -> dict[str, bytes]:
-    live = services.driver.get(run_id)
-    if live is not None:
-        return live.run.steps
-    if await services.store.get_run(run_id) is None:
+    steps = await services.view.steps(run_id)
+    if steps is None:
         raise NotFound("no such run", run_id=run_id)
-    return await services.store.load_steps(run_id)
+    return steps
 
 
 async def list_steps(
@@ -182,7 +180,7 @@ def _seconds(value: Any, name: str, run_id: str) -> float:
         raise BadRequest(f'"{name}": {exc}', run_id=run_id) from None
 
 
-def _answer(answer: suspensions.Answer) -> web.Response:
+def _answer(answer: Answer) -> web.Response:
     return web.Response(status=200 if answer.done else 202, body=answer.body, content_type=_JSON)
 
 
@@ -200,7 +198,7 @@ async def sleep(
             wake_at = wire.parse_timestamp(str(body["until"])).timestamp()
         except ValueError as exc:
             raise BadRequest(f'"until" must be an RFC 3339 time: {exc}', run_id=run_id) from None
-    return _answer(suspensions.sleep(services.driver, run_id, attempt, step_id, wake_at, now))
+    return _answer(services.driver.sleep(run_id, attempt, step_id, wake_at, now))
 
 
 async def wait(
@@ -214,9 +212,7 @@ async def wait(
         raise BadRequest('"match" must map dotted paths to values', run_id=run_id)
     timeout = body.get("timeout")
     lookback = body.get("lookback")
-    answer = await suspensions.wait(
-        services.driver,
-        services.store,
+    answer = await services.driver.wait(
         run_id,
         attempt,
         step_id,

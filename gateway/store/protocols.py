@@ -12,6 +12,7 @@ from typing import Protocol
 from gateway.store.records import (
     AttemptRow,
     EventRow,
+    KeyRow,
     PendingRow,
     RunRow,
     RunSummary,
@@ -71,8 +72,8 @@ class Store(Protocol):
     async def release_leases(self, owner: str) -> int:
         """Graceful stop: end owner's leases at once (owner kept) so others take the runs."""
 
-    async def find_idempotency(self, route: str, key: str) -> tuple[str, str] | None:
-        """The (fingerprint, run id) an idempotency key on a route is bound to."""
+    async def find_idempotency(self, route: str, key: str) -> KeyRow | None:
+        """The run an idempotency key on a route is bound to, with its fingerprint."""
 
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
         """Delete up to `limit` runs that finished before cutoff, with their steps,

@@ -39,6 +39,15 @@ class StoredResponse:
 # --- writes: small records the writer batches into one transaction ---------------
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """An `Idempotency-Key` as its route keeps it, with the fingerprint of the request
+    (method, path, query, body hash) that first used it."""
+
+    key: str
+    fingerprint: str
+
+
 @dataclass(slots=True)
 class CreateRun:
     """A new run with its request; with `idempotency`, its key in the same transaction."""
@@ -53,9 +62,9 @@ class CreateRun:
     at the next number and never reuses the token of an attempt that may still be live."""
     owner: str | None = None
     lease_until: float | None = None
-    idempotency: tuple[str, str] | None = None
-    """(key, request fingerprint). The first key on a route wins; a later insert of the
-    same key is ignored, not an error."""
+    idempotency: IdempotencyKey | None = None
+    """The request's Idempotency-Key. The first key on a route wins; a later insert of
+    the same key is ignored, not an error."""
 
 
 @dataclass(slots=True)
@@ -219,6 +228,14 @@ class RunRow:
     owner: str | None = None
     """The process that holds the run's lease (kept after release, for the record)."""
     lease_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """The run an idempotency key on a route is bound to."""
+
+    fingerprint: str
+    run_id: str
 
 
 @dataclass(frozen=True, slots=True)

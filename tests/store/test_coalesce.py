@@ -6,6 +6,8 @@ from gateway.store import (
     CreateRun,
     FinishRun,
     FullStore,
+    IdempotencyKey,
+    KeyRow,
     PutStep,
     StoredRequest,
     StoredResponse,
@@ -19,7 +21,7 @@ RESPONSE = StoredResponse(201, [("Content-Type", "text/plain")], b"done")
 
 def batch(run_id: str, *, backoff: bool) -> list[CreateRun | PutStep | UpdateRun | FinishRun]:
     writes: list[CreateRun | PutStep | UpdateRun | FinishRun] = [
-        CreateRun(run_id, "r", REQUEST, 100.0, idempotency=(f"key-{run_id}", "fp")),
+        CreateRun(run_id, "r", REQUEST, 100.0, idempotency=IdempotencyKey(f"key-{run_id}", "fp")),
         PutStep(run_id, "s1", b'"one"', 1, 101.0),
     ]
     if backoff:
@@ -58,4 +60,4 @@ async def test_folded_and_unfolded_rows_are_the_same(store: FullStore) -> None:
         assert row.request == REQUEST and row.response == RESPONSE
         assert row.owner is None and row.lease_until is None
     assert await store.load_steps("a") == {"s1": b'"one"'}
-    assert await store.find_idempotency("r", "key-a") == ("fp", "a")
+    assert await store.find_idempotency("r", "key-a") == KeyRow("fp", "a")

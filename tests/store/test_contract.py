@@ -21,6 +21,8 @@ from gateway.store import (
     AttemptRow,
     CreateRun,
     FinishRun,
+    IdempotencyKey,
+    KeyRow,
     PutStep,
     RecordAttempt,
     Store,
@@ -362,26 +364,30 @@ async def test_a_closed_store_refuses_calls(database: Database) -> None:
 
 
 async def test_idempotency_key_is_stored_with_its_run(store: Store) -> None:
-    await store.apply([CreateRun("r1", "chat", REQUEST, 100.0, idempotency=("k1", "fp-1"))])
+    await store.apply(
+        [CreateRun("r1", "chat", REQUEST, 100.0, idempotency=IdempotencyKey("k1", "fp-1"))]
+    )
 
-    assert await store.find_idempotency("chat", "k1") == ("fp-1", "r1")
+    assert await store.find_idempotency("chat", "k1") == KeyRow("fp-1", "r1")
     assert await store.find_idempotency("other-route", "k1") is None
     assert await store.find_idempotency("chat", "k2") is None
 
 
 async def test_idempotency_key_conflict_keeps_the_first(store: Store) -> None:
-    await store.apply([CreateRun("r1", "chat", REQUEST, 100.0, idempotency=("k", "fp-1"))])
+    await store.apply(
+        [CreateRun("r1", "chat", REQUEST, 100.0, idempotency=IdempotencyKey("k", "fp-1"))]
+    )
     await store.apply(
         [
-            CreateRun("r2", "chat", REQUEST, 101.0, idempotency=("k", "fp-2")),
+            CreateRun("r2", "chat", REQUEST, 101.0, idempotency=IdempotencyKey("k", "fp-2")),
             # Within one batch too; and the same key on another route is another key.
-            CreateRun("r3", "chat", REQUEST, 102.0, idempotency=("k", "fp-3")),
-            CreateRun("r4", "admin", REQUEST, 103.0, idempotency=("k", "fp-4")),
+            CreateRun("r3", "chat", REQUEST, 102.0, idempotency=IdempotencyKey("k", "fp-3")),
+            CreateRun("r4", "admin", REQUEST, 103.0, idempotency=IdempotencyKey("k", "fp-4")),
         ]
     )
 
-    assert await store.find_idempotency("chat", "k") == ("fp-1", "r1")
-    assert await store.find_idempotency("admin", "k") == ("fp-4", "r4")
+    assert await store.find_idempotency("chat", "k") == KeyRow("fp-1", "r1")
+    assert await store.find_idempotency("admin", "k") == KeyRow("fp-4", "r4")
     # The key is ignored, not the run: the caller decided to admit it.
     assert await store.get_run("r2") is not None
 
@@ -394,7 +400,7 @@ async def test_idempotency_key_is_never_stored_without_its_run(
     with pytest.raises(StoreUnavailable):
         await store.apply(
             [
-                CreateRun("r1", "chat", REQUEST, 100.0, idempotency=("k", "fp")),
+                CreateRun("r1", "chat", REQUEST, 100.0, idempotency=IdempotencyKey("k", "fp")),
                 step("r1", "boom"),
             ]
         )
@@ -600,8 +606,10 @@ async def test_sqlite_a_v1_database_migrates_in_place(tmp_path: Path) -> None:
         assert await store.load_steps("old-run") == {"s1": b"{}"}
         claimed = await store.claim_unfinished("me", 200.0, 30.0)
         assert [(r.run_id, r.owner, r.lease_until) for r in claimed] == [("old-run", "me", 230.0)]
-        await store.apply([CreateRun("new", "chat", REQUEST, 200.0, idempotency=("k", "f"))])
-        assert await store.find_idempotency("chat", "k") == ("f", "new")
+        await store.apply(
+            [CreateRun("new", "chat", REQUEST, 200.0, idempotency=IdempotencyKey("k", "f"))]
+        )
+        assert await store.find_idempotency("chat", "k") == KeyRow("f", "new")
     finally:
         await store.close()
     with closing(sqlite3.connect(path)) as conn:

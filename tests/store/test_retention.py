@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from gateway.store import (
     CreateRun,
     FinishRun,
+    IdempotencyKey,
+    KeyRow,
     PutStep,
     RecordAttempt,
     Store,
@@ -34,7 +36,7 @@ REQUEST = StoredRequest("POST", "/api/chat", [("Content-Type", "application/json
 def run_writes(run_id: str, *, finished_at: float | None, output: bytes = b'"out"') -> list[Write]:
     """A run with a key, two steps and an attempt; finished at `finished_at` unless None."""
     writes: list[Write] = [
-        CreateRun(run_id, "chat", REQUEST, 10.0, idempotency=(f"key-{run_id}", "fp")),
+        CreateRun(run_id, "chat", REQUEST, 10.0, idempotency=IdempotencyKey(f"key-{run_id}", "fp")),
         PutStep(run_id, "a", output, 1, 11.0),
         PutStep(run_id, "b", output, 1, 12.0),
         RecordAttempt(run_id, 1, 11.0, 13.0, "response", 200),
@@ -56,7 +58,7 @@ async def assert_kept(store: Store, run_id: str) -> None:
     assert await store.get_run(run_id) is not None
     assert set(await store.load_steps(run_id)) == {"a", "b"}
     assert len(await store.list_attempts(run_id)) == 1
-    assert await store.find_idempotency("chat", f"key-{run_id}") == ("fp", run_id)
+    assert await store.find_idempotency("chat", f"key-{run_id}") == KeyRow("fp", run_id)
 
 
 async def test_purge_deletes_old_finished_runs_with_everything_they_own(
@@ -107,9 +109,11 @@ async def test_a_purged_key_can_be_used_again(store: Store) -> None:
     await store.apply(run_writes("r1", finished_at=100.0))
     await store.purge_before(200.0)
 
-    await store.apply([CreateRun("r2", "chat", REQUEST, 300.0, idempotency=("key-r1", "fp2"))])
+    await store.apply(
+        [CreateRun("r2", "chat", REQUEST, 300.0, idempotency=IdempotencyKey("key-r1", "fp2"))]
+    )
 
-    assert await store.find_idempotency("chat", "key-r1") == ("fp2", "r2")
+    assert await store.find_idempotency("chat", "key-r1") == KeyRow("fp2", "r2")
 
 
 # --- the file stops growing ----------------------------------------------------------
@@ -147,7 +151,11 @@ async def test_file_size_is_bounded_when_retention_purges(tmp_path: Path) -> Non
             now = time.time()
             for i in range(RUNS_PER_ROUND):
                 run_id = f"run-{round_}-{i}"
-                writer.submit(CreateRun(run_id, "chat", request, now, idempotency=(run_id, "fp")))
+                writer.submit(
+                    CreateRun(
+                        run_id, "chat", request, now, idempotency=IdempotencyKey(run_id, "fp")
+                    )
+                )
                 for step in ("plan", "call", "answer"):
                     writer.submit(PutStep(run_id, step, output, 1, now))
                 writer.submit(RecordAttempt(run_id, 1, now, now, "response", 200))

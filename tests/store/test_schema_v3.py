@@ -9,6 +9,7 @@ from contextlib import closing
 from pathlib import Path
 
 from gateway.store import (
+    KeyRow,
     PendingRow,
     PutPending,
     SuspendRun,
@@ -75,7 +76,7 @@ async def test_sqlite_a_v2_database_migrates_in_place(tmp_path: Path) -> None:
             130.0,
         )
         assert await store.load_steps("live") == {"s1": b"{}"}
-        assert await store.find_idempotency("chat", "k") == ("fp", "live")
+        assert await store.find_idempotency("chat", "k") == KeyRow("fp", "live")
 
         # The old runs list newest first, with their response status.
         runs, cursor = await store.list_runs(None, None, 10, None)

@@ -17,6 +17,7 @@ from gateway.store import (
     AttemptRow,
     CreateRun,
     FinishRun,
+    KeyRow,
     PutStep,
     RecordAttempt,
     RunRow,
@@ -87,7 +88,7 @@ class FlakyProbe:
     async def release_leases(self, owner: str) -> int:
         return await self.store.release_leases(owner)
 
-    async def find_idempotency(self, route: str, key: str) -> tuple[str, str] | None:
+    async def find_idempotency(self, route: str, key: str) -> KeyRow | None:
         return await self.store.find_idempotency(route, key)
 
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:

@@ -86,7 +86,6 @@ def test_imports_run_down(module: str) -> None:
     assert not wrong, f"{module} ({home}) must not import {wrong}"
 
 
-@pytest.mark.xfail(strict=True, reason="engine.driver <-> engine.suspensions, being untied")
 def test_no_circles() -> None:
     """Depth-first search for a cycle among modules (a package's face counts as its own)."""
     state: dict[str, int] = {}

@@ -11,6 +11,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from gateway.config import ConcurrencyConfig, RateLimitConfig
 from gateway.engine.limits import ConcurrencyLimiter, RateLimiter, TokenBucket, limit_key
 from gateway.errors import Unavailable
+from gateway.tasks import spawn
 
 HEADERS = CIMultiDictProxy(CIMultiDict([("X-User-Id", "u1"), ("Accept", "*/*")]))
 
@@ -251,12 +252,29 @@ async def test_concurrency_slot_handed_to_a_cancelled_waiter_is_passed_on() -> N
     assert len(limiter) == 0
 
 
-async def test_concurrency_slot_context_manager_releases_on_error() -> None:
-    limiter = ConcurrencyLimiter(cfg(1))
-    with pytest.raises(RuntimeError, match="boom"):
-        async with limiter.slot("k"):
-            assert limiter.in_use("k") == 1
-            raise RuntimeError("boom")
+async def test_concurrency_retry_waits_past_queue_timeout_and_keeps_its_place() -> None:
+    """A started run's retry (`wait_forever`) is never timed out or sent to the back of
+    the line: it gets the first slot released, ahead of a newcomer queued after it."""
+    limiter = ConcurrencyLimiter(cfg(1, queue_timeout=0.05))
+    await limiter.acquire("k")
+    order: list[str] = []
+
+    async def take(name: str, wait_forever: bool) -> None:
+        await limiter.acquire("k", wait_forever=wait_forever)
+        order.append(name)
+
+    retry = spawn(take("retry", True), name="retry")
+    await until(lambda: limiter.queued("k") == 1)
+    await asyncio.sleep(0.1)  # twice the queue timeout: a timed wait would have failed
+    assert not retry.done() and limiter.queued("k") == 1
+    newcomer = spawn(take("newcomer", True), name="newcomer")
+    await until(lambda: limiter.queued("k") == 2)
+    limiter.release("k")
+    await until(lambda: order == ["retry"])
+    limiter.release("k")
+    await until(lambda: order == ["retry", "newcomer"])
+    await asyncio.gather(retry, newcomer)
+    limiter.release("k")
     assert len(limiter) == 0
 
 
@@ -269,8 +287,8 @@ async def test_concurrency_release_without_acquire_is_a_bug() -> None:
 async def test_concurrency_memory_is_bounded_by_live_keys() -> None:
     limiter = ConcurrencyLimiter(cfg(1))
     for i in range(1000):
-        async with limiter.slot(f"user-{i}"):
-            pass
+        await limiter.acquire(f"user-{i}")
+        limiter.release(f"user-{i}")
     assert len(limiter) == 0
 
 

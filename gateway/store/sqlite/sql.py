@@ -338,7 +338,7 @@ def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
             continue  # only a run's creation carries an idempotency key
         creates = (w.create if isinstance(w, CreatedFinished) else w for w in group)
         keys = [
-            (w.route, w.idempotency[0], w.idempotency[1], w.run_id, w.created_at)
+            (w.route, w.idempotency.key, w.idempotency.fingerprint, w.run_id, w.created_at)
             for w in creates
             if isinstance(w, CreateRun) and w.idempotency is not None
         ]

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, final
 
-from gateway.store.records import AttemptRow, RunRow, Write
+from gateway.store.records import AttemptRow, KeyRow, RunRow, Write
 from gateway.store.sqlite.connection import MEMORY, describe_error, path_from_url
 from gateway.store.sqlite.listing import RunListing
 from gateway.store.sqlite.sql import (
@@ -81,13 +81,13 @@ class SqliteStore(Suspensions, RunListing):
             async with conn.execute(sql, params) as cur:
                 return cur.rowcount
 
-    async def find_idempotency(self, route: str, key: str) -> tuple[str, str] | None:
+    async def find_idempotency(self, route: str, key: str) -> KeyRow | None:
         row = await self._read_one(
             "SELECT fingerprint, run_id FROM idempotency_keys WHERE route = ? AND idem_key = ?",
             route,
             key,
         )
-        return None if row is None else (str(row[0]), str(row[1]))
+        return None if row is None else KeyRow(str(row[0]), str(row[1]))
 
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
         """Delete up to `limit` runs finished before cutoff, and all that hangs off them,
