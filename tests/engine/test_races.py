@@ -1,0 +1,177 @@
+"""The engine's race windows, in process: a real driver, writer and SQLite file, and a
+backend on a real socket whose handler the test drives step by step.
+
+Each test holds the engine at one window (an attempt in flight, a suspension committing)
+and makes the racing thing happen there, then checks the run ends the one right way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.config import RouteConfig, RouteMatch
+from gateway.engine.driver import Driver
+from gateway.engine.leases import LEASE_TTL
+from gateway.engine.limits import Limits
+from gateway.engine.tokens import Tokens
+from gateway.errors import NotFound, StaleAttempt
+from gateway.store import RunStatus, Store, StoredRequest, SuspendRun, Write
+from gateway.store.sqlite import SqliteStore
+from gateway.store.writer import Writer
+from gateway.upstream import Pool
+from step_protocol import wire
+from tests.helpers import assert_eventually, free_port
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Gate:
+    """Holds the writer's batches that hold a chosen write, until opened; what happens in
+    `after_commit` runs once such a batch committed, before anyone is told it did."""
+
+    def __init__(self, store: SqliteStore, kind: type[Any]) -> None:
+        self.store = store
+        self.kind = kind
+        self.reached = asyncio.Event()
+        self.open = asyncio.Event()
+        self.after_commit: Callable[[], Awaitable[None]] | None = None
+
+    async def apply(self, writes: Sequence[Write]) -> None:
+        if not any(isinstance(w, self.kind) for w in writes):
+            await self.store.apply(writes)
+            return
+        self.reached.set()
+        await self.open.wait()
+        await self.store.apply(writes)
+        if self.after_commit is not None:
+            await self.after_commit()
+
+
+@dataclass
+class Engine:
+    driver: Driver
+    store: SqliteStore
+    writer: Writer
+    route: RouteConfig
+    handler: Handler | None = None
+    attempts: list[int] = field(default_factory=list)
+
+    def admit(self) -> str:
+        return self.driver.admit(self.route, StoredRequest("POST", "/work", [], b"")).run.run_id
+
+
+async def _engine(tmp_path: Path, gate: type[Any] | None) -> AsyncIterator[tuple[Engine, Gate]]:
+    store = await SqliteStore.open(f"sqlite:///{tmp_path / 'engine.db'}")
+    gated = Gate(store, gate or type(None))
+    gated.open.set() if gate is None else None
+    writer = Writer(cast(Store, gated))
+    writer.start()
+    port = free_port()
+    route = RouteConfig("work", RouteMatch("/*"), f"http://127.0.0.1:{port}")
+    driver = Driver(
+        store=store,
+        writer=writer,
+        pool=Pool(),
+        tokens=Tokens(b"secret"),
+        sidecar_url="http://127.0.0.1:1",
+        sync_steps=False,
+        limits=Limits([route]),
+        routes=[route],
+    )
+    engine = Engine(driver, store, writer, route)
+
+    async def backend(request: web.Request) -> web.StreamResponse:
+        engine.attempts.append(int(request.headers[wire.ATTEMPT]))
+        assert engine.handler is not None
+        return await engine.handler(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", backend)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield engine, gated
+    finally:
+        gated.open.set()
+        await driver.close(0.5)
+        await runner.cleanup()
+        await writer.close(timeout=5)
+        await driver.pool.close()
+        await store.close()
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    async for made, _ in _engine(tmp_path, None):
+        yield made
+
+
+async def test_cancel_during_an_attempt_discards_its_response_and_fences_its_writes(
+    engine: Engine,
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.Response(text="too late")
+
+    engine.handler = slow
+    run_id = engine.admit()
+    await entered.wait()
+    await engine.driver.cancel(run_id)
+    release.set()
+
+    with pytest.raises((NotFound, StaleAttempt)):  # the attempt's own writes are refused
+        await engine.driver.put_step(run_id, 1, "s", b"1", False)
+    await engine.writer.flush()
+    row = await engine.store.get_run(run_id)
+    assert row is not None and row.status == RunStatus.CANCELLED
+    assert row.response is not None and row.response.status == 409
+    assert engine.driver.get(run_id) is None
+    assert engine.attempts == [1]  # and no retry was scheduled
+
+
+async def test_a_wake_inside_the_suspension_commit_drives_the_run_once(tmp_path: Path) -> None:
+    """The scheduler takes a due run in the moment between its suspension's commit and
+    its task seeing that commit: the run goes on once, with one next attempt."""
+    async for engine, gate in _engine(tmp_path, SuspendRun):
+
+        async def nap_then_answer(request: web.Request) -> web.Response:
+            run_id, attempt = request.headers[wire.RUN_ID], int(request.headers[wire.ATTEMPT])
+            answer = engine.driver.sleep(run_id, attempt, "nap", time.time() + 0.05, time.time())
+            if not answer.done:
+                return web.Response(status=202)
+            return web.json_response({"attempt": attempt})
+
+        async def scheduler_takes_it() -> None:
+            await asyncio.sleep(0.1)  # past the wake time
+            rows = await engine.store.claim_due(engine.driver.node_id, time.time(), LEASE_TTL, 10)
+            assert [r.run_id for r in rows] == [run_id]
+            assert await engine.driver.resume(rows[0]) is not None
+
+        engine.handler = nap_then_answer
+        gate.after_commit = scheduler_takes_it
+        run_id = engine.admit()
+        await gate.reached.wait()
+        gate.open.set()
+
+        async def finished() -> None:
+            await engine.writer.flush()
+            row = await engine.store.get_run(run_id)
+            assert row is not None and row.status == RunStatus.SUCCEEDED
+            assert row.response is not None
+            assert orjson.loads(row.response.body) == {"attempt": 2}
+
+        await assert_eventually(finished, within=10)
+        assert engine.attempts == [1, 2]
