@@ -15,6 +15,7 @@ from gateway import metrics
 from gateway.engine import operations
 from gateway.engine.runs import Run
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.http.run_steps import steps_view
 from gateway.http.services import SERVICES, Services
 from gateway.store import RunRow, StoredResponse
 from gateway.store.records import RunStatus
@@ -78,6 +79,7 @@ async def get_run(request: web.Request) -> web.Response:
     live = services.driver.get(run_id)
     attempts = await services.store.list_attempts(run_id)
     steps = await services.store.list_steps(run_id)
+    step_errors, step_errors_dropped = await services.store.list_step_errors(run_id)
     pending = await services.store.list_pending(run_id)
     response = live.run.response if live and live.run.response else row.response
     suspension = None
@@ -115,15 +117,8 @@ async def get_run(request: web.Request) -> web.Response:
             }
             for a in attempts
         ],
-        "steps": [
-            {
-                "step_id": s.step_id,
-                "attempt": s.attempt,
-                "created_at": s.created_at,
-                "output_bytes": s.output_bytes,
-            }
-            for s in steps
-        ],
+        "steps": steps_view(attempts, steps, step_errors),
+        "step_errors_dropped": step_errors_dropped,
         "suspension": suspension,
         "response": _summary(response),
     }
