@@ -12,6 +12,9 @@ Endpoints:
       mode=          500 (default) | 503 (with Retry-After: retry_after=, default 1) | drop
                      (close the connection) | hang (sleep an hour) | 400 | noretry (500 with
                      Durable-Retry: no)
+      raise_at=K     step-K's function raises on attempts 1..F instead: the client records
+                     the failed try with the gateway, then the handler answers 500
+      work_ms=W      each step's function takes W ms (every attempt)
       delay_ms=D     sleep D ms before answering (every attempt)
       pause_ms=P     sleep P ms after each step (to catch a run mid-step)
       chaos=X        before each step, fail with probability X (500 or drop), any attempt
@@ -64,6 +67,10 @@ class BadQuery(ValueError):
     """A query parameter the demo does not understand."""
 
 
+class StepFailed(Exception):
+    """The failure `raise_at` injects into a step's function."""
+
+
 def _float(query: dict[str, str], name: str, default: float) -> float:
     try:
         value = float(query.get(name, default))
@@ -113,6 +120,8 @@ async def demo_steps(request: web.Request) -> web.StreamResponse:
         n = _int(query, "n", 3)
         fail_at = _int(query, "fail_at", 0)
         fail_times = _int(query, "fail_times", 1)
+        raise_at = _int(query, "raise_at", 0)
+        work_ms = _int(query, "work_ms", 0)
         retry_after = _int(query, "retry_after", 1)
         delay_ms = _int(query, "delay_ms", 0)
         pause_ms = _int(query, "pause_ms", 0)
@@ -138,13 +147,20 @@ async def demo_steps(request: web.Request) -> web.StreamResponse:
             break
         step_id = f"step-{i}"
 
-        def work(i: int = i, step_id: str = step_id) -> dict[str, Any]:
+        async def work(i: int = i, step_id: str = step_id) -> dict[str, Any]:
             counts[step_id] += 1
             if (run_key, step_id) in acked:  # the gateway had acknowledged it: must not rerun
                 request.app[VIOLATIONS].append(f"{run_key}/{step_id}")
+            if work_ms:
+                await asyncio.sleep(work_ms / 1000)
+            if i == raise_at and failing:
+                raise StepFailed(f"{step_id} failed on attempt {ctx.attempt}")
             return {"step": i, "value": f"computed on attempt {ctx.attempt}"}
 
-        results.append(await ctx.step(step_id, work, sync=request.app[STEPS_SYNC]))
+        try:
+            results.append(await ctx.step(step_id, work, sync=request.app[STEPS_SYNC]))
+        except StepFailed as exc:  # the client has reported it to the gateway already
+            return web.json_response({"error": str(exc), "attempt": ctx.attempt}, status=500)
         acked.add((run_key, step_id))
         if pause_ms:
             await asyncio.sleep(pause_ms / 1000)

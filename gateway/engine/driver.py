@@ -48,7 +48,7 @@ from gateway.store import (
     SuspendRun,
     UpdateRun,
 )
-from gateway.store.records import RunStatus
+from gateway.store.records import MAX_ERROR_MESSAGE, RecordStepError, RunStatus
 from gateway.store.writer import Writer
 from gateway.tasks import spawn
 from gateway.upstream.headers import client_response_headers
@@ -343,12 +343,10 @@ class Driver:
         return plan.answer
 
     def step_error(self, run_id: str, attempt: int, step_id: str, message: str) -> None:
-        live = self._live.get(run_id)
-        if live is None:
-            raise NotFound("run is not running", run_id=run_id)
-        if attempt != live.run.attempt:
-            raise StaleAttempt(f"attempt {attempt} is superseded", run_id=run_id)
-        live.run.step_errors.append((step_id, attempt, message[:2000]))
+        """Record a failed try of a step; answers once queued (the store bounds them)."""
+        self.current(run_id, attempt)
+        message = message[:MAX_ERROR_MESSAGE]
+        self.writer.post(RecordStepError(run_id, step_id, attempt, message, time.time()))
         metrics.child(metrics.STEPS, "error").inc()
         log.info(
             "step %s failed on attempt %d: %s",

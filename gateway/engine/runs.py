@@ -64,8 +64,6 @@ class Run:
     response: StoredResponse | None = None
     limit_key: str = ""
     """The route's concurrency key for this run (from a header, query or the client ip)."""
-    step_errors: list[tuple[str, int, str]] = field(default_factory=list)
-    """Failed tries the backend reported: (step id, attempt, message)."""
     pending: dict[str, Pending] = field(default_factory=dict)
     """Sleeps and waits started and not yet over, by step id."""
     suspends: int = 0

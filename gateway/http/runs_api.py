@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.errors import BadRequest, NotFound
+from gateway.http.run_steps import steps_view
 from gateway.http.services import SERVICES
 from gateway.store import StoredResponse
 from gateway.store.records import RunStatus
@@ -76,6 +77,7 @@ async def get_run(request: web.Request) -> web.Response:
         raise NotFound("no such run", run_id=run_id)
     attempts = await services.store.list_attempts(run_id)
     steps = await services.store.list_steps(run_id)
+    step_errors, step_errors_dropped = await services.store.list_step_errors(run_id)
     pending = await services.store.list_pending(run_id)
     suspension = None
     if pending:
@@ -112,15 +114,8 @@ async def get_run(request: web.Request) -> web.Response:
             }
             for a in attempts
         ],
-        "steps": [
-            {
-                "step_id": s.step_id,
-                "attempt": s.attempt,
-                "created_at": s.created_at,
-                "output_bytes": s.output_bytes,
-            }
-            for s in steps
-        ],
+        "steps": steps_view(attempts, steps, step_errors),
+        "step_errors_dropped": step_errors_dropped,
         "suspension": suspension,
         "response": _summary(state.response),
     }

@@ -22,6 +22,7 @@ from gateway.store.records import (
     PutPending,
     PutStep,
     RecordAttempt,
+    RecordStepError,
     ResetRun,
     SuspendRun,
     UpdateRun,
@@ -57,6 +58,7 @@ TABLES: Final[dict[type[Any], tuple[str, ...]]] = {
     ResetRun: ("runs",),
     PutStep: ("steps",),
     RecordAttempt: ("attempts",),
+    RecordStepError: ("step_errors",),
     PutPending: ("pending",),
     DropPending: ("pending",),
 }
@@ -110,14 +112,15 @@ def decode_headers(raw: bytes) -> Headers:
     return [(str(name), str(value)) for name, value in pairs]
 
 
-_ONLY_CREATE_AND_FINISH: Final = (CreateRun, FinishRun, PutStep, RecordAttempt)
+_ONLY_CREATE_AND_FINISH: Final = (CreateRun, FinishRun, PutStep, RecordAttempt, RecordStepError)
 
 
 def coalesce(writes: Sequence[Write]) -> Sequence[Write | CreatedFinished]:
     """Fold each run's CreateRun and FinishRun of one batch into one CreatedFinished.
 
-    Only for runs whose other writes in the batch are steps and attempts, so the folded
-    INSERT leaves exactly the row the two statements would have left. A first attempt
+    Only for runs whose other writes in the batch are steps, step errors and attempts
+    (rows of other tables), so the folded INSERT leaves exactly the row the two
+    statements would have left. A first attempt
     that succeeded is folded in too (see `folds_attempt`): its row is not written.
     """
     created: dict[str, CreateRun] = {}

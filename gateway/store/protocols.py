@@ -16,6 +16,7 @@ from gateway.store.records import (
     PendingRow,
     RunRow,
     RunSummary,
+    StepErrorRow,
     StepRow,
     Write,
 )
@@ -77,8 +78,9 @@ class Store(Protocol):
 
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
         """Delete up to `limit` runs that finished before cutoff, with their steps,
-        attempts, pending rows and idempotency keys, and up to `limit` events older than
-        cutoff, in one short transaction. Returns the larger of the two counts.
+        step errors, attempts, pending rows and idempotency keys, and up to `limit`
+        events older than cutoff, in one short transaction. Returns the larger of the
+        two counts.
 
         Loop while it returns `limit`, yielding between calls, so requests never wait
         long behind a purge.
@@ -160,6 +162,10 @@ class RunQueries(Protocol):
 
     async def list_steps(self, run_id: str) -> list[StepRow]:
         """A run's completed steps in the order they were recorded, with their sizes."""
+
+    async def list_step_errors(self, run_id: str) -> tuple[list[StepErrorRow], int]:
+        """A run's kept step errors in the order they were recorded, and how many more
+        were reported past the bound (STEP_ERRORS_KEPT) and only counted."""
 
 
 class FullStore(Store, SuspensionStore, RunQueries, Protocol):

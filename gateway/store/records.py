@@ -79,6 +79,28 @@ class PutStep:
     created_at: float
 
 
+MAX_ERROR_MESSAGE = 2000
+"""Characters of a step error's message kept; the rest is cut off."""
+STEP_ERRORS_KEPT = 100
+"""Step errors kept per run, the first ones; later ones are only counted, so a backend
+looping on a failing step cannot grow the store without bound."""
+
+
+@dataclass(slots=True)
+class RecordStepError:
+    """A failed try of a step, as the backend reported it; the step stays incomplete.
+
+    The store keeps a run's first STEP_ERRORS_KEPT and counts the rest.
+    """
+
+    run_id: str
+    step_id: str
+    attempt: int
+    message: str
+    """At most MAX_ERROR_MESSAGE characters."""
+    created_at: float
+
+
 @dataclass(slots=True)
 class RecordAttempt:
     run_id: str
@@ -177,6 +199,7 @@ class ResetRun:
 Write = (
     CreateRun
     | PutStep
+    | RecordStepError
     | RecordAttempt
     | UpdateRun
     | FinishRun
@@ -293,3 +316,13 @@ class StepRow:
     attempt: int
     created_at: float
     output_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepErrorRow:
+    """A failed try of a step as the admin run view shows it."""
+
+    step_id: str
+    attempt: int
+    message: str
+    created_at: float

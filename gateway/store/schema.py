@@ -235,6 +235,37 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX runs_list_status ON runs (status, created_at, run_id)",
         ),
     ),
+    # Failed tries of steps that backends report. `seq` numbers a run's kept errors from
+    # 0; the store keeps STEP_ERRORS_KEPT of them and counts later ones in the last kept
+    # row's `dropped`, so a run's errors are a few rows however often a backend fails.
+    # A rowid table, like steps: messages make rows too large for WITHOUT ROWID.
+    Migration(
+        version=5,
+        sqlite=(
+            """CREATE TABLE step_errors (
+                run_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                step_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                message TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                dropped INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (run_id, seq)
+            )""",
+        ),
+        postgres=(
+            """CREATE TABLE step_errors (
+                run_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                step_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                message TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                dropped BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (run_id, seq)
+            )""",
+        ),
+    ),
 )
 
 UNFINISHED: Final = "status NOT IN ('succeeded', 'failed', 'cancelled')"

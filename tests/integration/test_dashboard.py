@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import shutil
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -91,15 +92,20 @@ async def test_serves_only_known_names(
 
 
 class Dom(HTMLParser):
-    """Every start tag of a dumped DOM, with its attributes; enough to check what rendered."""
+    """Every start tag of a dumped DOM, with its attributes, and its text; enough to check
+    what rendered."""
 
     def __init__(self, html: str) -> None:
         super().__init__()
         self.elements: list[dict[str, str]] = []
+        self.texts: list[str] = []
         self.feed(html)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.elements.append({"": tag} | {k: v or "" for k, v in attrs})
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
 
     def by_id(self, element_id: str) -> dict[str, str]:
         return next(e for e in self.elements if e.get("id") == element_id)
@@ -109,6 +115,13 @@ class Dom(HTMLParser):
 
     def with_class(self, cls: str) -> list[dict[str, str]]:
         return [e for e in self.elements if cls in e.get("class", "").split()]
+
+
+def percent(element: dict[str, str], prop: str) -> float:
+    """A `left: 12.5%`-style property of an element's inline style, in percent."""
+    match = re.search(rf"(?:^|;)\s*{prop}:\s*([\d.]+)%", element.get("style", ""))
+    assert match is not None, element
+    return float(match.group(1))
 
 
 async def chromium(tmp_path: Path, url: str, *args: str) -> str:
@@ -148,12 +161,14 @@ async def dump_dom(tmp_path: Path, url: str) -> Dom:
 
 
 async def make_runs(gw_url: str, http: aiohttp.ClientSession) -> tuple[str, str]:
-    """A clean run and one whose first attempt fails before step-2; answers their ids.
+    """A clean run and one whose step-2 fails on the first attempt (the backend records
+    the failed try) and completes on the second; answers their ids.
 
-    The pause after each step gives the failed attempt a bar wide enough to see.
+    Each step's work takes a while, so the attempts' bars and the steps' durations are
+    wide enough to see.
     """
     ids = []
-    for query in ("n=3", "n=3&fail_at=2&pause_ms=150"):
+    for query in ("n=3", "n=3&raise_at=2&work_ms=150"):
         async with http.post(gw_url + f"/demo/steps?{query}") as resp:
             assert resp.status == 200, await resp.text()
             ids.append(resp.headers["Durable-Run-Id"])
@@ -191,6 +206,7 @@ async def test_dashboard_renders_runs_and_timeline(
         assert [a["attempt"] for a in detail["attempts"]] == [1, 2]
         assert all(a["ended_at"] is not None for a in detail["attempts"])
         assert len(detail["steps"]) == 3
+        assert [len(s["errors"]) for s in detail["steps"]] == [0, 1, 0]
         listed = await get_json(http, f"{gw.admin}/v1/runs", headers=AUTH)
         assert {r["status"] for r in listed["runs"]} == {"succeeded"}
 
@@ -212,6 +228,18 @@ async def test_dashboard_renders_runs_and_timeline(
     bars = [e["class"] for e in dom.with_class("bar")]
     assert bars == ["bar o-failed", "bar o-ok"]
     assert len(dom.with_class("step-mark")) == 3
+    # The failed try: a ring on attempt 1's bar, its message in the tooltip, and a band
+    # for each try's duration that ends at its mark.
+    [ring] = dom.with_class("step-error-mark")
+    assert "step-2 failed" in ring["title"] and "step-2 failed on attempt 1" in ring["title"]
+    assert len(dom.with_class("step-span")) == 3
+    [band] = dom.with_class("step-error-span")
+    assert "took" in band["title"]
+    assert abs(percent(band, "left") + percent(band, "width") - percent(ring, "left")) < 0.1
+    assert percent(band, "width") > 1  # 150 ms of work in a run of about a second
+    assert dom.values("data-error-step") == ["step-2"]
+    assert dom.values("data-error-attempt") == ["1"]
+    assert "step-2 failed on attempt 1" in dom.texts
 
     png = tmp_path / "dashboard.png"
     await chromium(tmp_path, url, f"--screenshot={png}")
@@ -226,6 +254,8 @@ async def test_dashboard_renders_runs_and_timeline(
     # attempts table's swatches alone are a few hundred pixels, a bar is thousands.
     assert colour_pixels(image, (0xDC, 0x26, 0x26)) > 1000
     assert colour_pixels(image, (0x16, 0xA3, 0x4A)) > 1000
+    # The failed try's duration band, in its own dark red.
+    assert colour_pixels(image, (0x7F, 0x1D, 0x1D), tolerance=8) > 100
 
 
 @needs_chromium

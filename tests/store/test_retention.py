@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 from gateway.store import (
     CreateRun,
     FinishRun,
+    FullStore,
     IdempotencyKey,
     KeyRow,
     PutStep,
     RecordAttempt,
+    RecordStepError,
     Store,
     StoredRequest,
     StoredResponse,
@@ -34,9 +36,11 @@ REQUEST = StoredRequest("POST", "/api/chat", [("Content-Type", "application/json
 
 
 def run_writes(run_id: str, *, finished_at: float | None, output: bytes = b'"out"') -> list[Write]:
-    """A run with a key, two steps and an attempt; finished at `finished_at` unless None."""
+    """A run with a key, two steps, a step error and an attempt; finished at `finished_at`
+    unless None."""
     writes: list[Write] = [
         CreateRun(run_id, "chat", REQUEST, 10.0, idempotency=IdempotencyKey(f"key-{run_id}", "fp")),
+        RecordStepError(run_id, "a", 1, "first try failed", 10.5),
         PutStep(run_id, "a", output, 1, 11.0),
         PutStep(run_id, "b", output, 1, 12.0),
         RecordAttempt(run_id, 1, 11.0, 13.0, "response", 200),
@@ -47,22 +51,24 @@ def run_writes(run_id: str, *, finished_at: float | None, output: bytes = b'"out
     return writes
 
 
-async def assert_gone(store: Store, run_id: str) -> None:
+async def assert_gone(store: FullStore, run_id: str) -> None:
     assert await store.get_run(run_id) is None
     assert await store.load_steps(run_id) == {}
+    assert await store.list_step_errors(run_id) == ([], 0)
     assert await store.list_attempts(run_id) == []
     assert await store.find_idempotency("chat", f"key-{run_id}") is None
 
 
-async def assert_kept(store: Store, run_id: str) -> None:
+async def assert_kept(store: FullStore, run_id: str) -> None:
     assert await store.get_run(run_id) is not None
     assert set(await store.load_steps(run_id)) == {"a", "b"}
+    assert len((await store.list_step_errors(run_id))[0]) == 1
     assert len(await store.list_attempts(run_id)) == 1
     assert await store.find_idempotency("chat", f"key-{run_id}") == KeyRow("fp", run_id)
 
 
 async def test_purge_deletes_old_finished_runs_with_everything_they_own(
-    store: Store, database: Database
+    store: FullStore, database: Database
 ) -> None:
     await store.apply(
         [
@@ -85,13 +91,16 @@ async def test_purge_deletes_old_finished_runs_with_everything_they_own(
     # Nothing is left behind for a deleted run, seen from outside too.
     assert database.count("runs") == 3
     assert database.count("steps") == 6
+    assert database.count("step_errors") == 3
     # "recent" succeeded at once, in the batch that created it: its row holds its attempt.
     assert database.count("attempts") == 2
     assert database.count("idempotency_keys") == 3
     assert await store.purge_before(300.0) == 0
 
 
-async def test_purge_works_in_batches_of_at_most_limit(store: Store, database: Database) -> None:
+async def test_purge_works_in_batches_of_at_most_limit(
+    store: FullStore, database: Database
+) -> None:
     await store.apply(
         [w for i in range(7) for w in run_writes(f"r{i}", finished_at=100.0 + i)]
         + run_writes("young", finished_at=900.0)
@@ -102,6 +111,7 @@ async def test_purge_works_in_batches_of_at_most_limit(store: Store, database: D
     # Oldest first, and each batch took its runs' rows in every table with it.
     assert database.count("runs") == database.count("idempotency_keys") == 1
     assert database.count("steps") == 2
+    assert database.count("step_errors") == 1
     await assert_kept(store, "young")
 
 

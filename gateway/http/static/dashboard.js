@@ -327,6 +327,7 @@ function renderRun(run) {
     attemptsTable(run),
     el("h3", { text: `Steps (${run.steps.length})` }),
     stepsTable(run),
+    ...(errorsTable(run) || []),
   ];
 }
 
@@ -395,7 +396,10 @@ function timeline(run) {
   let end = run.finished_at ?? nowSeconds();
   // Stretch to whatever was recorded, so a little clock skew never pushes a bar off the axis.
   for (const a of run.attempts) end = Math.max(end, a.ended_at ?? a.started_at ?? start);
-  for (const s of run.steps) end = Math.max(end, s.created_at);
+  for (const s of run.steps) {
+    if (s.created_at !== null && s.created_at !== undefined) end = Math.max(end, s.created_at);
+    for (const e of stepErrors(s)) end = Math.max(end, e.created_at);
+  }
   const span = Math.max(end - start, 0.001);
   const pct = (t) => Math.min(100, Math.max(0, ((t - start) / span) * 100));
   const place = (node, left, width) => {
@@ -430,11 +434,28 @@ function timeline(run) {
   if (!lanes.size) box.append(el("p", { class: "empty", text: "No attempt has started yet." }));
 
   const lastLane = [...lanes.values()].pop();
+  // Each try's duration as a band on its attempt's bar, ending at its mark: a diamond for
+  // a completed step, a red ring for a failed try. Bands first, so marks sit on top.
+  const marks = [];
   for (const s of run.steps) {
-    const track = lanes.get(s.attempt) || lastLane;
-    if (!track) continue;
-    const tip = `${s.step_id} · ${bytes(s.output_bytes)} · +${duration(s.created_at - start)} (attempt ${s.attempt})`;
-    track.append(place(el("span", { class: "step-mark", title: tip }), pct(s.created_at)));
+    if (isCompleted(s)) {
+      const tip = `${s.step_id} · ${bytes(s.output_bytes)} · +${duration(s.created_at - start)} (attempt ${s.attempt})${tookText(s)}`;
+      marks.push([s.attempt, s.created_at, s.duration_ms, "step", tip]);
+    }
+    for (const e of stepErrors(s)) {
+      const tip = `${s.step_id} failed · +${duration(e.created_at - start)} (attempt ${e.attempt})${tookText(e)} · ${e.message}`;
+      marks.push([e.attempt, e.created_at, e.duration_ms, "step-error", tip]);
+    }
+  }
+  for (const [attempt, at, ms, kind, tip] of marks) {
+    const track = lanes.get(attempt) || lastLane;
+    if (!track || ms === null || ms === undefined) continue;
+    const left = pct(at - ms / 1000);
+    track.append(place(el("span", { class: `${kind}-span`, title: tip }), left, Math.max(pct(at) - left, 0.3)));
+  }
+  for (const [attempt, at, , kind, tip] of marks) {
+    const track = lanes.get(attempt) || lastLane;
+    if (track) track.append(place(el("span", { class: `${kind}-mark`, title: tip }), pct(at)));
   }
   if (!run.finished_at) box.classList.add("open-ended");
   return box;
@@ -453,6 +474,8 @@ function legend() {
     { class: "legend" },
     ...items.map(([cls, text]) => el("span", {}, el("i", { class: `swatch o-${cls}` }), text)),
     el("span", {}, el("i", { class: "swatch step" }), "step recorded"),
+    el("span", {}, el("i", { class: "swatch step-error" }), "step failed"),
+    el("span", {}, el("i", { class: "swatch took" }), "step duration (as the gateway saw it)"),
   );
 }
 
@@ -508,27 +531,87 @@ function attemptsTable(run) {
   );
 }
 
+// ── steps ───────────────────────────────────────────────────────────────────
+
+/** A step's recorded failed tries (none from a gateway that does not list them). */
+const stepErrors = (step) => step.errors || [];
+const isCompleted = (step) => step.completed !== false && step.created_at !== null && step.created_at !== undefined;
+
+/** " · took 12 ms" for a try with a duration; the gateway measures it until backends report one. */
+function tookText(item) {
+  if (item.duration_ms === null || item.duration_ms === undefined) return "";
+  return ` · took ${duration(item.duration_ms / 1000)}${item.timing === "gateway" ? " (seen by the gateway)" : ""}`;
+}
+
+function tookCell(item) {
+  const known = item.duration_ms !== null && item.duration_ms !== undefined;
+  return el("td", {
+    class: "num",
+    title: known && item.timing === "gateway" ? "from the attempt's previous record, as the gateway saw it" : null,
+    text: known ? duration(item.duration_ms / 1000) : "—",
+  });
+}
+
+function sinceStart(run, t) {
+  return el("td", { title: dateTime(t), text: `+${duration(t - run.created_at)}` });
+}
+
 function stepsTable(run) {
   if (!run.steps.length) return el("p", { class: "empty", text: "No step recorded." });
   return el(
     "table",
     { class: "mini" },
-    el("thead", {}, el("tr", {}, ...["Step", "Attempt", "At", "Output"].map((h) => el("th", { text: h })))),
+    el("thead", {}, el("tr", {}, ...["Step", "Attempt", "At", "Took", "Output", "Failed tries"].map((h) => el("th", { text: h })))),
     el(
       "tbody",
       {},
-      ...run.steps.map((s) =>
-        el(
+      ...run.steps.map((s) => {
+        const done = isCompleted(s);
+        const errors = stepErrors(s);
+        return el(
           "tr",
-          { "data-step-id": s.step_id },
+          { "data-step-id": s.step_id, class: done ? null : "incomplete" },
           el("td", {}, el("code", { text: s.step_id })),
-          el("td", { text: s.attempt }),
-          el("td", { title: dateTime(s.created_at), text: `+${duration(s.created_at - run.created_at)}` }),
-          el("td", { text: bytes(s.output_bytes) }),
+          el("td", { text: done ? s.attempt : "—" }),
+          done ? sinceStart(run, s.created_at) : el("td", { text: "—" }),
+          done ? tookCell(s) : el("td", { class: "num", text: "—" }),
+          el("td", { text: done ? bytes(s.output_bytes) : "not completed" }),
+          el("td", { class: errors.length ? "num error" : "num", text: errors.length }),
+        );
+      }),
+    ),
+  );
+}
+
+function errorsTable(run) {
+  const rows = run.steps.flatMap((s) => stepErrors(s).map((e) => [s, e]));
+  rows.sort((a, b) => a[1].created_at - b[1].created_at);
+  const dropped = run.step_errors_dropped || 0;
+  if (!rows.length) return null;
+  return [
+    el("h3", { text: `Failed tries (${rows.length + dropped})` }),
+    el(
+      "table",
+      { class: "mini" },
+      el("thead", {}, el("tr", {}, ...["Step", "Attempt", "At", "Took", "Message"].map((h) => el("th", { text: h })))),
+      el(
+        "tbody",
+        {},
+        ...rows.map(([s, e]) =>
+          el(
+            "tr",
+            { "data-error-step": s.step_id, "data-error-attempt": e.attempt },
+            el("td", {}, el("code", { text: s.step_id })),
+            el("td", { text: e.attempt }),
+            sinceStart(run, e.created_at),
+            tookCell(e),
+            el("td", { class: "detail-text error", title: e.message, text: e.message }),
+          ),
         ),
       ),
     ),
-  );
+    dropped ? el("p", { class: "empty", text: `${dropped} later failed tries were counted but not kept.` }) : null,
+  ];
 }
 
 // ── start ───────────────────────────────────────────────────────────────────

@@ -1,4 +1,5 @@
-"""SQLite side of the admin reads: runs a page at a time, a run's steps with their sizes.
+"""SQLite side of the admin reads: runs a page at a time, a run's steps with their sizes
+and its step errors.
 
 Never loads a request, response or step body: the listing reads resp_status from its
 index, and step sizes come from length(), which SQLite answers from the row header.
@@ -11,7 +12,7 @@ import binascii
 import math
 from typing import Any, Final
 
-from gateway.store.records import RunSummary, StepRow
+from gateway.store.records import RunSummary, StepErrorRow, StepRow
 from gateway.store.sqlite.connection import SqliteConnections
 
 SUMMARY_COLUMNS: Final = (
@@ -24,6 +25,12 @@ NEWEST_FIRST: Final = "ORDER BY created_at DESC, run_id DESC"
 STEPS: Final = (
     "SELECT step_id, attempt, created_at, length(output) FROM steps"
     " WHERE run_id = ? ORDER BY created_at, step_id"
+)
+
+# In the order they were recorded; `dropped` counts errors after the last kept one.
+STEP_ERRORS: Final = (
+    "SELECT step_id, attempt, message, created_at, dropped FROM step_errors"
+    " WHERE run_id = ? ORDER BY seq"
 )
 
 
@@ -85,3 +92,7 @@ class RunListing(SqliteConnections):
 
     async def list_steps(self, run_id: str) -> list[StepRow]:
         return [StepRow(*row) for row in await self._read_all(STEPS, run_id)]
+
+    async def list_step_errors(self, run_id: str) -> tuple[list[StepErrorRow], int]:
+        rows = await self._read_all(STEP_ERRORS, run_id)
+        return [StepErrorRow(*row[:4]) for row in rows], sum(row[4] for row in rows)

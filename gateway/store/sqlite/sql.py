@@ -20,6 +20,7 @@ from gateway.store.batch import (
 )
 from gateway.store.records import (
     FINAL_STATUSES,
+    STEP_ERRORS_KEPT,
     CancelRun,
     CreateRun,
     DropPending,
@@ -27,6 +28,7 @@ from gateway.store.records import (
     PutPending,
     PutStep,
     RecordAttempt,
+    RecordStepError,
     ResetRun,
     RunRow,
     StoredRequest,
@@ -53,6 +55,13 @@ _SQL: Final[dict[type[Any], str]] = {
     PutStep: (
         "INSERT INTO steps (run_id, step_id, output, attempt, created_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
+    ),
+    # The next free seq of the run, up to the last kept one: once that is taken, the
+    # conflict counts the error in its row instead (see the schema's version 5).
+    RecordStepError: (
+        "INSERT INTO step_errors (run_id, seq, step_id, attempt, message, created_at)"
+        f" SELECT ?1, min(count(*), {STEP_ERRORS_KEPT - 1}), ?2, ?3, ?4, ?5 FROM step_errors"
+        " WHERE run_id = ?1 ON CONFLICT (run_id, seq) DO UPDATE SET dropped = dropped + 1"
     ),
     RecordAttempt: (
         "INSERT INTO attempts (run_id, attempt, started_at, ended_at, outcome, status, detail)"
@@ -137,6 +146,7 @@ PURGE: Final = (
     "DELETE FROM idempotency_keys WHERE run_id = ?",
     "DELETE FROM steps WHERE run_id = ?",
     "DELETE FROM attempts WHERE run_id = ?",
+    "DELETE FROM step_errors WHERE run_id = ?",
     "DELETE FROM pending WHERE run_id = ?",
     "DELETE FROM runs WHERE run_id = ?",
 )
@@ -183,6 +193,8 @@ def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
                 encode_headers(finish.response.headers),
                 finish.response.body,
             )
+        case RecordStepError():
+            return (write.run_id, write.step_id, write.attempt, write.message, write.created_at)
         case RecordAttempt():
             return (
                 write.run_id,
