@@ -8,6 +8,7 @@ and makes the racing thing happen there, then checks the run ends the one right 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,10 +70,12 @@ class Engine:
         return self.driver.admit(self.route, StoredRequest("POST", "/work", [], b"")).run.run_id
 
 
-async def _engine(tmp_path: Path, gate: type[Any] | None) -> AsyncIterator[tuple[Engine, Gate]]:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, gate: type[Any] | None) -> AsyncIterator[tuple[Engine, Gate]]:
     store = await SqliteStore.open(f"sqlite:///{tmp_path / 'engine.db'}")
     gated = Gate(store, gate or type(None))
-    gated.open.set() if gate is None else None
+    if gate is None:
+        gated.open.set()
     writer = Writer(cast(Store, gated))
     writer.start()
     port = free_port()
@@ -112,7 +115,7 @@ async def _engine(tmp_path: Path, gate: type[Any] | None) -> AsyncIterator[tuple
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async for made, _ in _engine(tmp_path, None):
+    async with running(tmp_path, None) as (made, _):
         yield made
 
 
@@ -145,7 +148,7 @@ async def test_cancel_during_an_attempt_discards_its_response_and_fences_its_wri
 async def test_a_wake_inside_the_suspension_commit_drives_the_run_once(tmp_path: Path) -> None:
     """The scheduler takes a due run in the moment between its suspension's commit and
     its task seeing that commit: the run goes on once, with one next attempt."""
-    async for engine, gate in _engine(tmp_path, SuspendRun):
+    async with running(tmp_path, SuspendRun) as (engine, gate):
 
         async def nap_then_answer(request: web.Request) -> web.Response:
             run_id, attempt = request.headers[wire.RUN_ID], int(request.headers[wire.ATTEMPT])
