@@ -24,6 +24,7 @@ from gateway.store.records import (
     RecordAttempt,
     RecordStepError,
     ResetRun,
+    RunStatus,
     SuspendRun,
     UpdateRun,
     Write,
@@ -161,6 +162,6 @@ def folds_attempt(attempt: RecordAttempt, finish: FinishRun) -> bool:
         attempt.attempt == 1
         and attempt.outcome == "response"
         and attempt.detail is None
-        and finish.status == "succeeded"
+        and finish.status == RunStatus.SUCCEEDED
         and attempt.status == finish.response.status
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from gateway.errors import StoreUnavailable
+from gateway.store.records import FINAL_STATUSES, RunStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,14 +269,23 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     ),
 )
 
-UNFINISHED: Final = "status NOT IN ('succeeded', 'failed', 'cancelled')"
+
+def _sql(statuses: Sequence[RunStatus]) -> str:
+    return ", ".join(f"'{status}'" for status in statuses)
+
+
+_FINAL_IN_ORDER: Final = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+assert set(_FINAL_IN_ORDER) == FINAL_STATUSES
+
+UNFINISHED: Final = f"status NOT IN ({_sql(_FINAL_IN_ORDER)})"
 """The SQL test for an unfinished run (retention keeps it)."""
 
-ACTIVE: Final = "status NOT IN ('succeeded', 'failed', 'cancelled', 'suspended', 'paused')"
+ACTIVE: Final = f"status NOT IN ({_sql((*_FINAL_IN_ORDER, RunStatus.SUSPENDED, RunStatus.PAUSED))})"
 """An unfinished run that is not parked: leases, claims and renewals are about these.
-The same text as the lease index's predicate, which SQLite needs to use the index."""
+The same text as the lease index's predicate, which SQLite needs to use the index
+(tests/store/test_contract.py checks they agree)."""
 
-SUSPENDED: Final = "status = 'suspended'"
+SUSPENDED: Final = f"status = '{RunStatus.SUSPENDED}'"
 """The same text as the wake index's predicate."""
 
 LATEST: Final = MIGRATIONS[-1].version

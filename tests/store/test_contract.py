@@ -561,6 +561,13 @@ def test_active_is_unfinished_and_not_parked() -> None:
     assert not FINAL_STATUSES & PARKED_STATUSES
 
 
+def test_the_predicates_are_the_partial_indexes_own_text() -> None:
+    """Built from the status vocabulary, they must still read as the migrations wrote them."""
+    ddl = [statement for m in schema.MIGRATIONS for statement in m.sqlite]
+    assert any(f"WHERE {schema.ACTIVE}" in s for s in ddl)
+    assert any(f"WHERE {schema.SUSPENDED}" in s for s in ddl)
+
+
 async def test_sqlite_lease_queries_use_the_active_index(tmp_path: Path) -> None:
     """The partial index is only used when a query repeats its predicate exactly."""
     store = await open_store("sqlite:///" + str(tmp_path / "gw.db"))

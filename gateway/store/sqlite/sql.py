@@ -31,6 +31,7 @@ from gateway.store.records import (
     RecordStepError,
     ResetRun,
     RunRow,
+    RunStatus,
     StoredRequest,
     StoredResponse,
     SuspendRun,
@@ -85,17 +86,19 @@ _SQL: Final[dict[type[Any], str]] = {
     DropPending: "DELETE FROM pending WHERE run_id = ? AND step_id = coalesce(?, step_id)",
     # Guarded: a suspension that lost a race with a final write must not revive the run.
     SuspendRun: (
-        "UPDATE runs SET status = 'suspended', attempt = ?, wake_at = ?, updated_at = ?,"
+        f"UPDATE runs SET status = '{RunStatus.SUSPENDED}', attempt = ?, wake_at = ?,"
+        " updated_at = ?,"
         f" owner = NULL, lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
     ),
     # Guarded: a run that finished first keeps its real result.
     CancelRun: (
-        "UPDATE runs SET status = 'cancelled', resp_status = ?, resp_headers = ?,"
+        f"UPDATE runs SET status = '{RunStatus.CANCELLED}', resp_status = ?, resp_headers = ?,"
         " resp_body = ?, finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL,"
         f" lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
     ),
     ResetRun: (
-        "UPDATE runs SET status = 'running', attempt = ?, updated_at = ?, finished_at = NULL,"
+        f"UPDATE runs SET status = '{RunStatus.RUNNING}', attempt = ?, updated_at = ?,"
+        " finished_at = NULL,"
         " resp_status = NULL, resp_headers = NULL, resp_body = NULL, wake_at = NULL,"
         " owner = ?, lease_until = ? WHERE run_id = ?"
     ),
@@ -277,7 +280,7 @@ LIST_ATTEMPTS: Final = (
     "SELECT attempt, started_at, ended_at, outcome, status, detail FROM attempts"
     " WHERE run_id = ?1"
     " UNION ALL SELECT 1, created_at, finished_at, 'response', resp_status, NULL FROM runs"
-    " WHERE run_id = ?1 AND status = 'succeeded' AND attempt = 1"
+    f" WHERE run_id = ?1 AND status = '{RunStatus.SUCCEEDED}' AND attempt = 1"
     " AND NOT EXISTS (SELECT 1 FROM attempts WHERE run_id = ?1)"
     " ORDER BY 1"
 )
