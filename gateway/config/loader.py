@@ -62,15 +62,19 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 def parse_duration(text: str | float) -> float:
     """Seconds from `250ms`, `30s`, `5m`, `2h`, `7d`, `1h30m`, or a bare number of seconds.
 
-    The grammar is the step protocol's (`wire.parse_duration`), so a config and a
-    backend's `timeout` read alike; only the error keeps the config's own wording.
+    The grammar and the ceiling (`wire.MAX_DURATION`, 10 years) are the step protocol's,
+    so a config and a backend's `timeout` read alike, and no setting can overflow a
+    timer; only the error keeps the config's own wording.
     """
     try:
-        return wire.parse_duration(text)
+        seconds = wire.parse_duration(text, maximum=math.inf)
     except ValueError:
         raise ValueError(
-            f"invalid duration {str(text)!r}: use e.g. 250ms, 30s, 5m, 2h, 7d"
+            f"invalid duration {str(text)[:64]!r}: use e.g. 250ms, 30s, 5m, 2h, 7d"
         ) from None
+    if seconds > wire.MAX_DURATION:
+        raise ValueError(f"duration {str(text)!r} is too long: at most {wire.MAX_DURATION_TEXT}")
+    return seconds
 
 
 def parse_size(text: str | int) -> int:

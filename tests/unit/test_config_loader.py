@@ -61,10 +61,17 @@ def error_of(text: str, env: dict[str, str] | None = None) -> str:
         ("0s", 0.0),
         (30, 30.0),
         (0.25, 0.25),
+        ("3650d", 315_360_000.0),  # the ceiling, wire.MAX_DURATION
     ],
 )
 def test_parse_duration(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["3651d", "99999999999d", 1e20, "1" * 60])
+def test_parse_duration_rejects_past_ten_years(text: str | float) -> None:
+    with pytest.raises(ValueError, match=r"is too long: at most 10 years \(315360000 s\)$"):
+        parse_duration(text)
 
 
 @pytest.mark.parametrize(
