@@ -15,7 +15,6 @@ from typing import Final
 
 MEMORY: Final = ":memory:"
 """SQLite's in-memory database: a store for tests, never durable."""
-SQLITE_PREFIX: Final = "sqlite:///"
 _SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]{0,31}")
 _SQLITE_FORMS: Final = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
 
