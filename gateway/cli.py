@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from gateway import __version__, logs
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreUnavailable
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 GIL_SWITCH_INTERVAL = 0.0005
@@ -57,10 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     from gateway.config.loader import load_config
 
+    # `check` refuses everything `run` would refuse before starting: the same steps.
     try:
         config = load_config(config_path)
     except ConfigError as err:
         print(f"durable-gateway: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        print("durable-gateway: error: --loop uvloop: uvloop is not installed", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
         print(f"{config_path}: ok ({len(config.routes)} routes)")
@@ -68,15 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format)
     from gateway.app import serve
 
-    try:
-        runner = loop_runner(args.loop)
-    except ImportError:
-        print("durable-gateway: error: --loop uvloop: uvloop is not installed", file=sys.stderr)
-        return EXIT_CONFIG
+    runner = loop_runner(args.loop)
     _tune_runtime()
     try:
         runner(serve(config))
-    except OSError as err:
+    except (OSError, StoreUnavailable) as err:
+        # A port in use, a store another gateway holds, a directory SQLite may not
+        # write: the operator's to fix, so one line, no traceback.
         log.error("cannot start: %s", err)
         return EXIT_FAILURE
     return EXIT_OK

@@ -10,6 +10,7 @@ import base64
 import binascii
 import math
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -118,14 +119,32 @@ def put_error_body(message: str) -> bytes:
 Duration = float | str | timedelta
 """Seconds as a number, a duration string (`250ms`, `30s`, `1h30m`, `7d`) or a timedelta."""
 
+MAX_DURATION: Final = 10 * 365 * 86400
+"""Longest sleep, wait `timeout` or `lookback`, in seconds: 10 years (315,360,000 s).
+
+Long enough for any real reminder, and far from where a wake time overflows a
+timestamp; the sidecar refuses more with `400` before it stores anything.
+"""
+MAX_DURATION_TEXT: Final = "10 years (315360000 s)"
+MAX_TEXT: Final = 64
+"""Longest duration or timestamp string, in characters: no real one comes near it."""
+MAX_EVENT_NAME: Final = 256
+"""Longest event name, in characters, in a wait and in a posted event."""
+MAX_MATCH_KEYS: Final = 32
+"""Most paths in one wait's `match`."""
+MAX_MATCH_PATH: Final = 256
+"""Longest dotted path in a wait's `match`, in characters."""
+MAX_MATCH_VALUE: Final = 4096
+"""Largest value a `match` path must equal, in bytes of JSON."""
+
 _UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NUMBER: Final = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # ASCII digits only
 _DURATION: Final = re.compile(rf"(?:{_NUMBER}\s*(?:ms|s|m|h|d)\s*)+|{_NUMBER}")
 _DURATION_PART: Final = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)")
 
 
-def parse_duration(value: Duration) -> float:
-    """Seconds in a `timeout` or `lookback`; raises ValueError unless finite and >= 0.
+def parse_duration(value: Duration, *, maximum: float = MAX_DURATION) -> float:
+    """Seconds in a sleep, `timeout` or `lookback`; raises ValueError unless 0..`maximum`.
 
     Strings are `<number><unit>` parts run together (`1h30m`), units ms, s, m, h, d,
     or a bare number of seconds: the grammar of the gateway's config durations.
@@ -134,17 +153,30 @@ def parse_duration(value: Duration) -> float:
         seconds = value.total_seconds()
     elif isinstance(value, str):
         text = value.strip()
-        if not _DURATION.fullmatch(text):
-            raise ValueError(f"invalid duration {value!r}: use e.g. 250ms, 30s, 5m, 1h30m, 7d")
+        if len(text) > MAX_TEXT or not _DURATION.fullmatch(text):
+            raise ValueError(
+                f"invalid duration {_short(value)}: use e.g. 250ms, 30s, 5m, 1h30m, 7d"
+            )
         parts = _DURATION_PART.findall(text)
         seconds = sum(float(n) * _UNITS[u] for n, u in parts) if parts else float(text)
     elif isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
-        raise ValueError(f"invalid duration {value!r}: a number of seconds or a string like 30s")
+        raise ValueError(
+            f"invalid duration {_short(value)}: a number of seconds or a string like 30s"
+        )
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid duration {value!r}: must be finite and >= 0")
+        raise ValueError(f"invalid duration {_short(value)}: must be finite and >= 0")
+    if seconds > maximum:
+        limit = MAX_DURATION_TEXT if maximum == MAX_DURATION else f"{maximum:g} s"
+        raise ValueError(f"duration {_short(value)} is too long: at most {limit}")
     return seconds
+
+
+def _short(value: object) -> str:
+    """`repr` of a value for an error message, cut so an absurd one cannot flood it."""
+    text = repr(value)
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
 def format_timestamp(when: datetime | float) -> str:
@@ -159,15 +191,41 @@ def format_timestamp(when: datetime | float) -> str:
 
 
 def parse_timestamp(text: str) -> datetime:
-    """An aware datetime from an RFC 3339 timestamp; raises ValueError without an offset."""
+    """An aware datetime from an RFC 3339 timestamp; raises ValueError without an offset,
+    or for a time that is out of range in UTC (years 1 to 9999)."""
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
+        raise ValueError(f"not an RFC 3339 timestamp: {_short(text)}")
     try:
         # RFC 3339 allows a lower-case `t` and `z`; fromisoformat wants them upper-case.
         moment = datetime.fromisoformat(text.strip().upper())
-    except (ValueError, AttributeError) as exc:
+    except ValueError as exc:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}") from exc
     if moment.tzinfo is None:
         raise ValueError(f"RFC 3339 timestamp without an offset: {text!r}")
+    _in_utc(moment)
     return moment
+
+
+def _in_utc(moment: datetime) -> datetime:
+    """`moment` in UTC; ValueError when that falls outside years 1 to 9999."""
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(f"timestamp {moment.isoformat()} is out of range") from None
+
+
+def wake_time(until: datetime | str, now: float) -> float:
+    """Epoch seconds of a sleep's `until`; ValueError past `now` + MAX_DURATION.
+
+    A time in the past is fine (the sleep is over at once).
+    """
+    moment = parse_timestamp(until) if isinstance(until, str) else until
+    if moment.tzinfo is None:
+        raise ValueError("a naive datetime is ambiguous: give it a timezone")
+    wake_at = _in_utc(moment).timestamp()
+    if wake_at > now + MAX_DURATION:
+        raise ValueError(f"until is too far ahead: at most {MAX_DURATION_TEXT} from now")
+    return wake_at
 
 
 def sleep_body(
@@ -177,9 +235,9 @@ def sleep_body(
     if (seconds is None) == (until is None):
         raise ValueError("sleep needs exactly one of seconds and until")
     if until is not None:
+        wake_time(until, time.time())  # refuse it here rather than as a 400 from the sidecar
         if isinstance(until, datetime):
             return orjson.dumps({"until": format_timestamp(until)})
-        parse_timestamp(until)  # refuse it here rather than as a 400 from the sidecar
         return orjson.dumps({"until": until})
     assert seconds is not None
     if isinstance(seconds, str):  # a duration string is a wait's, not a sleep's
@@ -198,14 +256,9 @@ def wait_body(
 
     Durations are checked here and sent as given (a timedelta as seconds).
     """
-    if not isinstance(event, str) or not event:
-        raise ValueError("an event name is a non-empty string")
-    body: dict[str, Any] = {"event": event}
+    body: dict[str, Any] = {"event": check_event_name(event)}
     if match:
-        for path in match:
-            if not isinstance(path, str) or not path or "" in path.split("."):
-                raise ValueError(f"a match key is a dotted path like data.order_id, not {path!r}")
-        body["match"] = dict(match)
+        body["match"] = check_match(match)
     for name, value in (("timeout", timeout), ("lookback", lookback)):
         if value is not None:
             seconds = parse_duration(value)
@@ -213,13 +266,41 @@ def wait_body(
     return orjson.dumps(body)
 
 
+def check_event_name(name: object) -> str:
+    """An event name: a non-empty string of at most MAX_EVENT_NAME characters."""
+    if not isinstance(name, str) or not name or len(name) > MAX_EVENT_NAME:
+        raise ValueError(f"an event name is a string of 1 to {MAX_EVENT_NAME} characters")
+    return name
+
+
+def check_match(match: object) -> dict[str, Any]:
+    """A wait's `match`: at most MAX_MATCH_KEYS dotted paths (each at most MAX_MATCH_PATH
+    characters, no empty segment) to JSON values of at most MAX_MATCH_VALUE bytes."""
+    if not isinstance(match, Mapping):
+        raise ValueError("a match maps dotted paths to values")
+    if len(match) > MAX_MATCH_KEYS:
+        raise ValueError(f"a match has at most {MAX_MATCH_KEYS} paths, not {len(match)}")
+    for path, value in match.items():
+        if not isinstance(path, str) or not path or "" in path.split("."):
+            raise ValueError(f"a match key is a dotted path like data.order_id, not {_short(path)}")
+        if len(path) > MAX_MATCH_PATH:
+            raise ValueError(f"a match path is at most {MAX_MATCH_PATH} characters")
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"match value of {path!r} is not JSON: {exc}") from None
+        if size > MAX_MATCH_VALUE:
+            raise ValueError(
+                f"match value of {path!r} is {size} bytes of JSON: at most {MAX_MATCH_VALUE}"
+            )
+    return dict(match)
+
+
 def event_body(
     name: str, data: Mapping[str, Any] | None = None, event_id: str | None = None
 ) -> bytes:
     """Body of `POST /v1/events` (admin listener); `event_id` de-duplicates repeated posts."""
-    if not isinstance(name, str) or not name:
-        raise ValueError("an event name is a non-empty string")
-    body: dict[str, Any] = {"name": name, "data": dict(data or {})}
+    body: dict[str, Any] = {"name": check_event_name(name), "data": dict(data or {})}
     if event_id is not None:
         body["id"] = event_id
     return orjson.dumps(body)

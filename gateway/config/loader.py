@@ -1,7 +1,8 @@
 """Startup edge: YAML text → `GatewayConfig`, with `${ENV}` expanded per scalar value.
 
 Every problem becomes a ConfigError naming the key path and line; it never returns a
-half-valid config and never echoes secrets (secret, admin_token, storage URL) in errors.
+half-valid config and never echoes secrets (secret, admin_token, storage URL) in errors
+(an SQLite file's path may appear: it holds no credentials).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gateway.config.model import (
     ServerConfig,
     StorageConfig,
 )
+from gateway.config.storage_url import check_sqlite_path, parse_storage_url
 from gateway.errors import ConfigError
 from step_protocol import wire
 
@@ -60,15 +62,19 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 def parse_duration(text: str | float) -> float:
     """Seconds from `250ms`, `30s`, `5m`, `2h`, `7d`, `1h30m`, or a bare number of seconds.
 
-    The grammar is the step protocol's (`wire.parse_duration`), so a config and a
-    backend's `timeout` read alike; only the error keeps the config's own wording.
+    The grammar and the ceiling (`wire.MAX_DURATION`, 10 years) are the step protocol's,
+    so a config and a backend's `timeout` read alike, and no setting can overflow a
+    timer; only the error keeps the config's own wording.
     """
     try:
-        return wire.parse_duration(text)
+        seconds = wire.parse_duration(text, maximum=math.inf)
     except ValueError:
         raise ValueError(
-            f"invalid duration {str(text)!r}: use e.g. 250ms, 30s, 5m, 2h, 7d"
+            f"invalid duration {str(text)[:64]!r}: use e.g. 250ms, 30s, 5m, 2h, 7d"
         ) from None
+    if seconds > wire.MAX_DURATION:
+        raise ValueError(f"duration {str(text)!r} is too long: at most {wire.MAX_DURATION_TEXT}")
+    return seconds
 
 
 def parse_size(text: str | int) -> int:
@@ -412,12 +418,30 @@ def _server(at: _At) -> ServerConfig:
     )
 
 
-def _storage(at: _At) -> StorageConfig:
-    f = _fields(at, ["url", "durability", "retention"])
+def _storage_url(url: str) -> str:
+    """`url` if this build can open a store there; else ValueError, never echoing it.
+
+    The same parser as the stores' (`storage_url`), plus what only a configuration
+    refuses: a store in memory, which would keep nothing across a restart.
+    """
+    parsed = parse_storage_url(url)
+    if parsed.in_memory:
+        raise ValueError("sqlite:///:memory: keeps nothing across a restart: name a database file")
+    check_sqlite_path(parsed.path)
+    return url
+
+
+def _storage(at: _At | None, source: str) -> StorageConfig:
+    """The `storage:` section; `at` None when it is absent (its default URL is checked too)."""
+    f = _fields(at, ["url", "durability", "retention"]) if at is not None else {}
     base = StorageConfig()
-    url = _string(f["url"]) if "url" in f else base.url
-    if not url.startswith(("sqlite:", "postgresql:", "postgres:")):
-        raise f["url"].error("must start with sqlite: or postgresql:")
+    if "url" in f:
+        url = _parsed(f["url"], _storage_url)
+    else:
+        try:
+            url = _storage_url(base.url)
+        except ValueError as e:
+            raise ConfigError("storage.url", f"(the default) {e}", source=source) from None
     durability = (
         _choice(f["durability"], ("async", "sync")) if "durability" in f else base.durability
     )
@@ -501,7 +525,7 @@ def _gateway(root: _At) -> GatewayConfig:
         raise root.error("the top level must be a mapping (server:, storage:, routes: …)")
     f = _fields(root, ["server", "storage", "security", "defaults", "routes"])
     server = _server(f["server"]) if "server" in f else ServerConfig()
-    storage = _storage(f["storage"]) if "storage" in f else StorageConfig()
+    storage = _storage(f.get("storage"), root.source)
     security = _security(f["security"]) if "security" in f else SecurityConfig()
     defaults = RouteSettings()
     if "defaults" in f:

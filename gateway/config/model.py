@@ -35,7 +35,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     url: str = "sqlite:///./durable.db"
-    """`sqlite:///relative.db`, `sqlite:////absolute.db` or `postgresql://…`."""
+    """`sqlite:///relative.db` or `sqlite:////absolute.db`; `postgresql://…` comes later."""
     durability: Durability = "async"
     """`async`: write-behind group commit; `sync`: step writes answer after commit."""
     retention: float = 7 * 86400.0

@@ -33,8 +33,10 @@ async def post_event(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise BadRequest('body must be {"name": …, "data": {…}, "id": optional}')
     name, data, event_id = body.get("name"), body.get("data"), body.get("id")
-    if not isinstance(name, str) or not name:
-        raise BadRequest('"name" must be a non-empty string')
+    try:
+        name = wire.check_event_name(name)
+    except ValueError as exc:
+        raise BadRequest(f'"name": {exc}') from None
     if event_id is None:
         event_id = new_run_id()
     elif not isinstance(event_id, str) or not event_id or len(event_id) > 255:

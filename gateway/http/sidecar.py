@@ -173,11 +173,22 @@ async def _call(
 
 
 def _seconds(value: Any, name: str, run_id: str) -> float:
-    """A duration given as seconds or as text like `30s`, `5m`, `1h`."""
+    """A duration given as seconds or as text like `30s`, `5m`, `1h`, up to
+    `wire.MAX_DURATION`: anything else is a 400 before the engine sees it."""
     try:
         return wire.parse_duration(value)
     except ValueError as exc:
         raise BadRequest(f'"{name}": {exc}', run_id=run_id) from None
+
+
+def _until(value: Any, now: float, run_id: str) -> float:
+    """A sleep's `until` as epoch seconds: RFC 3339, at most `wire.MAX_DURATION` ahead."""
+    if not isinstance(value, str):
+        raise BadRequest('"until" must be an RFC 3339 time as a string', run_id=run_id)
+    try:
+        return wire.wake_time(value, now)
+    except ValueError as exc:
+        raise BadRequest(f'"until": {exc}', run_id=run_id) from None
 
 
 def _answer(answer: Answer) -> web.Response:
@@ -194,10 +205,7 @@ async def sleep(
     if "seconds" in body:
         wake_at = now + _seconds(body["seconds"], "seconds", run_id)
     else:
-        try:
-            wake_at = wire.parse_timestamp(str(body["until"])).timestamp()
-        except ValueError as exc:
-            raise BadRequest(f'"until" must be an RFC 3339 time: {exc}', run_id=run_id) from None
+        wake_at = _until(body["until"], now, run_id)
     return _answer(services.driver.sleep(run_id, attempt, step_id, wake_at, now))
 
 
@@ -205,21 +213,28 @@ async def wait(
     request: web.BaseRequest, services: Services, run_id: str, step_id: str
 ) -> web.Response:
     attempt, body = await _call(request, services, run_id, step_id)
-    event, match = body.get("event"), body.get("match", {})
-    if not isinstance(event, str) or not event:
-        raise BadRequest('"event" must be a non-empty string', run_id=run_id)
-    if not isinstance(match, dict):
-        raise BadRequest('"match" must map dotted paths to values', run_id=run_id)
+    try:
+        event = wire.check_event_name(body.get("event"))
+    except ValueError as exc:
+        raise BadRequest(f'"event": {exc}', run_id=run_id) from None
+    try:
+        match = wire.check_match(body.get("match", {}))
+    except ValueError as exc:
+        raise BadRequest(f'"match": {exc}', run_id=run_id) from None
     timeout = body.get("timeout")
     lookback = body.get("lookback")
+    # Every value is checked before the engine stores the wait: a refused call leaves
+    # nothing behind, so a corrected call on the same step id starts it afresh.
+    timeout_in = None if timeout is None else _seconds(timeout, "timeout", run_id)
+    lookback_s = None if lookback is None else _seconds(lookback, "lookback", run_id)
     answer = await services.driver.wait(
         run_id,
         attempt,
         step_id,
         event=event,
         match=match,
-        timeout_in=None if timeout is None else _seconds(timeout, "timeout", run_id),
-        lookback=None if lookback is None else _seconds(lookback, "lookback", run_id),
+        timeout_in=timeout_in,
+        lookback=lookback_s,
         now=time.time(),
     )
     return _answer(answer)

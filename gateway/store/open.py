@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from gateway.config.storage_url import SqliteUrl, parse_storage_url
 from gateway.store.protocols import FullStore
 
 TEST_MAX_PAGES_ENV = "DURABLE_TEST_SQLITE_MAX_PAGES"
@@ -15,12 +16,17 @@ full disk (SQLITE_FULL). Never set it in production."""
 
 
 async def open_store(url: str) -> FullStore:
-    """Open (and migrate) the store a `storage.url` names."""
-    if url.startswith("sqlite:"):
+    """Open (and migrate) the store a `storage.url` names.
+
+    Dispatches on the parse the config loader made too (`parse_storage_url`), so a URL
+    `check` accepts never fails here for its form; ValueError for one it refuses.
+    """
+    parsed = parse_storage_url(url)
+    if isinstance(parsed, SqliteUrl):
         from gateway.store.sqlite import SqliteStore
 
         max_pages = os.environ.get(TEST_MAX_PAGES_ENV, "").strip()
         if max_pages:
             return await SqliteStore.open(url, max_page_count=int(max_pages))
         return await SqliteStore.open(url)
-    raise ValueError(f"unsupported storage url scheme: {url.split(':', 1)[0]!r}")
+    raise ValueError("this build opens only sqlite:/// stores")

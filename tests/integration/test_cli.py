@@ -10,13 +10,28 @@ import aiohttp
 import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import ROOT, counts, python
+from tests.helpers import ROOT, counts, free_ports, python
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [python(), "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT, timeout=30
+        [python(), "-m", "gateway", *args], capture_output=True, text=True, cwd=cwd, timeout=30
     )
+
+
+def config_with_storage(tmp_path: Path, url: str) -> Path:
+    """A config on free ports whose `storage.url` (line 3) is `url`."""
+    ingress, sidecar, admin = free_ports(3)
+    config = tmp_path / f"gateway-{ingress}.yaml"
+    config.write_text(
+        f"server: {{ingress: 127.0.0.1:{ingress}, sidecar: 127.0.0.1:{sidecar},"
+        f" admin: 127.0.0.1:{admin}}}\n"
+        "storage:\n"
+        f"  url: '{url}'\n"
+        "routes:\n"
+        "  - {name: a, match: {path: /a}, upstream: 'http://127.0.0.1:1'}\n"
+    )
+    return config
 
 
 def test_version_and_help() -> None:
@@ -75,3 +90,75 @@ async def test_either_event_loop_runs_a_run_that_resumes(
     logs = gw.logs()
     assert f"event loop: {loop}" in logs
     assert "runtime: GIL switch interval 0.5 ms, gc thresholds (20000, " in logs
+
+
+_FORMS = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:", f"an sqlite URL has three slashes and no host: {_FORMS}"),
+        ("sqlite:///", f"the sqlite URL names no file: {_FORMS}"),
+        ("sqlite:///x.db?mode=ro", "an sqlite URL takes no query string or fragment (?… or #…)"),
+        (
+            "sqlite:///:memory:",
+            "sqlite:///:memory: keeps nothing across a restart: name a database file",
+        ),
+        ("sqlite:///data", "data is a directory: name a database file inside it"),
+        ("sqlite:///data/", "the sqlite URL names a directory, not a database file"),
+        (
+            "sqlite:///notes.txt/gw.db",
+            "the directory of notes.txt/gw.db cannot be created: notes.txt is not a directory",
+        ),
+        (
+            "postgresql://dg:pw@db:5432/durable",
+            "postgresql:// is not supported by this build yet; use sqlite:///path/to/file.db",
+        ),
+        (
+            "postgres://db/durable",
+            "postgres:// is not supported by this build yet; use sqlite:///path/to/file.db",
+        ),
+        ("mysql://db/durable", f"unknown scheme 'mysql': {_FORMS}"),
+    ],
+)
+def test_check_and_run_refuse_a_store_this_build_cannot_open(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    """`check` refuses, with exit 2, every URL `run` would refuse; `run` the same way."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    config = config_with_storage(tmp_path, url)
+    before = sorted(tmp_path.rglob("*"))
+    for args in (["check", "--config", str(config)], ["--config", str(config), "run"]):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr == f"durable-gateway: {config}:3 storage.url: {message}\n"
+    assert sorted(tmp_path.rglob("*")) == before  # nothing was created on the way
+
+
+def test_a_store_that_cannot_be_opened_is_one_line_and_exit_1(
+    tmp_path: Path, gateway_factory: GatewayFactory, backend: Backend
+) -> None:
+    """Runtime failures to open the store: no traceback, one line saying why, exit 1.
+
+    `check` accepts these configs: the file's state is not configuration.
+    """
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database, just text\n" * 200)
+    (tmp_path / "locked.db.lock").mkdir()  # where the store's lock file must go
+    holder = gateway_factory(durable_route(backend.url))  # holds tmp_path/durable.db
+    cases = {
+        "garbage.db": f"cannot start: sqlite: opening failed on {garbage}: file is not a database",
+        "locked.db": f"cannot start: sqlite: cannot open the lock file {tmp_path}/locked.db.lock",
+        "durable.db": f"cannot start: sqlite store {holder.db_path} is in use by another gateway"
+        f" process (pid {holder.proc.popen.pid})",
+    }
+    for name, line in cases.items():
+        config = config_with_storage(tmp_path, f"sqlite:///{tmp_path}/{name}")
+        assert run_cli("check", "--config", str(config)).returncode == 0
+        result = run_cli("--config", str(config))
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        errors = [entry for entry in result.stderr.splitlines() if " ERROR " in entry]
+        assert len(errors) == 1 and line in errors[0], result.stderr

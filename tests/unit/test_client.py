@@ -209,6 +209,25 @@ async def test_step_ids_are_limited(sidecar: Sidecar, make_ctx: MakeCtx) -> None
     assert fn.runs == 1
 
 
+async def test_sleeps_and_waits_past_the_bounds_are_refused_before_any_call(
+    sidecar: Sidecar, make_ctx: MakeCtx
+) -> None:
+    """The clients check SPEC §4.9's bounds themselves, with or without the gateway."""
+    far = "9999-12-31T23:59:59Z"
+    for ctx in (make_ctx(sidecar.headers()), make_ctx({})):
+        for seconds, until in ((1e20, None), (wire.MAX_DURATION + 1, None), (None, far)):
+            with pytest.raises(ValueError, match="too long|too far ahead"):
+                await ctx.sleep("nap", seconds, until=until)
+        for options in (
+            {"timeout": 1e308},
+            {"lookback": "99999999999d"},
+            {"match": {f"data.k{i}": i for i in range(wire.MAX_MATCH_KEYS + 1)}},
+        ):
+            with pytest.raises(ValueError, match="too long|at most"):
+                await ctx.wait("paid", "order.paid", **options)
+    assert sidecar.calls == []
+
+
 async def test_without_gateway_steps_just_run(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
     ctx = make_ctx({"Content-Type": "application/json", "X-Other": "1"})
     assert ctx.durable is False

@@ -61,10 +61,17 @@ def error_of(text: str, env: dict[str, str] | None = None) -> str:
         ("0s", 0.0),
         (30, 30.0),
         (0.25, 0.25),
+        ("3650d", 315_360_000.0),  # the ceiling, wire.MAX_DURATION
     ],
 )
 def test_parse_duration(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["3651d", "99999999999d", 1e20, "1" * 60])
+def test_parse_duration_rejects_past_ten_years(text: str | float) -> None:
+    with pytest.raises(ValueError, match=r"is too long: at most 10 years \(315360000 s\)$"):
+        parse_duration(text)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +178,7 @@ def test_minimal_config_takes_every_default() -> None:
     assert cfg.source == "cfg.yaml"
 
 
-def test_design_example_shape_loads() -> None:
+def test_design_example_shape_loads(tmp_path: Path) -> None:
     cfg = load(
         """
 server:
@@ -181,7 +188,7 @@ server:
   public_url: http://localhost:8080/
   sidecar_url: http://127.0.0.1:8081
   shutdown_grace: 5s
-storage: {url: "postgresql://u:${PW}@db/durable", durability: sync, retention: 1d}
+storage: {url: "sqlite:///${DATA}/durable.db", durability: sync, retention: 1d}
 security: {secret: "${DURABLE_SECRET}", admin_token: "${DURABLE_ADMIN_TOKEN}"}
 routes:
   - name: chat
@@ -195,11 +202,11 @@ routes:
     upstream: https://assets.internal:3001/base
     durable: false
 """,
-        env={"PW": "p@ss", "DURABLE_ADMIN_TOKEN": "adm"},
+        env={"DATA": str(tmp_path / "data"), "DURABLE_ADMIN_TOKEN": "adm"},
     )
     assert cfg.server.public_url == "http://localhost:8080"
     assert cfg.server.shutdown_grace == 5.0
-    assert cfg.storage == StorageConfig("postgresql://u:p@ss@db/durable", "sync", 86400.0)
+    assert cfg.storage == StorageConfig(f"sqlite:///{tmp_path}/data/durable.db", "sync", 86400.0)
     assert cfg.security == SecurityConfig(secret=None, admin_token="adm")
     chat, assets = cfg.routes
     assert chat.match == RouteMatch("/api/chat", frozenset({"POST", "GET"}))
@@ -285,7 +292,7 @@ def test_rate_limit_burst_defaults_to_rate_rounded_up() -> None:
         ("${DB:-sqlite:///d.db}", {}, "sqlite:///d.db"),
         ("${DB:-sqlite:///d.db}", {"DB": "sqlite:///e.db"}, "sqlite:///e.db"),
         ("${DB:-sqlite:///d.db}", {"DB": ""}, "sqlite:///d.db"),
-        ("postgresql://u:${PW}@${HOST:-db}/x", {"PW": "s3cret"}, "postgresql://u:s3cret@db/x"),
+        ("sqlite:///${DIR:-data}/${NAME}.db", {"NAME": "g"}, "sqlite:///data/g.db"),
         ("sqlite:///${DIR}/${NAME}.db", {"DIR": "/var", "NAME": "g"}, "sqlite:////var/g.db"),
         ("sqlite:///$${literal}.db", {}, "sqlite:///${literal}.db"),
     ],
@@ -407,7 +414,7 @@ def test_env_errors_name_the_key(text: str, line: int, path: str, message: str) 
             "storage:\n  url: mysql://h/db\n",
             2,
             "storage.url",
-            "must start with sqlite: or postgresql:",
+            "unknown scheme 'mysql': use sqlite:///relative/path.db or sqlite:////absolute/path.db",
         ),
         (
             "storage:\n  durability: fast\n",
@@ -684,6 +691,88 @@ def test_yaml_syntax_error_has_line() -> None:
 
 def test_yaml_syntax_error_bad_indent() -> None:
     assert error_of("server:\n  ingress: a\n admin: b\n").startswith("cfg.yaml:3: invalid YAML: ")
+
+
+# ── storage.url: only what this build can open ──────────────────────────────────
+
+_FORMS = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+_SLASHES = f"an sqlite URL has three slashes and no host: {_FORMS}"
+_QUERY = "an sqlite URL takes no query string or fragment (?… or #…)"
+_DIRECTORY = "the sqlite URL names a directory, not a database file"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:", _SLASHES),
+        ("sqlite://", _SLASHES),
+        ("sqlite:x.db", _SLASHES),
+        ("sqlite://host/x.db", _SLASHES),
+        ("sqlite:///", f"the sqlite URL names no file: {_FORMS}"),
+        ("sqlite:///x.db?mode=ro", _QUERY),
+        ("sqlite:///x.db#main", _QUERY),
+        (
+            "sqlite:///:memory:",
+            "sqlite:///:memory: keeps nothing across a restart: name a database file",
+        ),
+        ("sqlite:///data/", _DIRECTORY),
+        ("sqlite:///.", _DIRECTORY),
+        ("sqlite:///data/..", _DIRECTORY),
+        (
+            "postgresql://dg:pw@db:5432/durable",
+            "postgresql:// is not supported by this build yet; use sqlite:///path/to/file.db",
+        ),
+        (
+            "postgres://db/durable",
+            "postgres:// is not supported by this build yet; use sqlite:///path/to/file.db",
+        ),
+        ("mysql://h/db", f"unknown scheme 'mysql': {_FORMS}"),
+        ("durable.db", f"is not a URL: {_FORMS}"),
+        ("s3cret@db:5432/durable", f"is not a URL: {_FORMS}"),
+    ],
+)
+def test_storage_urls_this_build_cannot_open(url: str, message: str) -> None:
+    assert error_of(f'storage:\n  url: "{url}"\n' + ROUTE) == f"cfg.yaml:2 storage.url: {message}"
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://dg:s3cret@db/x", "s3cret@db:5432/x", "sqlite://dg:s3cret@db/x"]
+)
+def test_storage_url_errors_never_echo_the_url(url: str) -> None:
+    message = error_of('storage:\n  url: "${DB}"\n' + ROUTE, {"DB": url})
+    assert message.startswith("cfg.yaml:2 storage.url: ") and "s3cret" not in message
+
+
+def test_storage_url_must_name_a_file_that_can_be_created(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    cases = {
+        "dir": f"{tmp_path}/dir is a directory: name a database file inside it",
+        "file/x.db": f"the directory of {tmp_path}/file/x.db cannot be created:"
+        f" {tmp_path}/file is not a directory",
+        "file/deeper/x.db": f"the directory of {tmp_path}/file/deeper/x.db cannot be created:"
+        f" {tmp_path}/file is not a directory",
+        "link/x.db": f"the directory of {tmp_path}/link/x.db cannot be created:"
+        f" {tmp_path}/link is dangling",
+    }
+    for name, message in cases.items():
+        text = f"storage:\n  url: sqlite:///{tmp_path}/{name}\n" + ROUTE
+        assert error_of(text) == f"cfg.yaml:2 storage.url: {message}"
+
+    cfg = load(f"storage:\n  url: sqlite:///{tmp_path}/new/sub/x.db\n" + ROUTE)
+    assert cfg.storage.url == f"sqlite:///{tmp_path}/new/sub/x.db"
+    assert not (tmp_path / "new").exists()  # checked, not created: `check` leaves no trace
+
+
+def test_default_storage_url_is_checked_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "durable.db").mkdir()
+    message = "(the default) ./durable.db is a directory: name a database file inside it"
+    assert error_of(ROUTE) == f"cfg.yaml storage.url: {message}"
+    assert error_of("storage: {durability: sync}\n" + ROUTE) == f"cfg.yaml storage.url: {message}"
 
 
 # ── files ───────────────────────────────────────────────────────────────────────

@@ -176,6 +176,108 @@ def test_parse_duration_refuses(value: Any) -> None:
         wire.parse_duration(timedelta(seconds=-1))
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (wire.MAX_DURATION + 1, "too long"),
+        (1e20, "too long"),
+        (1e308, "too long"),
+        ("99999999999d", "too long"),
+        ("3651d", "too long"),
+        (timedelta(days=3651), "too long"),
+        ("1" * 100 + "s", "invalid"),  # absurdly long text is refused before it is parsed
+        ("1" * 400, "invalid"),
+        (math.inf, "finite"),
+        (-math.inf, "finite"),
+        (math.nan, "finite"),
+        (-0.001, ">= 0"),
+        (False, "invalid"),
+        (None, "invalid"),
+        ([1], "invalid"),
+    ],
+)
+def test_parse_duration_bounds(value: Any, why: str) -> None:
+    with pytest.raises(ValueError, match=why) as info:
+        wire.parse_duration(value)
+    assert len(str(info.value)) < 200  # an absurd value is cut, not echoed whole
+
+
+def test_parse_duration_ceiling_is_ten_years_and_may_be_lifted() -> None:
+    assert wire.MAX_DURATION == 10 * 365 * 86400
+    assert wire.parse_duration(wire.MAX_DURATION) == wire.MAX_DURATION
+    assert wire.parse_duration("3650d") == wire.MAX_DURATION
+    assert wire.parse_duration("3651d", maximum=math.inf) == 3651 * 86400
+    with pytest.raises(ValueError, match="at most 5 s"):
+        wire.parse_duration(6, maximum=5)
+
+
+NOW = datetime(2025, 1, 31, 9, 30, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("until", "wake_at"),
+    [
+        ("2025-01-31T09:30:00Z", NOW),
+        ("2025-01-31T10:30:00+01:00", NOW),
+        ("1970-01-01T00:00:00Z", 0.0),  # the past is fine: the sleep is over at once
+        ("0001-01-01T00:00:00Z", -62135596800.0),
+        (datetime(2025, 1, 31, 9, 30, tzinfo=UTC), NOW),
+        (datetime.fromtimestamp(NOW + wire.MAX_DURATION, UTC), NOW + wire.MAX_DURATION),
+    ],
+)
+def test_wake_time(until: datetime | str, wake_at: float) -> None:
+    assert wire.wake_time(until, NOW) == wake_at
+
+
+@pytest.mark.parametrize(
+    ("until", "why"),
+    [
+        (wire.format_timestamp(NOW + wire.MAX_DURATION + 1), "too far ahead"),
+        ("9999-12-31T23:59:59Z", "too far ahead"),
+        ("0001-01-01T00:00:00+01:00", "out of range"),  # year 0 in UTC
+        ("9999-12-31T23:59:59-01:00", "out of range"),  # year 10000 in UTC
+        ("2025-01-31T09:30:00", "without an offset"),
+        ("2025-01-31T09:30:00Z" + " " * 100, "not an RFC 3339"),
+        ("soon", "not an RFC 3339"),
+        (datetime(2025, 1, 31), "naive"),
+    ],
+)
+def test_wake_time_refuses(until: datetime | str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        wire.wake_time(until, NOW)
+
+
+def test_match_bounds() -> None:
+    paths = {f"data.{'k' * (wire.MAX_MATCH_PATH - 7)}{i:02}": i for i in range(31)}
+    largest = paths | {"data.v": "v" * (wire.MAX_MATCH_VALUE - 2)}
+    assert wire.check_match(largest) == largest
+    assert wire.check_match({}) == {}
+    refused = [
+        ({f"k{i}": i for i in range(wire.MAX_MATCH_KEYS + 1)}, "at most 32 paths"),
+        ({"k" * (wire.MAX_MATCH_PATH + 1): 1}, "at most 256 characters"),
+        ({"data.v": "v" * (wire.MAX_MATCH_VALUE - 1)}, "4097 bytes of JSON: at most 4096"),
+        ({"data.v": {"deep": ["x" * 5000]}}, "at most 4096"),
+        ({"data.v": object()}, "not JSON"),
+        ({"a..b": 1}, "dotted path"),
+        ({1: 1}, "dotted path"),
+        (["data.v"], "maps dotted paths"),
+    ]
+    for match, why in refused:
+        with pytest.raises(ValueError, match=why):
+            wire.check_match(match)
+        with pytest.raises(ValueError, match=why):
+            wire.wait_body("e", match)  # type: ignore[arg-type]
+
+
+def test_event_name_bounds() -> None:
+    assert wire.check_event_name("e" * wire.MAX_EVENT_NAME) == "e" * wire.MAX_EVENT_NAME
+    for bad in ("", "e" * (wire.MAX_EVENT_NAME + 1), None, 5):
+        with pytest.raises(ValueError, match="1 to 256 characters"):
+            wire.check_event_name(bad)
+    with pytest.raises(ValueError, match="1 to 256 characters"):
+        wire.event_body("e" * (wire.MAX_EVENT_NAME + 1))
+
+
 def test_timestamps() -> None:
     moment = datetime(2025, 1, 31, 10, 30, 0, 250_999, tzinfo=timezone(timedelta(hours=1)))
     assert wire.format_timestamp(moment) == "2025-01-31T09:30:00.250Z"
@@ -211,6 +313,11 @@ def test_sleep_body() -> None:
             wire.sleep_body(bad_seconds)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         wire.sleep_body(until="2025-01-31T09:30:00")  # no offset
+    for too_far in (datetime.now(UTC) + timedelta(days=3651), "9999-12-31T23:59:59Z"):
+        with pytest.raises(ValueError, match="too far ahead"):
+            wire.sleep_body(until=too_far)  # refused by the client, before any call
+    with pytest.raises(ValueError, match="too long"):
+        wire.sleep_body(1e20)
 
 
 def test_wait_body() -> None:
@@ -230,6 +337,10 @@ def test_wait_body() -> None:
         wire.wait_body("e", timeout="soon")
     with pytest.raises(ValueError):
         wire.wait_body("e", lookback=-1)
+    with pytest.raises(ValueError, match="too long"):
+        wire.wait_body("e", timeout=1e308)
+    with pytest.raises(ValueError, match="too long"):
+        wire.wait_body("e", lookback="99999999999d")
     for path in ("", "data.", ".data", "a..b"):
         with pytest.raises(ValueError, match="dotted path"):
             wire.wait_body("e", {path: 1})

@@ -17,6 +17,7 @@ from typing import Any, Final, Self
 
 import aiosqlite
 
+from gateway.config.storage_url import MEMORY, SqliteUrl, parse_storage_url
 from gateway.errors import StoreUnavailable
 from gateway.store.records import RunRow
 from gateway.store.sqlite import filelock
@@ -25,18 +26,16 @@ from gateway.store.sqlite.sql import claim_updates, run_row
 
 log = logging.getLogger("gateway.store.sqlite")
 
-MEMORY: Final = ":memory:"
-_PREFIX: Final = "sqlite:///"
-
 
 def path_from_url(url: str) -> str:
-    """`sqlite:///rel/x.db` → `rel/x.db`; `sqlite:////abs/x.db` → `/abs/x.db`; `:memory:`."""
-    if not url.startswith(_PREFIX) or len(url) == len(_PREFIX):
-        raise ValueError(
-            f"bad sqlite url {url!r}: expected sqlite:///relative/path.db, "
-            "sqlite:////absolute/path.db or sqlite:///:memory:"
-        )
-    return url[len(_PREFIX) :]
+    """`sqlite:///rel/x.db` → `rel/x.db`; `sqlite:////abs/x.db` → `/abs/x.db`; `:memory:`.
+
+    The config loader's parser (`storage_url`), so a URL that passes `check` opens here.
+    """
+    parsed = parse_storage_url(url)
+    if not isinstance(parsed, SqliteUrl):
+        raise ValueError("not an sqlite:/// URL")
+    return parsed.path
 
 
 # Primary result codes (the low byte of an extended code) worth a plain explanation.

@@ -12,8 +12,9 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, final
 
+from gateway.config.storage_url import MEMORY
 from gateway.store.records import AttemptRow, KeyRow, RunRow, Write
-from gateway.store.sqlite.connection import MEMORY, describe_error, path_from_url
+from gateway.store.sqlite.connection import describe_error, path_from_url
 from gateway.store.sqlite.listing import RunListing
 from gateway.store.sqlite.sql import (
     CLAIM,
