@@ -311,15 +311,16 @@ def event_output(event_id: str, name: str, data: Any, ts: float) -> dict[str, An
     return {"name": name, "id": event_id, "data": data, "ts": format_timestamp(ts)}
 
 
-_MISSING: Final = object()
+MISSING: Final = object()
+"""What `lookup` returns for a path that leads nowhere (never a JSON value)."""
 
 
-def _lookup(event: Mapping[str, Any], path: str) -> Any:
-    """The member a dotted path names in an event object; a private sentinel when absent."""
+def lookup(event: Mapping[str, Any], path: str) -> Any:
+    """The member a dotted path names in an event object; MISSING when absent."""
     node: Any = event
     for key in path.split("."):
         if not isinstance(node, Mapping) or key not in node:
-            return _MISSING
+            return MISSING
         node = node[key]
     return node
 
@@ -337,6 +338,36 @@ def json_equal(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+# Integers a JSON parser gives as int (orjson: 64-bit signed or unsigned); past them it
+# gives floats, which then stay floats here, so an integral float never meets its int.
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"not a JSON number: {value!r}")
+        # int(x) is exact for an integral float, and Python compares int with float
+        # exactly, so this keeps `json_equal` (1.0 == 1, -0.0 == 0) and nothing more.
+        return int(value) if value.is_integer() and _INT_MIN <= value <= _INT_MAX else value
+    if isinstance(value, list):
+        return [_normal(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _normal(item) for key, item in value.items()}
+    return value
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON bytes that are equal for two parsed JSON values exactly when `json_equal`
+    holds: object keys sorted, integral numbers written as integers (`1.0` as `1`).
+
+    What lets a store find the waits an event fits by equality of bytes (an index)
+    instead of calling `event_matches` on each.
+    """
+    return orjson.dumps(_normal(value), option=orjson.OPT_SORT_KEYS)
+
+
 def event_matches(match: Mapping[str, Any] | None, event: Mapping[str, Any]) -> bool:
     """Whether an event object (`name`, `id`, `data`, `ts`) fits every path of a wait's `match`.
 
@@ -344,7 +375,7 @@ def event_matches(match: Mapping[str, Any] | None, event: Mapping[str, Any]) -> 
     not even an expected `null`.
     """
     for path, expected in (match or {}).items():
-        found = _lookup(event, path)
-        if found is _MISSING or not json_equal(found, expected):
+        found = lookup(event, path)
+        if found is MISSING or not json_equal(found, expected):
             return False
     return True

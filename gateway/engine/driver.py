@@ -32,6 +32,7 @@ from gateway.engine.tokens import Tokens, new_run_id
 from gateway.errors import Conflict, NotFound, StaleAttempt, Unavailable
 from gateway.store import (
     FINAL_STATUSES,
+    AddedEvent,
     CancelRun,
     CreateRun,
     DropPending,
@@ -271,6 +272,15 @@ class Driver:
         if done is not None and (sync or self.sync_steps):
             await done
         return result
+
+    async def post_event(self, event_id: str, name: str, data: bytes, now: float) -> AddedEvent:
+        """An event arrived: store it, complete the waits it matches, wake their runs."""
+        added = await waits.deliver(self.store, self.writer, event_id, name, data, now)
+        for done in added.completed:
+            self.wait_completed(done.run_id, done.step_id, done.output)
+        if added.completed:
+            self.timers_changed.set()
+        return added
 
     def wait_completed(self, run_id: str, step_id: str, output: bytes) -> None:
         """An event completed a wait in the store: mirror it in the live run, if any."""

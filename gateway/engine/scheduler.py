@@ -28,10 +28,6 @@ class Scheduler:
         self.store = store
         self.driver = driver
 
-    def poke(self) -> None:
-        """Re-read the earliest timer now (a suspension or an event may have moved it)."""
-        self.driver.timers_changed.set()
-
     async def run_forever(self) -> None:
         while True:
             self.driver.timers_changed.clear()

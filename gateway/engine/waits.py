@@ -1,15 +1,39 @@
 """Completing event waits in the store: where an event ends a run's wait.
 
 The store completes a wait in one transaction (the step stored, the pending row gone, a
-suspended run made due), so two events never both complete one wait. The driver mirrors
-a completion into the live run, if it has one.
+suspended run made due), so two events never both complete one wait, and storing an
+event completes the waits it matches in that same transaction, so a stored event has
+always woken its runs, even if the gateway dies before it answers. The driver mirrors a
+completion into the live run, if it has one.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+from typing import Final
+
 from gateway.engine.runs import PendingKind, Run
 from gateway.engine.suspensions import first_match, stored_events
-from gateway.store import SuspensionStore
+from gateway.store import AddedEvent, SuspensionStore
+from gateway.store.writer import Writer
+
+TEST_CRASH_ENV: Final = "DURABLE_TEST_CRASH_AFTER_EVENT"
+"""Test-only fault point: `1` kills the process (SIGKILL) right after an event's
+transaction commits, before the engine hears of it or the sender gets an answer.
+Never set it in production."""
+_CRASH_AFTER_EVENT: Final = os.environ.get(TEST_CRASH_ENV, "") == "1"
+
+
+async def deliver(
+    store: SuspensionStore, writer: Writer, event_id: str, name: str, data: bytes, now: float
+) -> AddedEvent:
+    """Store an event and complete every wait it matches, in one transaction."""
+    await writer.flush()  # every wait registered before now is in the store
+    added = await store.add_event(event_id, name, data, now)
+    if _CRASH_AFTER_EVENT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return added
 
 
 async def missed(store: SuspensionStore, run: Run, now: float) -> tuple[str, bytes] | None:

@@ -16,8 +16,10 @@ from gateway.store.protocols import (
 from gateway.store.records import (
     FINAL_STATUSES,
     PARKED_STATUSES,
+    AddedEvent,
     AttemptRow,
     CancelRun,
+    CompletedWait,
     CreateRun,
     DropPending,
     EventRow,
@@ -44,8 +46,10 @@ from gateway.store.records import (
 )
 
 __all__ = [
+    "AddedEvent",
     "AttemptRow",
     "CancelRun",
+    "CompletedWait",
     "CreateRun",
     "DropPending",
     "EventRow",

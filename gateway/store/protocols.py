@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.store.records import (
+    AddedEvent,
     AttemptRow,
     EventRow,
     KeyRow,
@@ -131,17 +132,28 @@ class SuspensionStore(Protocol):
     async def list_pending(self, run_id: str) -> list[PendingRow]:
         """A run's pending sleeps and waits, oldest first."""
 
-    async def waits_for(self, event: str, limit: int = 10_000) -> list[PendingRow]:
-        """Pending waits on this event name of suspended runs, oldest first."""
+    async def add_event(
+        self, event_id: str, name: str, data: bytes, ts: float, *, page: int = 500
+    ) -> AddedEvent:
+        """Record an event and complete the waits it matches, in one transaction.
 
-    async def add_event(self, event_id: str, name: str, data: bytes, ts: float) -> bool:
-        """Record an event; False (and nothing changes) when its id is known already."""
+        `data` is its JSON. Completes every pending wait on `name` of a suspended run
+        whose `match` it fits (`wire.event_matches` on `wire.event_output(event_id, name,
+        data, ts)`) and whose step is not done, as `complete_wait` would with that event
+        object (keys sorted) as output, the run due at `ts`. A stored event has therefore
+        woken every run it matched: a crash leaves both or neither. A known id changes
+        nothing and completes nothing (`new` False).
+
+        Finds waits through an index on their match keys (`gateway.store.match_keys`),
+        never by reading every wait of the name; reads `page` rows at a time.
+        """
 
     async def complete_wait(self, run_id: str, step_id: str, output: bytes, now: float) -> bool:
         """Complete a pending wait with `output`, in one transaction: store the step
         (at the run's current attempt), delete the pending row, and make a suspended
         run due now. False, changing nothing, when the wait is gone or its step is done
-        already, so two events never both complete one wait.
+        already, so two events never both complete one wait. For an event that came
+        while the wait's run was live (`add_event` leaves those to the run).
         """
 
     async def events_since(self, name: str, since: float, limit: int = 1000) -> list[EventRow]:

@@ -292,6 +292,24 @@ class EventRow:
 
 
 @dataclass(frozen=True, slots=True)
+class CompletedWait:
+    """A wait an event completed: `output` (the event object, canonical JSON) is its step."""
+
+    run_id: str
+    step_id: str
+    output: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AddedEvent:
+    """What recording an event did: whether its id was new, and the waits it completed
+    in the same transaction (none for a known id)."""
+
+    new: bool
+    completed: tuple[CompletedWait, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RunSummary:
     """A run as the admin listing shows it: no request or response bodies."""
 

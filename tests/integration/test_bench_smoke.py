@@ -117,3 +117,18 @@ def test_the_run_id_comparison_runs() -> None:
     assert [row[0] for row in rows] == ["random", "time-ordered"]
     for _, *stretches in rows:
         assert len(stretches) == 4 and all(float(cpu) > 0 for cpu in stretches)
+
+
+@pytest.mark.timeout(60)
+def test_the_event_matching_comparison_runs() -> None:
+    """`python -m bench.events` posts events both ways and prints a row for each."""
+    rows = table_rows("bench.events", "--waits", "300", "--rounds", "2")
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        ("fits one", "scan", "1"),
+        ("fits one", "index", "1"),
+        ("fits none", "scan", "0"),
+        ("fits none", "index", "0"),
+        ("fits all", "scan", "300"),
+        ("fits all", "index", "300"),
+    ]
+    assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows)

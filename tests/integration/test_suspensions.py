@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import signal
 import time
 
 import aiohttp
+import pytest
 
+from gateway.engine.waits import TEST_CRASH_ENV
 from tests.conftest import Backend, Gateway, GatewayFactory, durable_route
 from tests.helpers import (
     accept,
@@ -98,6 +103,73 @@ async def test_event_ids_deduplicate(
     again = await post_event(http, gw, name="ping", data={}, id="same")
     assert first == {"id": "same", "matched": 0}
     assert again == {"id": "same", "duplicate": True, "matched": 0}
+
+
+async def test_an_event_wakes_every_run_it_matches_and_no_other(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url))
+    runs = {
+        order: await accept(http, gw.url(f"/demo/wait?event=order.paid&order_id={order}"))
+        for order in ("7", "7 again", "8")
+    }
+    anyone, anyone_at = await accept(http, gw.url("/demo/wait?event=order.paid"))
+    for run_id, _ in [*runs.values(), (anyone, anyone_at)]:
+        await until_status(http, gw, run_id, "suspended")
+
+    seven = await post_event(http, gw, name="order.paid", data={"order_id": "7"}, id="p7")
+
+    assert seven == {"id": "p7", "matched": 2}  # order 7 and the wait without a match
+    for run_id, location in (runs["7"], (anyone, anyone_at)):
+        status, body = await final(http, location)
+        assert status == 200 and body["event"]["id"] == "p7", run_id
+    for order in ("7 again", "8"):
+        assert (await run_status(http, gw, runs[order][0]))["status"] == "suspended"
+
+
+async def test_events_are_checked_before_they_are_stored(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(durable_route(backend.url))
+    refused = [
+        ({"name": "n" * 257}, 400),
+        ({"name": ""}, 400),
+        ({"name": "ok", "data": [1]}, 400),
+        ({"name": "ok", "id": "i" * 256}, 400),
+        ({"name": "ok", "id": 7}, 400),
+        ({"name": "ok", "data": {"blob": "x" * 1024 * 1024}}, 413),
+    ]
+    for event, status in refused:
+        body = io.BytesIO(json.dumps(event).encode())  # large bodies as a stream
+        async with http.post(f"{gw.admin}/v1/events", data=body) as resp:
+            assert resp.status == status, (event, await resp.text())
+            assert resp.content_type == "application/problem+json"
+    accepted = await post_event(http, gw, name="n" * 256, id="i" * 255)
+    assert accepted == {"id": "i" * 255, "matched": 0}
+    async with http.get(gw.admin + "/metrics") as resp:
+        assert 'durable_events_total{result="received"} 1.0' in await resp.text()
+
+
+async def test_an_event_stored_before_a_crash_has_woken_its_run(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    # The fault point kills the gateway as soon as the event's transaction commits:
+    # the sender gets no answer, the engine hears of nothing.
+    gw = gateway_factory(durable_route(backend.url), env={TEST_CRASH_ENV: "1"})
+    run_id, location = await accept(http, gw.url("/demo/wait?event=order.paid&order_id=42"))
+    await until_committed_suspended(http, gw, run_id)
+    with pytest.raises(aiohttp.ClientError):
+        await post_event(http, gw, name="order.paid", data={"order_id": "42"}, id="evt-1")
+    assert gw.proc.popen.wait(15) == -signal.SIGKILL
+
+    gw.env = None
+    gw.restart()
+    # The sender retries: a duplicate, and the run it woke is not left waiting.
+    again = await post_event(http, gw, name="order.paid", data={"order_id": "42"}, id="evt-1")
+    assert again == {"id": "evt-1", "duplicate": True, "matched": 0}
+    status, body = await final(http, location)
+    assert status == 200 and body["event"]["id"] == "evt-1"
+    assert await counts(http, backend, run_id) == {"step-1": 1, "step-2": 1}
 
 
 async def test_cancel_drops_the_timer(

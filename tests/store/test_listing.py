@@ -256,9 +256,23 @@ def test_sqlite_listing_with_both_filters_uses_an_index_without_a_sort(migrated:
     [
         (sqlite_suspensions.DUE, (5.0, 5.0, 500), "runs_suspended_wake (wake_at<?)"),
         (sqlite_suspensions.NEXT_WAKE, (), "runs_suspended_wake"),
-        (sqlite_suspensions.COUNT_PENDING, (), "COVERING INDEX pending_wait"),
+        (sqlite_suspensions.COUNT_PENDING, (), "COVERING INDEX pending_match"),
         (sqlite_suspensions.COUNT_TIMERS, (), "COVERING INDEX runs_suspended_wake (wake_at>?)"),
-        (sqlite_suspensions.WAITS_FOR, ("payment", 10), "pending_wait (kind=? AND event=?)"),
+        (
+            sqlite_suspensions.PATH_LISTS,
+            ("payment", "", 10),
+            "COVERING INDEX pending_match (kind=? AND event=? AND paths>?)",
+        ),
+        (
+            sqlite_suspensions.WAITS_BY_KEY,
+            ("payment", '["a"]', b"{}", "", "", 10),
+            "pending_match (kind=? AND event=? AND paths=? AND match=? AND (run_id,step_id)>(?,?))",
+        ),
+        (
+            sqlite_suspensions.WAITS_UNINDEXED,
+            ("payment", "", "", "", 10),
+            "pending_match (kind=? AND event=? AND paths=? AND (match,run_id,step_id)>(?,?,?))",
+        ),
         (sqlite_suspensions.EVENTS_SINCE, ("payment", 5.0, 10), "events_name_ts (name=? AND ts>?)"),
         (sqlite_sql.PURGE_EVENTS, (5.0, 10), "events_ts (ts<?)"),
         (sqlite_sql.PURGEABLE, (5.0, 10), "runs_finished (finished_at<?)"),

@@ -105,7 +105,7 @@ async def test_sqlite_a_v2_database_migrates_in_place(tmp_path: Path) -> None:
         ]
         assert await store.next_wake_at() == 300.0
         assert ids(await store.claim_due("me", 300.0, 30.0)) == ["backoff"]
-        assert await store.add_event("e1", "payment", b"{}", 200.0)
+        assert (await store.add_event("e1", "payment", b"{}", 200.0)).new
         assert await store.purge_before(1000.0) == 1  # "done" and the event
     finally:
         await store.close()
@@ -118,7 +118,6 @@ async def test_sqlite_a_v2_database_migrates_in_place(tmp_path: Path) -> None:
         "runs_list",
         "runs_list_route",
         "runs_list_status",
-        "pending_wait",
         "events_name_ts",
         "events_ts",
     } <= indexes

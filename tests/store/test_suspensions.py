@@ -5,13 +5,16 @@ events, completing a wait, cancel and retry. Contract tests: every database pass
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 
 from gateway.errors import StoreUnavailable
 from gateway.store import (
+    AddedEvent,
     CancelRun,
+    CompletedWait,
     DropPending,
     EventRow,
     FinishRun,
@@ -27,6 +30,7 @@ from gateway.store import (
     UpdateRun,
     Write,
 )
+from step_protocol import wire
 from tests.store.records import REQUEST, create, ids
 
 if TYPE_CHECKING:
@@ -297,9 +301,9 @@ async def test_next_wake_at_is_the_earliest_suspended_wake(store: FullStore) -> 
 
 
 async def test_add_event_deduplicates_by_id(store: FullStore) -> None:
-    assert await store.add_event("e1", "payment", b'{"order_id":"42"}', 100.0)
-    assert not await store.add_event("e1", "payment", b'{"order_id":"43"}', 101.0)
-    assert not await store.add_event("e1", "other", b"{}", 102.0)
+    assert (await store.add_event("e1", "payment", b'{"order_id":"42"}', 100.0)).new
+    assert not (await store.add_event("e1", "payment", b'{"order_id":"43"}', 101.0)).new
+    assert not (await store.add_event("e1", "other", b"{}", 102.0)).new
 
     assert await store.events_since("payment", 0.0) == [
         EventRow("e1", "payment", b'{"order_id":"42"}', 100.0)
@@ -315,7 +319,7 @@ async def test_events_since_filters_by_name_and_time_oldest_first(store: FullSto
         ("e2", "payment", 200.0),
         ("e2b", "payment", 200.0),
     ]:
-        assert await store.add_event(event_id, name, b"null", ts)
+        assert (await store.add_event(event_id, name, b"null", ts)).new
 
     def names(rows: list[EventRow]) -> list[str]:
         return [row.event_id for row in rows]
@@ -327,13 +331,25 @@ async def test_events_since_filters_by_name_and_time_oldest_first(store: FullSto
     assert names(await store.events_since("payment", 300.5)) == []
 
 
-async def test_waits_for_returns_waits_on_that_event_of_suspended_runs(store: FullStore) -> None:
+def payment(event_id: str = "e1", data: bytes = b'{"order_id":"42"}', ts: float = 200.0) -> bytes:
+    """The output of a wait the `payment` event completes: its event object, keys sorted."""
+    return orjson.dumps(
+        wire.event_output(event_id, "payment", orjson.loads(data), ts),
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+async def test_add_event_completes_the_matching_waits_of_suspended_runs(
+    store: FullStore,
+) -> None:
     await store.apply(
         [
             *suspended("r1", None),
             wait("r1", "paid", "payment", at=120.0),
             *suspended("r2", 900.0),
             wait("r2", "paid", "payment", wake_at=900.0, at=110.0, match=None),
+            *suspended("other-id", None),
+            wait("other-id", "paid", "payment", match=b'{"data.order_id":"43"}'),
             *suspended("r3", None),
             wait("r3", "shipped", "shipment"),
             *suspended("r4", 300.0),
@@ -343,17 +359,163 @@ async def test_waits_for_returns_waits_on_that_event_of_suspended_runs(store: Fu
             *suspended("cancelled", None),
             wait("cancelled", "paid", "payment"),
             CancelRun("cancelled", CANCELLED, 130.0),
+            *suspended("done-already", None),
+            wait("done-already", "paid", "payment"),
+            PutStep("done-already", "paid", b"null", 1, 150.0),
         ]
     )
 
-    waits = await store.waits_for("payment")
+    added = await store.add_event("e1", "payment", b'{"order_id":"42"}', 200.0)
 
-    assert waits == [
-        PendingRow("r2", "paid", "wait", 900.0, "payment", None, 110.0),
-        PendingRow("r1", "paid", "wait", None, "payment", MATCH, 120.0),
-    ]
-    assert [w.run_id for w in await store.waits_for("payment", limit=1)] == ["r2"]
-    assert await store.waits_for("nothing") == []
+    output = payment()
+    assert added == AddedEvent(
+        True, (CompletedWait("r1", "paid", output), CompletedWait("r2", "paid", output))
+    )
+    for run_id in ("r1", "r2"):
+        assert await store.load_steps(run_id) == {"paid": output}
+        assert await store.list_pending(run_id) == []
+        run = await run_of(store, run_id)
+        assert (run.status, run.wake_at) == ("suspended", 200.0)
+    assert ids(await store.claim_due("a", 200.0, TTL)) == ["r1", "r2"]
+    for run_id in ("other-id", "r3", "r4", "running", "done-already"):
+        assert len(await store.list_pending(run_id)) == 1, run_id
+    assert await store.load_steps("running") == {}
+    assert await store.load_steps("done-already") == {"paid": b"null"}
+    assert [e.event_id for e in await store.events_since("payment", 0.0)] == ["e1"]
+
+
+async def test_a_duplicate_event_completes_nothing_and_the_first_ones_stay_done(
+    store: FullStore,
+) -> None:
+    await store.apply([*suspended("r1", None), wait("r1")])
+    first = await store.add_event("e1", "payment", b'{"order_id":"42"}', 200.0)
+    await store.apply([*suspended("r2", None), wait("r2")])
+
+    again = await store.add_event("e1", "payment", b'{"order_id":"42"}', 300.0)
+
+    assert first.completed == (CompletedWait("r1", "paid", payment()),)
+    assert again == AddedEvent(False, ())
+    assert await store.load_steps("r1") == {"paid": payment()}
+    assert await store.list_pending("r1") == []
+    # The repeat is not an event again: a wait made since is left to later events.
+    assert len(await store.list_pending("r2")) == 1
+
+
+async def test_an_event_is_stored_only_with_the_completions_it_makes(
+    store: FullStore, database: Database
+) -> None:
+    await store.apply([*suspended("r1", None), wait("r1"), *suspended("r2", None), wait("r2")])
+    database.fail_step_insert("paid")
+
+    with pytest.raises(StoreUnavailable):
+        await store.add_event("e1", "payment", b'{"order_id":"42"}', 200.0)
+
+    # Neither the event nor any completion: a retry of the post is a new event, not a
+    # duplicate that would leave the runs waiting for ever.
+    assert await store.events_since("payment", 0.0) == []
+    assert len(await store.list_pending("r1")) == len(await store.list_pending("r2")) == 1
+    assert (await run_of(store, "r1")).wake_at is None
+
+
+async def test_add_event_pages_through_many_waits_and_path_lists(store: FullStore) -> None:
+    writes: list[Write] = []
+    for i in range(7):  # one path list, seven waits behind the same key
+        writes += [*suspended(f"same-{i}", None), wait(f"same-{i}")]
+    for i in range(5):  # five path lists, each with a fitting and a non-fitting wait
+        fits = orjson.dumps({"data.order_id": "42", f"data.k{i}": i})
+        writes += [*suspended(f"fits-{i}", None), wait(f"fits-{i}", match=fits)]
+        misses = orjson.dumps({"data.order_id": "42", f"data.k{i}": -1})
+        writes += [*suspended(f"misses-{i}", None), wait(f"misses-{i}", match=misses)]
+    await store.apply(writes)
+    data = orjson.dumps({"order_id": "42", **{f"k{i}": i for i in range(5)}})
+
+    added = await store.add_event("e1", "payment", data, 200.0, page=2)
+
+    assert sorted(w.run_id for w in added.completed) == sorted(
+        [f"same-{i}" for i in range(7)] + [f"fits-{i}" for i in range(5)]
+    )
+    assert {w.output for w in added.completed} == {payment(data=data)}
+    for i in range(5):
+        assert len(await store.list_pending(f"misses-{i}")) == 1
+
+
+# Awkward matches and events: what the index finds must be what `wire.event_matches`
+# finds, value for value.
+MATCHES: list[dict[str, Any]] = [
+    {},
+    {"data.n": 1},
+    {"data.n": 1.0},
+    {"data.n": True},
+    {"data.n": "1"},
+    {"data.n": 0},
+    {"data.n": -0.0},
+    {"data.n": False},
+    {"data.n": None},
+    {"data.n": 0.1},
+    {"data.n": 100},
+    {"data.n": 18446744073709551615},
+    {"data.n": 1.8446744073709552e19},
+    {"data.n": 9007199254740993},
+    {"data.n": [1, 2.0, {"b": 1, "a": [True]}]},
+    {"data.n": {"b": 2, "a": 1.0}},
+    {"data.n": {"a": 1}},
+    {"data.n.a": 1},
+    {"data.n.0": 1},
+    {"data.": 5},
+    {"data.x.y": None},
+    {"data.é.ü": "ß", "data.n": 1},
+    {"data.a.b": 1},
+    {"data": {"n": 1}},
+    {"name": "payment"},
+    {"id": "e-1", "data.n": 1},
+    {"data.n": '\u0000"\n'},
+    {"data.n": 1, "data.m": 2},
+    {"data.m": 2.0, "data.n": 1},
+]
+EVENTS: list[Any] = [
+    {"n": 1},
+    {"n": 1.0, "m": 2},
+    {"n": True},
+    {"n": "1"},
+    {"n": 0},
+    {"n": -0.0},
+    {"n": False},
+    {"n": None},
+    {},
+    {"n": 0.1},
+    {"n": 1e2},
+    {"n": 18446744073709551615},
+    {"n": 1.8446744073709552e19},
+    {"n": 9007199254740992.0},
+    {"n": 9007199254740993},
+    {"n": [1.0, 2, {"a": [True], "b": 1.0}]},
+    {"n": [1, 2]},
+    {"n": {"a": 1, "b": 2}},
+    {"n": {"a": 1.0}},
+    {"n": [1]},
+    {"": 5},
+    {"x": {"y": None}},
+    {"x": None},
+    {"a.b": 1},
+    {"é": {"ü": "ß"}, "n": 1},
+    {"n": '\u0000"\n'},
+]
+
+
+@pytest.mark.parametrize("data", EVENTS, ids=lambda d: orjson.dumps(d).decode())
+async def test_the_index_finds_what_event_matches_finds(store: FullStore, data: Any) -> None:
+    writes: list[Write] = []
+    for i, match in enumerate(MATCHES):
+        writes += [*suspended(f"r{i:02}", None), wait(f"r{i:02}", match=orjson.dumps(match))]
+    await store.apply(writes)
+    raw = orjson.dumps(data)
+    event = wire.event_output("e-1", "payment", orjson.loads(raw), 200.0)
+
+    added = await store.add_event("e-1", "payment", raw, 200.0, page=3)
+
+    expected = [f"r{i:02}" for i, m in enumerate(MATCHES) if wire.event_matches(m, event)]
+    assert sorted(w.run_id for w in added.completed) == expected
+    assert "r00" in expected  # the empty match takes every event of its name
 
 
 async def test_complete_wait_records_the_step_and_makes_the_run_due(store: FullStore) -> None:
@@ -563,8 +725,8 @@ async def test_a_failing_batch_writes_no_pending_row_or_suspension(
 
 async def test_purge_deletes_old_events_in_batches(store: FullStore, database: Database) -> None:
     for i in range(7):
-        assert await store.add_event(f"old-{i}", "payment", b"{}", 100.0 + i)
-    assert await store.add_event("young", "payment", b"{}", 900.0)
+        assert (await store.add_event(f"old-{i}", "payment", b"{}", 100.0 + i)).new
+    assert (await store.add_event("young", "payment", b"{}", 900.0)).new
 
     # No runs to purge: the events alone keep the loop going while a batch is full.
     assert [await store.purge_before(500.0, limit=3) for _ in range(4)] == [3, 3, 1, 0]
@@ -572,7 +734,7 @@ async def test_purge_deletes_old_events_in_batches(store: FullStore, database: D
     assert [e.event_id for e in await store.events_since("payment", 0.0)] == ["young"]
     assert database.count("events") == 1
     # The id of a purged event is free again.
-    assert await store.add_event("old-0", "payment", b"{}", 901.0)
+    assert (await store.add_event("old-0", "payment", b"{}", 901.0)).new
 
 
 async def test_purge_takes_runs_and_events_in_the_same_batches(
@@ -591,7 +753,7 @@ async def test_purge_takes_runs_and_events_in_the_same_batches(
         ]
     )
     for i in range(2):
-        assert await store.add_event(f"e{i}", "payment", b"{}", 100.0 + i)
+        assert (await store.add_event(f"e{i}", "payment", b"{}", 100.0 + i)).new
 
     assert await store.purge_before(500.0, limit=4) == 4
     assert await store.purge_before(500.0, limit=4) == 2

@@ -29,7 +29,10 @@ INSERT_RUN = (
     " method, path_qs, req_headers, req_body)"
     " VALUES (?, 'chat', 'suspended', 1, ?, ?, ?, 'POST', '/api/chat', X'5b5d', ?)"
 )
-INSERT_PENDING = "INSERT INTO pending VALUES (?, 'step', ?, ?, ?, ?, ?)"
+INSERT_PENDING = (
+    "INSERT INTO pending (run_id, step_id, kind, wake_at, event, match, created_at)"
+    " VALUES (?, 'step', ?, ?, ?, ?, ?)"
+)
 
 
 async def suspended_store(

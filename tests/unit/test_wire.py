@@ -393,6 +393,43 @@ def test_event_matches(match: dict[str, Any] | None, matches: bool) -> None:
     assert wire.event_matches(match, EVENT) is matches
 
 
+# JSON texts that are awkward to compare: numbers written several ways, around the
+# 64-bit and 2**53 edges, booleans against 0 and 1, null, nesting, key order, escapes.
+JSON_TEXTS = [
+    "1", "1.0", "1e0", "10E-1", "true", "false", "0", "-0", "-0.0", "0.0", "null", '"1"',
+    '""', "0.1", "1e2", "100", "100.5", "9007199254740992", "9007199254740993",
+    "9007199254740992.0", "18446744073709551615", "18446744073709551616",
+    "1.8446744073709552e19", "-9223372036854775808", "-9223372036854775809",
+    "[]", "{}", "[1, 2.0]", "[1.0, 2]", "[2, 1]", '{"a": 1, "b": [true]}',
+    '{"b": [true], "a": 1.0}', '{"a": 1}', '{"a": null}', r'"\u00e9"', '"\u00e9"',
+    r'"\n"', r'"\u000a"', '[{"x": {"y": 1.0}}]', '[{"x": {"y": 1}}]', '[{"x": {"y": true}}]',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("left", JSON_TEXTS)
+def test_canonical_json_is_equal_exactly_when_json_equal(left: str) -> None:
+    a = orjson.loads(left)
+    for right in JSON_TEXTS:
+        b = orjson.loads(right)
+        same = wire.canonical_json(a) == wire.canonical_json(b)
+        assert same is wire.json_equal(a, b), (left, right)
+
+
+def test_canonical_json_sorts_keys_and_writes_integral_numbers_as_integers() -> None:
+    assert wire.canonical_json({"b": 1.0, "a": [-0.0, 2.5, {"d": 1, "c": 1e2}]}) == (
+        b'{"a":[0,2.5,{"c":100,"d":1}],"b":1}'
+    )
+    with pytest.raises(ValueError, match="not a JSON number"):
+        wire.canonical_json(float("inf"))
+
+
+def test_lookup_names_a_member_or_nothing() -> None:
+    assert wire.lookup(EVENT, "data.user.tier") == "pro"
+    assert wire.lookup(EVENT, "data.note") is None
+    assert wire.lookup(EVENT, "data.missing") is wire.MISSING
+    assert wire.lookup(EVENT, "data.tags.0") is wire.MISSING  # arrays are not objects
+
+
 def test_paths() -> None:
     assert wire.step_path("nap") + wire.SLEEP_SUFFIX == "nap/sleep"
     assert wire.step_path("paid:1") + wire.WAIT_SUFFIX == "paid%3A1/wait"

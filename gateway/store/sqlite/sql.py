@@ -18,6 +18,7 @@ from gateway.store.batch import (
     encode_headers,
     group_writes,
 )
+from gateway.store.match_keys import wait_columns
 from gateway.store.records import (
     FINAL_STATUSES,
     STEP_ERRORS_KEPT,
@@ -78,9 +79,10 @@ _SQL: Final[dict[type[Any], str]] = {
         " finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL, lease_until = NULL"
         " WHERE run_id = ?"
     ),
+    # A wait's match goes in canonical, with its path list: the match index's key.
     PutPending: (
-        "INSERT INTO pending (run_id, step_id, kind, wake_at, event, match, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
+        "INSERT INTO pending (run_id, step_id, kind, wake_at, event, match, created_at, paths)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
     ),
     # One statement for both: a NULL step id matches every step of the run.
     DropPending: "DELETE FROM pending WHERE run_id = ? AND step_id = coalesce(?, step_id)",
@@ -221,14 +223,18 @@ def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
                 write.run_id,
             )
         case PutPending():
+            paths, match = None, write.match
+            if write.kind == "wait":
+                paths, match = wait_columns(write.match)
             return (
                 write.run_id,
                 write.step_id,
                 write.kind,
                 write.wake_at,
                 write.event,
-                write.match,
+                match,
                 write.created_at,
+                paths,
             )
         case DropPending():
             return (write.run_id, write.step_id)

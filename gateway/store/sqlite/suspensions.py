@@ -9,10 +9,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Final
 
-from gateway.store.records import EventRow, PendingRow, RunRow
+import aiosqlite
+import orjson
+
+from gateway.store.match_keys import event_key, event_output
+from gateway.store.records import AddedEvent, CompletedWait, EventRow, PendingRow, RunRow
 from gateway.store.schema import SUSPENDED
 from gateway.store.sqlite.connection import SqliteConnections
-from gateway.store.sqlite.sql import RUN_COLUMNS
+from gateway.store.sqlite.sql import RUN_COLUMNS, claim_updates, multi_row
+from step_protocol import wire
 
 PENDING_COLUMNS: Final = "run_id, step_id, kind, wake_at, event, match, created_at"
 
@@ -36,12 +41,40 @@ COUNT_TIMERS: Final = (
 COUNT_SUSPENDS: Final = "SELECT count(*) FROM attempts WHERE run_id = ? AND outcome = 'suspended'"
 # Index-only on pending_wait: no join, so a scrape never reads 100k runs rows.
 COUNT_PENDING: Final = "SELECT kind, count(*) FROM pending GROUP BY kind"
-WAITS_FOR: Final = (
-    f"SELECT {', '.join('p.' + c for c in PENDING_COLUMNS.split(', '))}"
-    " FROM pending AS p JOIN runs AS r ON r.run_id = p.run_id"
-    " WHERE p.kind = 'wait' AND p.event = ? AND r.status = 'suspended'"
-    " ORDER BY p.created_at LIMIT ?"
+# The next distinct path lists of an event's waits after a cursor, one index seek each
+# (a loose index scan: DISTINCT would read every wait of the name); LIMIT bounds the
+# recursion itself.
+PATH_LISTS: Final = (
+    "WITH RECURSIVE d (paths) AS ("
+    " SELECT (SELECT paths FROM pending WHERE kind = 'wait' AND event = ?1 AND paths > ?2"
+    " ORDER BY paths LIMIT 1)"
+    " UNION ALL SELECT (SELECT paths FROM pending WHERE kind = 'wait' AND event = ?1"
+    " AND paths > d.paths ORDER BY paths LIMIT 1) FROM d WHERE d.paths IS NOT NULL LIMIT ?3"
+    ") SELECT paths FROM d WHERE paths IS NOT NULL"
 )
+# Open waits of suspended runs behind a key, a keyset page at a time in the index's own
+# order (its rows end with the primary key). A live run's wait is left to its driver,
+# which looks for missed events when the run suspends (`suspensions.missed_event`).
+_OPEN_WAITS: Final = (
+    "SELECT p.run_id, p.step_id, r.attempt, p.match"
+    " FROM pending AS p INDEXED BY pending_match JOIN runs AS r ON r.run_id = p.run_id"
+    " WHERE p.kind = 'wait' AND p.event = ? AND {key} AND ({order}) > ({cursor})"
+    " AND r.status = 'suspended' AND NOT EXISTS (SELECT 1 FROM steps AS s"
+    " WHERE s.run_id = p.run_id AND s.step_id = p.step_id)"
+    " ORDER BY {order} LIMIT ?"
+)
+WAITS_BY_KEY: Final = _OPEN_WAITS.format(
+    key="p.paths = ? AND p.match = ?", order="p.run_id, p.step_id", cursor="?, ?"
+)
+# Waits the index cannot serve (see schema version 4), matched one by one in Python;
+# match is in their order too, as in the index after a NULL path list.
+WAITS_UNINDEXED: Final = _OPEN_WAITS.format(
+    key="p.paths IS NULL", order="p.match, p.run_id, p.step_id", cursor="?, ?, ?"
+)
+INSERT_STEPS: Final = (
+    "INSERT INTO steps (run_id, step_id, output, attempt, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+DELETE_WAITS: Final = "DELETE FROM pending WHERE (run_id, step_id) IN (VALUES (?, ?))"
 # The wait, its run's attempt, and whether the step is done, in one read.
 OPEN_WAIT: Final = (
     "SELECT r.attempt, EXISTS (SELECT 1 FROM steps AS s"
@@ -128,13 +161,31 @@ class Suspensions(SqliteConnections):
         )
         return [pending_row(row) for row in rows]
 
-    async def waits_for(self, event: str, limit: int = 10_000) -> list[PendingRow]:
-        return [pending_row(row) for row in await self._read_all(WAITS_FOR, event, limit)]
-
-    async def add_event(self, event_id: str, name: str, data: bytes, ts: float) -> bool:
+    async def add_event(
+        self, event_id: str, name: str, data: bytes, ts: float, *, page: int = 500
+    ) -> AddedEvent:
+        """See SuspensionStore.add_event. The write transaction is the lock, as in
+        `complete_wait`: a wait is either in the store when it runs, and matched here, or
+        committed after it, and then its run finds the stored event itself."""
         async with self._transaction("recording an event") as conn:
             async with conn.execute(INSERT_EVENT, (event_id, name, data, ts)) as cur:
-                return cur.rowcount == 1
+                if cur.rowcount != 1:
+                    return AddedEvent(False)
+            event = _Event(event_id, name, data, ts)
+            completed: list[CompletedWait] = []
+            after = ""  # sorts before every JSON array
+            while True:
+                async with conn.execute(PATH_LISTS, (name, after, page)) as cur:
+                    lists = [str(row[0]) for row in await cur.fetchall()]
+                for paths in lists:
+                    key = event_key(event.object, orjson.loads(paths))
+                    if key is not None:
+                        completed += await _complete(conn, event, WAITS_BY_KEY, (paths, key), page)
+                if len(lists) < page:
+                    break
+                after = lists[-1]
+            completed += await _complete(conn, event, WAITS_UNINDEXED, (), page)
+        return AddedEvent(True, tuple(completed))
 
     async def complete_wait(self, run_id: str, step_id: str, output: bytes, now: float) -> bool:
         """See SuspensionStore.complete_wait. The write transaction is the lock: a second
@@ -152,3 +203,64 @@ class Suspensions(SqliteConnections):
     async def events_since(self, name: str, since: float, limit: int = 1000) -> list[EventRow]:
         rows = await self._read_all(EVENTS_SINCE, name, since, limit)
         return [EventRow(row[0], row[1], bytes(row[2]), row[3]) for row in rows]
+
+
+class _Event:
+    """The event being recorded, decoded only once a wait of its name needs it."""
+
+    __slots__ = ("event_id", "name", "data", "ts", "_object", "_output")
+
+    def __init__(self, event_id: str, name: str, data: bytes, ts: float) -> None:
+        self.event_id, self.name, self.data, self.ts = event_id, name, data, ts
+        self._object: dict[str, Any] | None = None
+        self._output: bytes | None = None
+
+    @property
+    def object(self) -> dict[str, Any]:
+        """The event object waits match (`wire.event_output`)."""
+        if self._object is None:
+            data = orjson.loads(self.data)
+            self._object = wire.event_output(self.event_id, self.name, data, self.ts)
+        return self._object
+
+    @property
+    def output(self) -> bytes:
+        if self._output is None:
+            self._output = event_output(self.object)
+        return self._output
+
+
+async def _complete(
+    conn: aiosqlite.Connection, event: _Event, select: str, key: tuple[Any, ...], page: int
+) -> list[CompletedWait]:
+    """Complete the open waits `select` finds behind `key` (none: unindexed ones) that
+    the event fits, a page at a time, in the caller's transaction: store the step,
+    delete the wait, make the run due at the event's time. A few statements per page,
+    never one per wait.
+    """
+    done: list[CompletedWait] = []
+    cursor: tuple[Any, ...] = ("", "") if key else ("", "", "")  # "" sorts first
+    while True:
+        async with conn.execute(select, (event.name, *key, *cursor, page)) as cur:
+            rows = list(await cur.fetchall())
+        if not rows:
+            return done
+        last = rows[-1]
+        cursor = (last[0], last[1]) if key else (last[3], last[0], last[1])
+        fits = rows if key else [r for r in rows if _fits(r[3], event)]
+        if fits:
+            output, ts = event.output, event.ts
+            steps = [(r[0], r[1], output, r[2], ts) for r in fits]
+            waits = [(r[0], r[1]) for r in fits]
+            for sql, rows_args in multi_row(INSERT_STEPS, steps) + multi_row(DELETE_WAITS, waits):
+                for args in rows_args:
+                    await conn.execute(sql, args)
+            for sql, args in claim_updates("wake_at = ?", (ts,), [r[0] for r in fits]):
+                await conn.execute(sql, args)
+            done += (CompletedWait(r[0], r[1], output) for r in fits)
+        if len(rows) < page:
+            return done
+
+
+def _fits(match: Any, event: _Event) -> bool:
+    return wire.event_matches(orjson.loads(match) if match else None, event.object)

@@ -1,0 +1,45 @@
+"""Index keys of event waits, for every dialect: a wait is found by bytes, not by Python.
+
+A wait's `match` is stored as `wire.canonical_json` of {dotted path: value}, next to its
+sorted path list; an event builds the same bytes from its own values at those paths.
+Equal bytes exactly when `wire.event_matches` holds. Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from step_protocol import wire
+
+
+def wait_columns(match: bytes | None) -> tuple[str, bytes]:
+    """A wait's (paths, match) columns from its match as JSON (None: `{}`, any event).
+
+    Canonical again here, whoever wrote the bytes, so the index never depends on a
+    caller having normalised its numbers.
+    """
+    criteria = orjson.loads(match) if match else {}
+    if not isinstance(criteria, dict):
+        raise ValueError(f"a wait's match must be a JSON object, not {match!r}")
+    return orjson.dumps(sorted(criteria)).decode(), wire.canonical_json(criteria)
+
+
+def event_key(event: Mapping[str, Any], paths: list[str]) -> bytes | None:
+    """The `match` bytes of the waits with these paths that this event fits; None when
+    one path leads nowhere in it (then no such wait fits)."""
+    values: dict[str, Any] = {}
+    for path in paths:
+        found = wire.lookup(event, path)
+        if found is wire.MISSING:
+            return None
+        values[path] = found
+    return wire.canonical_json(values)
+
+
+def event_output(event: Mapping[str, Any]) -> bytes:
+    """A matched event as a wait step's output: the event object, keys sorted (what
+    `gateway.engine.suspensions.first_match` gives for a stored event)."""
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
