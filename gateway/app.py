@@ -67,6 +67,7 @@ async def build_services(config: GatewayConfig) -> Services:
     )
     scheduler = Scheduler(store, driver, config.routes)
     driver.on_suspend = scheduler.poke
+    writer.on_rejected = driver.store_refused
     return Services(
         config=config,
         store=store,
