@@ -69,6 +69,7 @@ async def build_services(config: GatewayConfig) -> Services:
         routes=config.routes,
     )
     scheduler = Scheduler(store, driver)
+    writer.on_rejected = driver.store_refused
     return Services(
         config=config,
         store=store,

@@ -2,7 +2,10 @@
 
     GatewayError
     ├── ConfigError            bad configuration: key path, line, message
-    ├── StoreUnavailable       the store could not take a read or write
+    ├── StoreUnavailable       the store cannot take a read or write now (locked, full,
+    │                          read-only, I/O): transient, retried
+    ├── StoreRejected          the store refuses one write for good (too big, a broken
+    │                          constraint, a value it cannot bind): retrying cannot help
     └── ProblemError           answered to a caller as problem+json (status, type, title)
         ├── RouteNotFound          404
         ├── NotFound               404 (unknown run, wrong token, unknown step)
@@ -69,6 +72,14 @@ class ConfigError(GatewayError):
 
 class StoreUnavailable(GatewayError):
     """The store could not take a read or a write; callers answer 503."""
+
+
+class StoreRejected(GatewayError):
+    """The store refused a write for good: the writer drops it (alone) and says whose it was.
+
+    Not a StoreUnavailable: retrying the same write fails the same way, so retrying
+    it, as the writer does for a fault, would hold up every write queued behind it.
+    """
 
 
 class ProblemError(GatewayError):

@@ -8,6 +8,7 @@ disconnects cancels nothing. Writes are queued on the writer; only `sync` ones a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -17,7 +18,9 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from gateway import metrics, upstream
 from gateway.config import RouteConfig
@@ -29,7 +32,7 @@ from gateway.engine.retries import AttemptOutcome, Decision, Verdict, decide
 from gateway.engine.runs import Pending, PendingKind, Run, StepResult, stored_problem
 from gateway.engine.suspensions import Answer
 from gateway.engine.tokens import Tokens, new_run_id
-from gateway.errors import Conflict, NotFound, StaleAttempt, Unavailable
+from gateway.errors import TYPE_BASE, Conflict, NotFound, StaleAttempt, Unavailable
 from gateway.store import (
     FINAL_STATUSES,
     AddedEvent,
@@ -48,6 +51,7 @@ from gateway.store import (
     StoredResponse,
     SuspendRun,
     UpdateRun,
+    Write,
 )
 from gateway.store.records import MAX_ERROR_MESSAGE, RecordStepError, RunStatus
 from gateway.store.writer import Writer
@@ -379,6 +383,8 @@ class Driver:
                 await self._next_attempt(live)
             while True:
                 tried = await self._attempt_in_slot(live)
+                if run.finished:  # in the attempt, or failed meanwhile (see store_refused)
+                    return
                 outcome = tried.outcome
                 if run.suspension is not None:
                     if not await self._suspend(live):
@@ -536,6 +542,8 @@ class Driver:
         outcome = tried.outcome
         kind = "suspended" if run.suspension is not None else outcome.kind.value
         metrics.child(metrics.ATTEMPTS, run.route.name, kind).inc()
+        if _never_stored(live):
+            return tried  # its attempts must not be stored either
         self.writer.post(
             RecordAttempt(
                 run.run_id,
@@ -644,11 +652,39 @@ class Driver:
         run.status = RunStatus.SUCCEEDED if response.status < 400 else RunStatus.FAILED
         run.wake_at = None
         metrics.child(metrics.RUNS, run.route.name, run.status.value).inc()
-        committed = live.final_commit = self.writer.submit(
-            FinishRun(run.run_id, run.status.value, response, time.time())
-        )
-        committed.add_done_callback(lambda _: self.forget(run.run_id))
+        live.final_commit = asyncio.get_running_loop().create_future()
+        self._store_final(live)
         live.notify()
+
+    def _store_final(self, live: LiveRun) -> None:
+        """Queue the run's final response. `live.final_commit` resolves once the response
+        the run holds is committed, and the run leaves memory then: a problem that
+        replaced a refused response (`store_refused`) is what waiters get, not an error.
+        """
+        run = live.run
+        assert run.response is not None
+        committed = self.writer.submit(
+            FinishRun(run.run_id, run.status.value, run.response, time.time())
+        )
+        committed.add_done_callback(functools.partial(self._final_settled, live, run.response))
+
+    def _final_settled(
+        self, live: LiveRun, response: StoredResponse, committed: asyncio.Future[None]
+    ) -> None:
+        run = live.run
+        if run.response is not response:
+            return  # replaced meanwhile: the replacement's commit settles the run
+        final = live.final_commit
+        if final is not None and not final.done():
+            if committed.cancelled():
+                final.cancel()
+            elif (exc := committed.exception()) is not None:
+                final.set_exception(exc)  # even the problem was refused: waiters answer 500
+                final.exception()
+            else:
+                final.set_result(None)
+        if self._live.get(run.run_id) is live:
+            self.forget(run.run_id)
 
     def forget(self, run_id: str) -> None:
         """Drop a finished run from memory once the store has it."""
@@ -716,6 +752,57 @@ class Driver:
         self.adopt(run)
         log.info("retried by an operator", extra={"run_id": run_id})
 
+    # --- writes the store refused for good ----------------------------------------------
+
+    def store_refused(self, write: Write, message: str) -> None:
+        """`Writer.on_rejected`: a write of a live run can never be stored, so the run
+        fails with a 500 problem stored as its result, never to run again. The hook runs
+        before the write's future fails, so waiters find the problem in place.
+
+        A refused response is replaced; a run whose creation was refused fails for the
+        clients holding it and leaves, with nothing stored; any other refused write fails
+        the run unless it has its final response already. Runs not live here are left
+        as the store has them.
+        """
+        live = self._live.get(write.run_id)
+        if live is None:
+            return
+        run = live.run
+        if isinstance(write, FinishRun) and write.response is not run.response:
+            return  # a response replaced already
+        problem = stored_problem(
+            run.run_id,
+            500,
+            _NOT_STORED_TYPE,
+            "Result not stored",
+            f"the store refused {_described(write)}: {message}",
+            attempts=run.attempt,
+        )
+        if isinstance(write, CreateRun):
+            run.status, run.response, run.wake_at = RunStatus.FAILED, problem, None
+            if live.final_commit is not None and not live.final_commit.done():
+                live.final_commit.set_result(None)  # nothing to wait for: nothing is stored
+            self._stop(live)
+            live.notify()
+            self.forget(run.run_id)
+        elif isinstance(write, FinishRun):
+            if write.response.body.startswith(_NOT_STORED):
+                return  # the problem itself was refused: `_final_settled` gives up
+            run.status, run.response = RunStatus.FAILED, problem
+            self._store_final(live)
+            live.notify()
+        elif not run.finished:
+            self._finish(live, problem)
+            self._stop(live)
+
+    @staticmethod
+    def _stop(live: LiveRun) -> None:
+        """End a failed run's task, unless it is in an attempt (which may be streaming
+        into a held client): `_drive` then returns once the attempt ends."""
+        task = live.task
+        if task is not None and not task.done() and not live.in_attempt:
+            task.cancel()
+
     # --- shutdown -----------------------------------------------------------------------
 
     async def close(self, grace: float) -> None:
@@ -742,3 +829,31 @@ class Driver:
         unfinished = sum(1 for lv in self._live.values() if not lv.run.finished)
         if unfinished:
             log.warning("%d runs left unfinished for the next start", unfinished)
+
+
+_NOT_STORED_TYPE: Final = "result-not-stored"
+_NOT_STORED: Final = orjson.dumps({"type": TYPE_BASE + _NOT_STORED_TYPE})[:-1]
+"""How the body of such a problem begins (`problem_body` puts `type` first)."""
+
+
+def _described(write: Write) -> str:
+    """What a refused write held, for the problem's detail."""
+    if isinstance(write, FinishRun):
+        response = write.response
+        return f"the final response (status {response.status}, {len(response.body)} bytes)"
+    if isinstance(write, CreateRun):
+        return f"the request ({len(write.request.body)} bytes of body)"
+    if isinstance(write, PutStep):
+        return f"the output of step {write.step_id!r} ({len(write.output)} bytes)"
+    return f"a {type(write).__name__} record"
+
+
+def _never_stored(live: LiveRun) -> bool:
+    """The store refused the run's creation: nothing of it may be stored after."""
+    created = live.created
+    return (
+        created is not None
+        and created.done()
+        and not created.cancelled()
+        and created.exception() is not None
+    )

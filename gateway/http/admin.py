@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import metrics
 from gateway.errors import Unauthorized
 from gateway.http import events_api as events
+from gateway.http.problems import problem_response
 from gateway.http.services import SERVICES
 
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
@@ -50,11 +51,25 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 while the gateway admits new runs (not while starting or draining)."""
+    """200 while the gateway admits new durable runs; else a 503 problem saying why
+    (starting, draining, durable writes failing, the write queue full).
+
+    Built here, not raised: a probe's 503 is no rejected request for the metrics.
+    """
     services = request.app[SERVICES]
-    if not services.ready or not services.driver.accepting:
-        return web.json_response({"status": "not ready"}, status=503)
-    return web.json_response({"status": "ready", "queued_writes": services.writer.depth})
+    writer = services.writer
+    why = None
+    if not services.ready:
+        why = "the gateway is starting"
+    elif not services.driver.accepting:
+        why = "the gateway is shutting down"
+    elif not writer.healthy:
+        why = f"durable writes are failing: {writer.last_error}"
+    elif writer.saturated:
+        why = f"the store's write queue is full ({writer.depth} writes waiting)"
+    if why is not None:
+        return problem_response(503, "not-ready", "Not ready", why, headers={"Retry-After": "1"})
+    return web.json_response({"status": "ready", "queued_writes": writer.depth})
 
 
 def routes() -> web.RouteTableDef:

@@ -13,7 +13,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import metrics
-from gateway.errors import CONTENT_TYPE, ProblemError, StoreUnavailable, problem_body
+from gateway.errors import (
+    CONTENT_TYPE,
+    ProblemError,
+    StoreRejected,
+    StoreUnavailable,
+    problem_body,
+)
 
 log = logging.getLogger("gateway.http.problems")
 
@@ -63,6 +69,9 @@ def answer(request: web.BaseRequest, exc: Exception) -> web.StreamResponse:
         return problem_response(
             503, "store-unavailable", "Storage unavailable", str(exc), headers={"Retry-After": "1"}
         )
+    if isinstance(exc, StoreRejected):  # a write awaited (a sync step, a run's creation)
+        metrics.child(metrics.REJECTED, "500").inc()
+        return problem_response(500, "result-not-stored", "Result not stored", str(exc))
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         metrics.child(metrics.REJECTED, str(exc.status)).inc()
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}

@@ -13,6 +13,9 @@ from gateway.store.protocols import FullStore
 TEST_MAX_PAGES_ENV = "DURABLE_TEST_SQLITE_MAX_PAGES"
 """Test-only fault point: caps an SQLite store's size in pages so writes fail as on a
 full disk (SQLITE_FULL). Never set it in production."""
+TEST_MAX_LENGTH_ENV = "DURABLE_TEST_SQLITE_MAX_LENGTH"
+"""Test-only fault point: lowers the largest value (or row) an SQLite store takes, in
+bytes, so a bigger write is refused for good (SQLITE_TOOBIG). Never set it in production."""
 
 
 async def open_store(url: str) -> FullStore:
@@ -26,7 +29,10 @@ async def open_store(url: str) -> FullStore:
         from gateway.store.sqlite import SqliteStore
 
         max_pages = os.environ.get(TEST_MAX_PAGES_ENV, "").strip()
-        if max_pages:
-            return await SqliteStore.open(url, max_page_count=int(max_pages))
-        return await SqliteStore.open(url)
+        max_length = os.environ.get(TEST_MAX_LENGTH_ENV, "").strip()
+        return await SqliteStore.open(
+            url,
+            max_page_count=int(max_pages) if max_pages else None,
+            max_length=int(max_length) if max_length else None,
+        )
     raise ValueError("this build opens only sqlite:/// stores")

@@ -1,7 +1,9 @@
 """Write-behind group commit: one task drains queued writes into store transactions.
 
-Never acknowledges a write before the transaction holding it has committed, and never
-drops one: a failing batch is retried, in order, until it commits or the gateway stops.
+Never acknowledges a write before the transaction holding it has committed. A batch that
+fails on a fault (locked, full, I/O) is retried, in order, until it commits or the gateway
+stops; a batch holding a write the store refuses for good (StoreRejected) is re-applied
+one write at a time, so only that write is dropped, reported, and the queue goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from typing import final
 
 from gateway import tasks
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.store import Store, Write
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ class Writer:
         "committed_batches",
         "committed_writes",
         "failed_tries",
+        "rejected_writes",
         "on_commit",
+        "on_rejected",
         "failing_since",
         "last_error",
         "_store",
@@ -60,8 +64,13 @@ class Writer:
         self.committed_writes = 0
         self.failed_tries = 0
         """Failed `apply` calls since start, over every burst."""
+        self.rejected_writes = 0
+        """Writes the store refused for good and the writer dropped, since start."""
         self.on_commit: Callable[[int, float], None] | None = None
         """Called after each commit with (batch size, seconds in apply); for metrics."""
+        self.on_rejected: Callable[[Write, str], None] | None = None
+        """Called with (write, the store's message) for each write refused for good,
+        before its future fails: the owner of its run decides what the run becomes."""
         self.failing_since: float | None = None
         """Wall-clock time of the first failure of the current burst; None when healthy."""
         self.last_error: str | None = None
@@ -76,7 +85,7 @@ class Writer:
         # flush() waiters: (sequence number to reach, future); targets never decrease.
         self._flushers: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._submitted = 0
-        self._committed = 0
+        self._committed = 0  # writes settled, in order: committed, or rejected for good
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._stopping = False
@@ -104,8 +113,10 @@ class Writer:
     def submit(self, write: Write) -> asyncio.Future[None]:
         """Queue a write; the future resolves once its batch has committed.
 
-        Never awaits. Ignoring the future is fine: it only ever gets a result, or is
-        cancelled at shutdown, so it cannot log "exception was never retrieved".
+        Never awaits. Ignoring the future is fine: it gets a result, or StoreRejected
+        when the store refuses the write for good (reported through `on_rejected` and
+        the log, and marked retrieved), or is cancelled at shutdown, so it cannot log
+        "exception was never retrieved".
         Raises StoreUnavailable once `close()` has begun, rather than queue a write
         that nothing would commit; never for a full queue (see `saturated`), since a
         run already admitted must be able to record its progress.
@@ -127,7 +138,8 @@ class Writer:
         self._wakeup.set()
 
     async def flush(self) -> None:
-        """Wait until every write submitted before this call has committed."""
+        """Wait until every write submitted before this call has committed (or was
+        rejected for good)."""
         target = self._submitted
         if self._committed >= target:
             return
@@ -174,26 +186,84 @@ class Writer:
                     continue
                 count = min(len(self._queue), self._max_batch)
                 self._inflight = [self._queue.popleft() for _ in range(count)]
-                seconds = await self._commit([write for write, _ in self._inflight])
+                try:
+                    seconds = await self._commit([write for write, _ in self._inflight])
+                except StoreRejected as exc:
+                    await self._one_by_one(exc)
+                    continue
                 batch, self._inflight = self._inflight, []
-                self._committed += count
-                self.committed_batches += 1
-                self.committed_writes += count
-                for _, future in batch:
-                    if future is not None and not future.done():  # a caller may have cancelled
-                        future.set_result(None)
-                self._release_flushers()
-                if self.on_commit is not None:
-                    try:
-                        self.on_commit(count, seconds)
-                    except Exception:
-                        log.exception("store writer on_commit hook failed")
+                self._settle(batch, seconds)
         finally:
             self._abandon()
+
+    def _settle(
+        self, batch: list[tuple[Write, asyncio.Future[None] | None]], seconds: float
+    ) -> None:
+        """A batch committed: resolve its futures and the flushers it satisfies."""
+        count = len(batch)
+        self._committed += count
+        self.committed_batches += 1
+        self.committed_writes += count
+        for _, future in batch:
+            if future is not None and not future.done():  # a caller may have cancelled
+                future.set_result(None)
+        self._release_flushers()
+        if self.on_commit is not None:
+            try:
+                self.on_commit(count, seconds)
+            except Exception:
+                log.exception("store writer on_commit hook failed")
+
+    async def _one_by_one(self, refusal: StoreRejected) -> None:
+        """The batch in flight holds a write the store refuses for good: apply its writes
+        one at a time, each alone in its own transaction, in submission order, so every
+        other write commits (in order still) and only the offenders are rejected.
+
+        One transaction a write is slow, but it only ever follows a refusal; a fault
+        on the way is retried as for any batch.
+        """
+        if len(self._inflight) == 1:
+            write, future = self._inflight.pop()
+            self._reject(write, future, refusal)
+            return
+        while self._inflight:
+            entry = self._inflight[0]
+            try:
+                seconds = await self._commit([entry[0]])
+            except StoreRejected as exc:
+                del self._inflight[0]
+                self._reject(*entry, exc)
+                continue
+            del self._inflight[0]
+            self._settle([entry], seconds)
+
+    def _reject(
+        self, write: Write, future: asyncio.Future[None] | None, exc: StoreRejected
+    ) -> None:
+        """Drop a write the store refuses for good: log it, tell the hook, fail its future."""
+        message = str(exc) or type(exc).__name__
+        self._committed += 1
+        self.rejected_writes += 1
+        log.error(
+            "store refused a %s write for good; dropped it: %s",
+            type(write).__name__,
+            message,
+            extra={"run_id": write.run_id},
+        )
+        if self.on_rejected is not None:
+            try:
+                self.on_rejected(write, message)
+            except Exception:
+                log.exception("store writer on_rejected hook failed")
+        if future is not None and not future.done():
+            future.set_exception(exc)
+            future.exception()  # reported above: a submitter that never awaits it is fine
+        self._release_flushers()
 
     async def _commit(self, writes: list[Write]) -> float:
         """Apply one batch, retrying with backoff until it commits; return its duration.
 
+        Raises StoreRejected at once: retrying a write refused for good cannot help.
         Logs once per burst of failures, not once per try, and once more on recovery.
         """
         delay = BACKOFF_FIRST
@@ -203,6 +273,9 @@ class Writer:
             started = time.perf_counter()
             try:
                 await self._store.apply(writes)
+            except StoreRejected:
+                self._recovered(failures, burst_started)  # the store answers again
+                raise
             except Exception as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 self.failed_tries += 1
@@ -219,14 +292,18 @@ class Writer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            if failures:
-                self.failing_since = None
-                log.info(
-                    "store writes recovered after %.1f s, %d retries",
-                    time.perf_counter() - burst_started,
-                    failures,
-                )
+            self._recovered(failures, burst_started)
             return time.perf_counter() - started
+
+    def _recovered(self, failures: int, burst_started: float) -> None:
+        """End a burst of failures, if there was one: healthy again, said once."""
+        if failures:
+            self.failing_since = None
+            log.info(
+                "store writes recovered after %.1f s, %d retries",
+                time.perf_counter() - burst_started,
+                failures,
+            )
 
     def _release_flushers(self) -> None:
         while self._flushers and self._flushers[0][0] <= self._committed:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, cast
 import aiosqlite
 import pytest
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.store import (
     PARKED_STATUSES,
     AttemptRow,
@@ -33,10 +33,11 @@ from gateway.store import (
     schema,
 )
 from gateway.store.batch import group_writes
-from gateway.store.open import TEST_MAX_PAGES_ENV, open_store
+from gateway.store.open import TEST_MAX_LENGTH_ENV, TEST_MAX_PAGES_ENV, open_store
 from gateway.store.records import FINAL_STATUSES
 from gateway.store.sqlite import SqliteStore, describe_error, path_from_url
 from gateway.store.sqlite import sql as sqlite_sql
+from gateway.store.sqlite.connection import refused_for_good
 from gateway.store.sqlite.migrate import migrate_sqlite
 from tests.store import records
 
@@ -269,7 +270,7 @@ async def test_apply_is_all_or_nothing_when_a_statement_fails(
         FinishRun("r1", "succeeded", StoredResponse(200, [], b"x"), 3.0),
     ]
 
-    with pytest.raises(StoreUnavailable) as info:
+    with pytest.raises(StoreRejected) as info:
         await store.apply(batch)
 
     assert info.value.__cause__ is not None
@@ -304,7 +305,7 @@ async def _reads_during_a_failing_batch(store: Store) -> tuple[int, int]:
     async def writer() -> None:
         nonlocal failed
         try:
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreRejected):
                 await store.apply([create("r1"), *churn, poison])
         finally:
             failed = True
@@ -397,7 +398,7 @@ async def test_idempotency_key_is_never_stored_without_its_run(
 ) -> None:
     database.fail_step_insert("boom")
 
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreRejected):
         await store.apply(
             [
                 CreateRun("r1", "chat", REQUEST, 100.0, idempotency=IdempotencyKey("k", "fp")),
@@ -674,3 +675,66 @@ def test_sqlite_errors_are_described_for_operators(error: sqlite3.Error, cause: 
 
     assert message.startswith("sqlite: writing 3 writes failed")
     assert "/data/gw.db" in message and cause in message
+
+
+async def test_sqlite_a_value_over_the_length_limit_is_refused_for_good(tmp_path: Path) -> None:
+    url = "sqlite:///" + str(tmp_path / "short.db")
+    store = await SqliteStore.open(url, max_length=1 << 20)
+    big = b'"' + b"x" * (2 << 20) + b'"'
+    try:
+        with pytest.raises(StoreRejected, match="too big") as info:
+            await store.apply([create("r1"), step("r1", "big", big)])
+        assert isinstance(info.value.__cause__, sqlite3.DataError)
+        assert "SQLITE_LIMIT_LENGTH" in str(info.value)
+        assert await store.get_run("r1") is None  # the whole batch rolled back
+        # Refused again however often it is tried; the rest, alone, commits.
+        with pytest.raises(StoreRejected):
+            await store.apply([step("r1", "big", big)])
+        await store.apply([create("r1"), step("r1", "small")])
+        assert await store.load_steps("r1") == {"small": b'{"ok":true}'}
+    finally:
+        await store.close()
+
+
+async def test_open_store_reads_the_test_max_length_fault_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TEST_MAX_LENGTH_ENV, str(1 << 20))
+    store = await open_store("sqlite:///" + str(tmp_path / "short.db"))
+    try:
+        await store.apply([create("r1", body=b"x" * (512 << 10))])
+        with pytest.raises(StoreRejected, match="too big"):
+            await store.apply([create("r2", body=b"x" * (2 << 20))])
+    finally:
+        await store.close()
+
+
+def _integrity_error() -> sqlite3.IntegrityError:
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE t (k PRIMARY KEY)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        try:
+            conn.execute("INSERT INTO t VALUES (1)")
+        except sqlite3.IntegrityError as exc:
+            return exc
+    raise AssertionError("no IntegrityError")
+
+
+@pytest.mark.parametrize(
+    ("error", "for_good"),
+    [
+        (sqlite3.DataError("string or blob too big"), True),
+        (_integrity_error(), True),
+        (sqlite3.InterfaceError("Error binding parameter 2"), True),
+        (sqlite3.ProgrammingError("Error binding parameter 1: type 'dict' is not supported"), True),
+        (OverflowError("Python int too large to convert to SQLite INTEGER"), True),
+        (TypeError("unsupported type"), True),
+        (sqlite3.OperationalError("database or disk is full"), False),
+        (sqlite3.OperationalError("database is locked"), False),
+        (sqlite3.OperationalError("disk I/O error"), False),
+        (sqlite3.OperationalError("attempt to write a readonly database"), False),
+        (sqlite3.ProgrammingError("Cannot operate on a closed database."), False),
+    ],
+)
+def test_sqlite_errors_that_no_retry_can_fix(error: Exception, for_good: bool) -> None:
+    assert refused_for_good(error) is for_good

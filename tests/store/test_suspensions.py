@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.store import (
     AddedEvent,
     CancelRun,
@@ -711,7 +711,7 @@ async def test_a_failing_batch_writes_no_pending_row_or_suspension(
     await store.apply([create("r1")])
     database.fail_step_insert("boom")
 
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreRejected):
         await store.apply(
             [sleep("r1"), SuspendRun("r1", 1, 500.0, 110.0), PutStep("r1", "boom", b"1", 1, 1.0)]
         )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.store import (
     AttemptRow,
     CreateRun,
@@ -354,3 +354,131 @@ async def test_flush_fails_rather_than_hang_when_the_writer_is_not_running(store
 
     await writer.close(timeout=1)
     assert future.cancelled()
+
+
+LIMIT = 1 << 20
+"""SQLITE_LIMIT_LENGTH of the stores below: a 2 MiB value is refused for good."""
+TOO_BIG = b'"' + b"x" * (2 << 20) + b'"'
+
+
+async def short_store(tmp_path: Path, **kwargs: int) -> SqliteStore:
+    return await SqliteStore.open(
+        "sqlite:///" + str(tmp_path / "short.db"), max_length=LIMIT, **kwargs
+    )
+
+
+async def test_a_refused_write_is_dropped_alone_and_the_rest_commit_in_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await short_store(tmp_path)
+    probe = FlakyProbe(store, after=1)
+    writer = Writer(probe)
+    refused: list[tuple[Write, str]] = []
+    writer.on_rejected = lambda write, message: refused.append((write, message))
+    request = StoredRequest("GET", "/", [], b"")
+    offender = PutStep("r1", "big", TOO_BIG, 1, 1.0)
+    batch: list[Write] = [
+        CreateRun("r1", "route", request, 1.0),
+        put("r1", "before"),
+        UpdateRun("r1", "backoff", 2, 9.0, 2.0),
+        offender,
+        UpdateRun("r1", "running", 3, None, 3.0),
+        put("r1", "after"),
+        CreateRun("r2", "route", request, 1.0),
+        FinishRun("r2", "succeeded", StoredResponse(200, [], b"ok"), 4.0),
+    ]
+    settled: list[int] = []
+    futures = [writer.submit(write) for write in batch]
+    for index, future in enumerate(futures):
+        future.add_done_callback(functools.partial(lambda i, _: settled.append(i), index))
+    writer.post(PutStep("r1", "posted-big", TOO_BIG, 1, 1.0))
+    writer.submit(PutStep("r1", "ignored-big", TOO_BIG, 1, 1.0))  # nobody waits on it
+    writer.start()  # all of it queued first: one batch
+    try:
+        await writer.flush()
+        assert settled == list(range(len(batch)))  # in submission order, the refused one too
+        for write, future in zip(batch, futures, strict=True):
+            if write is offender:
+                assert isinstance(future.exception(), StoreRejected)
+            else:
+                assert future.result() is None
+        assert [write for write, _ in refused][0] is offender
+        assert [getattr(write, "step_id", None) for write, _ in refused][1:] == [
+            "posted-big",
+            "ignored-big",
+        ]
+        assert all("too big" in message for _, message in refused)
+        # Each write of the batch was tried once more alone; no retry loop.
+        assert probe.calls == 1 + len(batch) + 2
+        assert writer.failed_tries == 0 and writer.healthy
+        assert writer.rejected_writes == 3 and writer.depth == 0
+
+        row = await store.get_run("r1")
+        assert row is not None and (row.status, row.attempt) == ("running", 3)
+        assert set(await store.load_steps("r1")) == {"before", "after"}
+        finished = await store.get_run("r2")
+        assert finished is not None and finished.status == "succeeded"
+
+        batches = writer.committed_batches
+        await writer.submit(put("r1", "later"))  # the queue goes on, in batches again
+        assert writer.committed_batches == batches + 1
+        assert set(await store.load_steps("r1")) == {"before", "after", "later"}
+    finally:
+        await writer.close(timeout=10)
+        await store.close()
+    del futures
+    gc.collect()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 3
+    assert all("refused a PutStep write" in r.getMessage() for r in errors)
+    assert all(getattr(r, "run_id", None) == "r1" for r in errors)
+    assert all("too big" in r.getMessage() and r.exc_info is None for r in errors)
+    assert not [r for r in caplog.records if "store writes failing" in r.getMessage()]
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_fault_while_isolating_a_refused_write_is_retried_until_it_lands(
+    tmp_path: Path,
+) -> None:
+    # Full from the start, and a value over the length limit: the batch is refused (the
+    # value cannot even be bound), then the writes alone hit the full disk.
+    store = await short_store(tmp_path, max_page_count=1)
+    probe = FlakyProbe(store, after=2)
+    writer = Writer(probe)
+    refused: list[Write] = []
+    writer.on_rejected = lambda write, message: refused.append(write)
+    fits = b'"' + b"y" * 50_000 + b'"'
+    offender = PutStep("r", "big", TOO_BIG, 1, 1.0)
+    futures = [writer.submit(offender)]
+    futures += [writer.submit(PutStep("r", f"s{i}", fits, 1, 1.0)) for i in range(3)]
+    writer.start()
+    try:
+        await probe.failed_enough.wait()
+        assert refused == [offender] and futures[0].done()
+        assert not writer.healthy
+        assert writer.last_error is not None and "is full" in writer.last_error
+        assert not any(f.done() for f in futures[1:])
+
+        await store.set_max_page_count(1_000_000)  # space is back
+        await asyncio.gather(*futures[1:])
+
+        assert writer.healthy and refused == [offender]
+        assert await store.load_steps("r") == {f"s{i}": fits for i in range(3)}
+    finally:
+        await writer.close(timeout=10)
+        await store.close()
+
+
+async def test_a_batch_of_one_refused_write_is_not_tried_again(tmp_path: Path) -> None:
+    store = await short_store(tmp_path)
+    probe = FlakyProbe(store, after=1)
+    writer = Writer(probe)
+    writer.start()
+    try:
+        with pytest.raises(StoreRejected, match="too big"):
+            await writer.submit(PutStep("r", "big", TOO_BIG, 1, 1.0))
+        await writer.submit(put("r", "next"))
+    finally:
+        await writer.close(timeout=10)
+        await store.close()
+    assert probe.calls == 2 and writer.rejected_writes == 1

@@ -18,7 +18,7 @@ from typing import Any, Final, Self
 import aiosqlite
 
 from gateway.config.storage_url import MEMORY, SqliteUrl, parse_storage_url
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.store.records import RunRow
 from gateway.store.sqlite import filelock
 from gateway.store.sqlite.migrate import migrate_sqlite
@@ -46,10 +46,32 @@ _CAUSES: Final[dict[int, tuple[str, str]]] = {
     10: ("disk i/o error", "hit a disk I/O error"),
     13: ("database or disk is full", "is full: the disk is out of space or the size cap was hit"),
     14: ("unable to open database", "cannot be opened: check the path and its permissions"),
+    18: ("string or blob too big", "refused a value over its length limit (SQLITE_LIMIT_LENGTH)"),
+    19: ("constraint failed", "refused a write that breaks a constraint"),
 }
 
+# SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH, SQLITE_RANGE: the same write fails
+# the same way however often it is tried.
+_REFUSALS: Final = frozenset({18, 19, 20, 25})
 
-def describe_error(exc: sqlite3.Error, path: str, doing: str) -> str:
+
+def refused_for_good(exc: BaseException) -> bool:
+    """True when retrying the write cannot help: a value too big, a broken constraint, or
+    a parameter the driver cannot bind (which Python raises before SQLite sees it)."""
+    if isinstance(exc, sqlite3.DataError | sqlite3.IntegrityError | sqlite3.InterfaceError):
+        return True
+    if isinstance(exc, OverflowError | TypeError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _REFUSALS:
+        return True
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.ProgrammingError) and "binding" in text:
+        return True  # "Error binding parameter 3: type 'dict' is not supported"
+    return "string or blob too big" in text
+
+
+def describe_error(exc: Exception, path: str, doing: str) -> str:
     """A message an operator can act on: what failed, on which file, and the likely cause."""
     text = str(exc)
     code = getattr(exc, "sqlite_errorcode", None)
@@ -60,11 +82,16 @@ def describe_error(exc: sqlite3.Error, path: str, doing: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _mapped_errors(path: str, doing: str) -> AsyncIterator[None]:
-    """Turn database faults into StoreUnavailable, the one error callers handle."""
+async def _mapped_errors(path: str, doing: str, *, refusals: bool = False) -> AsyncIterator[None]:
+    """Turn database faults into StoreUnavailable, the one error callers handle; with
+    `refusals`, a write refused for good into StoreRejected (see `refused_for_good`)."""
     try:
         yield
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OverflowError, TypeError) as exc:
+        if refusals and refused_for_good(exc):
+            raise StoreRejected(describe_error(exc, path, doing)) from exc
+        if not isinstance(exc, sqlite3.Error):
+            raise
         raise StoreUnavailable(describe_error(exc, path, doing)) from exc
 
 
@@ -76,9 +103,27 @@ def _prepare_path(path: str) -> None:
             raise StoreUnavailable(f"sqlite: cannot create the directory of {path}: {exc}") from exc
 
 
-async def _connect(path: str, busy_timeout_ms: int, *, read_only: bool) -> aiosqlite.Connection:
+def _limited(max_length: int) -> type[sqlite3.Connection]:
+    """A connection class whose SQLITE_LIMIT_LENGTH is `max_length` bytes (a test fault
+    point); set as it opens, on the thread aiosqlite runs it on."""
+
+    class Limited(sqlite3.Connection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_length)
+
+    return Limited
+
+
+async def _connect(
+    path: str, busy_timeout_ms: int, *, read_only: bool, max_length: int | None = None
+) -> aiosqlite.Connection:
     # isolation_level=None: autocommit, so the only transactions are our explicit BEGINs.
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    if max_length is None:
+        conn = await aiosqlite.connect(path, isolation_level=None)
+    else:
+        log.warning("sqlite %s: test fault point: SQLITE_LIMIT_LENGTH = %d", path, max_length)
+        conn = await aiosqlite.connect(path, isolation_level=None, factory=_limited(max_length))
     try:
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if read_only:
@@ -129,19 +174,28 @@ class SqliteConnections:
 
     @classmethod
     async def open(
-        cls, url: str, *, busy_timeout_ms: int = 5000, max_page_count: int | None = None
+        cls,
+        url: str,
+        *,
+        busy_timeout_ms: int = 5000,
+        max_page_count: int | None = None,
+        max_length: int | None = None,
     ) -> Self:
         """Open the file a `sqlite:///…` url names, creating, locking and migrating it.
 
-        Raises StoreUnavailable when another process holds the file. `max_page_count`
-        is a test fault point: it caps the file's size so writes fail as on a full disk.
+        Raises StoreUnavailable when another process holds the file. Two test fault
+        points: `max_page_count` caps the file's size so writes fail as on a full disk;
+        `max_length` lowers the write connection's largest value (or row), in bytes, so
+        a write of a bigger one is refused for good ("string or blob too big").
         """
         path = path_from_url(url)
         _prepare_path(path)
         lock_fd = None if path == MEMORY else filelock.acquire(path)
         try:
             async with _mapped_errors(path, "opening"):
-                writer = await _connect(path, busy_timeout_ms, read_only=False)
+                writer = await _connect(
+                    path, busy_timeout_ms, read_only=False, max_length=max_length
+                )
                 try:
                     reader = await cls._set_up(path, writer, busy_timeout_ms, max_page_count)
                 except BaseException:
@@ -194,15 +248,19 @@ class SqliteConnections:
         return int(row[0])
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, doing: str) -> AsyncIterator[aiosqlite.Connection]:
+    async def _transaction(
+        self, doing: str, *, refusals: bool = False
+    ) -> AsyncIterator[aiosqlite.Connection]:
         """One IMMEDIATE transaction on the write connection: all of it commits, or none.
 
         IMMEDIATE takes the write lock up front, so a busy database fails (after
         busy_timeout) before any statement runs, instead of on upgrade mid-way. After a
         failure the connection is rolled back and stays usable for the next try.
+        With `refusals`, a write refused for good raises StoreRejected (only the writer's
+        `apply` asks: it isolates the write; other callers' loops retry as for a fault).
         """
         self._check_open()
-        async with self._write_lock, _mapped_errors(self.path, doing):
+        async with self._write_lock, _mapped_errors(self.path, doing, refusals=refusals):
             self._check_open()  # close() may have run while we waited for the lock
             conn = self._writer
             if conn.in_transaction:  # a rollback that itself failed left one open

@@ -47,12 +47,14 @@ class SqliteStore(Suspensions, RunListing):
     __slots__ = ()
 
     async def apply(self, writes: Sequence[Write]) -> None:
-        """Commit all writes in one transaction; roll back and raise on failure."""
+        """Commit all writes in one transaction; roll back and raise on failure:
+        StoreRejected when one of them can never be stored, else StoreUnavailable."""
         if not writes:
             return
         self._check_open()
         statements = plan(writes)
-        async with self._transaction(f"writing {len(writes)} writes") as conn:
+        doing = f"writing {len(writes)} writes" if len(writes) > 1 else "writing 1 write"
+        async with self._transaction(doing, refusals=True) as conn:
             for sql, rows in statements:
                 await conn.executemany(sql, rows)
 
