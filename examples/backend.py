@@ -27,6 +27,7 @@ Endpoints:
                  "attempt", "event", "results"}; event is null when the timeout passed.
                  Without the gateway nothing can deliver an event: 501 with {"error"}
   GET /demo/stream?chunks=5&interval_ms=100   one line per chunk, streamed
+      size=B         make each chunk B bytes: its line padded with dots (a large body)
   *   /demo/echo     method, path, query, headers (names lowercased) and body, as JSON
   GET /_counts[?run_id=]   how often each step's function ran
   GET /_violations   steps whose function ran again after the gateway acknowledged them
@@ -257,6 +258,9 @@ async def demo_stream(request: web.Request) -> web.StreamResponse:
     try:
         chunks = _int(dict(request.query), "chunks", 5)
         interval_ms = _int(dict(request.query), "interval_ms", 100)
+        size = _int(dict(request.query), "size", 0)
+        if size > 16 * 1024 * 1024:
+            raise BadQuery("size must be at most 16 MiB")
     except BadQuery as exc:
         return web.json_response({"error": str(exc)}, status=400)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
@@ -265,9 +269,15 @@ async def demo_stream(request: web.Request) -> web.StreamResponse:
     for i in range(1, chunks + 1):
         if i > 1:
             await asyncio.sleep(interval_ms / 1000)
-        await response.write(f"chunk {i}\n".encode())
+        await response.write(stream_chunk(i, size))
     await response.write_eof()
     return response
+
+
+def stream_chunk(i: int, size: int) -> bytes:
+    """Chunk `i` of /demo/stream: `chunk i`, padded with dots to `size` bytes, and a newline."""
+    line = f"chunk {i}"
+    return (line + "." * (size - len(line) - 1) + "\n").encode()
 
 
 async def demo_echo(request: web.Request) -> web.Response:

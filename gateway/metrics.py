@@ -219,6 +219,12 @@ DELIVERIES = Counter(
     "How the original client got its answer: direct, held, redirect_303, accepted_202.",
     ("route", "mode"),
 )
+DETACHED = Counter(
+    "durable_clients_detached_total",
+    "Held clients cut off while their response streamed, by reason: slow (fell more than "
+    "the feed's limit behind the upstream) or gone (disconnected). Their runs go on.",
+    ("route", "reason"),
+)
 UPSTREAM_LATENCY = Histogram(
     "durable_upstream_latency_seconds",
     "Time from sending an attempt to the upstream's response headers.",

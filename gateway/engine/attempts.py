@@ -62,10 +62,9 @@ async def send(
         resp = await pool.request(
             req.upstream, req.method, req.path_qs, req.headers, req.body, req.timeout
         )
-    except TimeoutError:
-        return AttemptOutcome(
-            OutcomeKind.TIMEOUT, detail=f"no response within {req.timeout:g}s"
-        ), None
+    except TimeoutError as exc:  # the client says which wait ran out
+        detail = str(exc) or f"no response within {req.timeout:g}s"
+        return AttemptOutcome(OutcomeKind.TIMEOUT, detail=detail), None
     except upstream.UpstreamError as exc:
         return AttemptOutcome(OutcomeKind.CONNECT_ERROR, detail=_describe(exc)), None
     headers = resp.headers

@@ -592,7 +592,8 @@ class Driver:
     async def _receive(
         self, live: LiveRun, resp: upstream.Response, outcome: AttemptOutcome
     ) -> _Tried:
-        """Read a final response, teeing it into the held client as it arrives.
+        """Read a final response, teeing it into the held client's feed as it arrives
+        (never waiting for the client: a slow one is detached, see `Feed`).
 
         A short body of declared length is read whole instead, and the held client is
         answered from the finished run in one write: streaming it would cost three
@@ -611,21 +612,24 @@ class Driver:
             return _Tried(outcome, stored)
         sink, live.sink = live.sink, None
         if sink is not None:
-            await sink.start(resp.status, headers)
+            sink.start(resp.status, headers)
         chunks: list[bytes] = []
+        whole = False
         try:
             async for chunk in resp.iter_chunks():
                 chunks.append(chunk)
-                if sink is not None:
-                    await sink.write(chunk)
+                if sink is not None and not sink.push(chunk):
+                    sink = None  # detached: the attempt goes on at the upstream's pace
+            whole = True
         except (upstream.UpstreamError, TimeoutError) as exc:
-            if sink is not None:
-                await sink.end(ok=False)
             return _Tried(attempts.broken_body(exc))
+        finally:
+            if sink is not None and not whole:
+                sink.end(ok=False)  # broken off, or cancelled: the client's body is cut
         stored = StoredResponse(resp.status, headers, b"".join(chunks))
         if sink is not None:
             self._finish(live, stored)
-            await sink.end(ok=True)
+            sink.end(ok=True)
         return _Tried(outcome, stored)
 
     def _failure_response(self, run: Run, outcome: AttemptOutcome, reason: str) -> StoredResponse:

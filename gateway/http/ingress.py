@@ -14,14 +14,14 @@ from aiohttp import web
 from gateway import metrics
 from gateway.config import RouteConfig
 from gateway.engine.limits import Limits, limit_key
-from gateway.engine.live import ClientSink, LiveRun, until_changed
+from gateway.engine.live import Feed, LiveRun, until_changed
 from gateway.errors import (
     BadRequest,
     IdempotencyMismatch,
     RouteNotFound,
     Unavailable,
 )
-from gateway.http import delivery, idempotency, listeners, proxy, results
+from gateway.http import delivery, held, idempotency, listeners, proxy, results
 from gateway.http.delivery import Delivery, Prefer
 from gateway.http.results import replay, result_url
 from gateway.http.services import Services
@@ -160,8 +160,8 @@ async def _answer(
 ) -> web.StreamResponse:
     """Hold the client while the wait fits the budget; else 303 or 202 to the result URL.
 
-    The original client's connection is offered to the attempts (`sink`), so the final
-    response streams into it; an attached duplicate only ever gets a replay.
+    The original client is offered to the attempts as a feed (`sink`), so the final
+    response streams into its connection; an attached duplicate only ever gets a replay.
     """
     prefer = delivery.parse_prefer(request.headers.getall("Prefer", []))
     run = live.run
@@ -173,7 +173,7 @@ async def _answer(
     budget = delivery.hold_budget(prefer, route.settings.hold)
     sink = None
     if not attached:
-        sink = live.sink = ClientSink(request)
+        sink = live.sink = Feed()
     services.driver.hold(live)
     try:
         return await _hold(request, services, route, live, prefer, budget, sink)
@@ -190,18 +190,17 @@ async def _hold(
     live: LiveRun,
     prefer: Prefer,
     budget: float,
-    sink: ClientSink | None,
+    sink: Feed | None,
 ) -> web.StreamResponse:
     """Wait on the run for the original client (`sink`) or an attached duplicate (None)."""
     run = live.run
     run_id = run.run_id
     began = time.monotonic()
     while True:
-        if sink is not None and sink.response is not None:  # an attempt streams into it
-            await sink.done
+        if sink is not None and sink.started:  # an attempt streams into it
             mode = "direct" if run.attempt == 1 else "held"
             metrics.child(metrics.DELIVERIES, route.name, mode).inc()
-            return sink.response
+            return await held.stream(request, sink, route.name, run_id)
         if run.finished and run.response is not None:
             # The original client answered at its first attempt is a direct delivery,
             # whether the body streamed into it or (short) was answered whole.
@@ -224,7 +223,10 @@ async def _hold(
             return _to_result(
                 request, services, run_id, 303, prefer, honoured_wait=prefer.wait is not None
             )
-        await until_changed(live.changed(), budget - elapsed)  # no await since the reads
+        change = live.changed()  # no await since the reads
+        if sink is not None:
+            sink.changed(change)  # an attempt starting to stream wakes this handler too
+        await until_changed(change, budget - elapsed)
 
 
 async def _committed(live: LiveRun) -> None:

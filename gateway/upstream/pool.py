@@ -7,7 +7,7 @@ whole run's bookkeeping; this one spends under 10 (`python -m bench.clients`). P
 (`durable: false`) routes stream their bodies and keep aiohttp's client.
 
 Failures raise `UpstreamError` (refused, reset, closed early, not HTTP) or `TimeoutError`
-(the upstream sent nothing for the attempt's timeout).
+(the upstream sent nothing for the attempt's timeout, or no connection was free within it).
 """
 
 from __future__ import annotations
@@ -403,8 +403,9 @@ class Pool:
     ) -> Response:
         """Send a request and return once the response's headers are in.
 
-        `silence` bounds the wait for the headers from the start, connecting included,
-        and then every silence of the upstream while the body arrives. A request that
+        `silence` bounds the wait for the headers from the start, waiting for room under
+        the pool's limit and connecting included, and then every silence of the upstream
+        while the body arrives. A request that
         fails on a reused connection before any answer is sent again on a new one when
         its method is idempotent, as a keep-alive race may cause that.
         """
@@ -415,7 +416,7 @@ class Pool:
         for fresh in (False, True):
             conn = None if fresh else self._take_idle(where)
             if conn is None:
-                conn = await self._connection(where, silence, fresh)
+                conn = await self._connection(where, started + silence, silence, fresh)
             reused = conn.used
             conn.used = True
             conn.last_data = started
@@ -439,23 +440,35 @@ class Pool:
             return response
         raise AssertionError("unreachable")
 
-    async def _connection(self, where: Origin, within: float, fresh: bool) -> _Connection:
-        """A new connection to `where` within the limit; while waiting for room, one that
-        comes back idle (unless `fresh`). The caller has looked for an idle one already."""
+    async def _connection(
+        self, where: Origin, deadline: float, budget: float, fresh: bool
+    ) -> _Connection:
+        """A new connection to `where` within the limit, by `deadline` (loop time, the end
+        of the request's `budget`); while waiting for room, one that comes back idle
+        (unless `fresh`). The caller has looked for an idle one already."""
         while len(self._open) >= self.limit and not self._evict_idle():
             waiter = self.loop.create_future()
             self._queue.append(waiter)
             try:
-                await waiter
-            finally:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except BaseException as exc:  # timed out or cancelled: leave the queue
                 if waiter in self._queue:
                     self._queue.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # room came as this wait ended: the next waiter's
+                if isinstance(exc, TimeoutError):
+                    raise TimeoutError(
+                        f"no free upstream connection within {budget:g}s "
+                        f"({self.limit} open, the pool's limit)"
+                    ) from None
+                raise
             if not fresh and (idle := self._take_idle(where)) is not None:
                 return idle
         conn = _Connection(self, where)
         self._open.add(conn)
         try:
-            async with asyncio.timeout(within):
+            async with asyncio.timeout_at(deadline):
                 await self.loop.create_connection(
                     lambda: conn,
                     where.host,
@@ -465,7 +478,7 @@ class Pool:
         except TimeoutError:
             conn.close()
             where_to = f"{where.host}:{where.port}"
-            raise TimeoutError(f"could not connect to {where_to} within {within:g}s") from None
+            raise TimeoutError(f"could not connect to {where_to} within {budget:g}s") from None
         except OSError as exc:
             conn.close()
             raise UpstreamError(f"cannot connect to {where.host}:{where.port}: {exc}") from None

@@ -365,6 +365,56 @@ async def test_the_pool_limit_queues_requests(serve: Start) -> None:
         await pool.close()
 
 
+async def test_waiting_for_room_under_the_limit_is_bounded_by_the_budget(serve: Start) -> None:
+    pool = Pool(limit=1)
+    server = await serve(answering(OK, OK))
+    try:
+        held = await pool.request(server.url, "GET", "/", [], b"", 5)  # the only connection
+        began = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no free upstream connection within 0.3s"):
+            await pool.request(server.url, "GET", "/", [], b"", 0.3)
+        assert time.monotonic() - began > 0.25
+        assert server.connections == 1 and not pool._queue  # it left the queue
+        assert await held.read() == b"ok"
+        held.release()
+        resp = await pool.request(server.url, "GET", "/", [], b"", 0.3)  # room again
+        assert await resp.read() == b"ok"
+        resp.release()
+        assert server.connections == 1
+    finally:
+        await pool.close()
+
+
+async def queued(pool: Pool, waiting: int) -> None:
+    """Let requests started just now run up to their wait for room (no I/O before it)."""
+    for _ in range(100):
+        if len(pool._queue) >= waiting:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{len(pool._queue)} requests queued, not {waiting}")
+
+
+async def test_room_handed_to_a_request_that_gives_up_goes_to_the_next(serve: Start) -> None:
+    pool = Pool(limit=1)
+    server = await serve(answering(OK, OK))
+    try:
+        held = await pool.request(server.url, "GET", "/", [], b"", 5)
+        leaving = asyncio.ensure_future(pool.request(server.url, "GET", "/", [], b"", 5))
+        patient = asyncio.ensure_future(pool.request(server.url, "GET", "/", [], b"", 5))
+        await queued(pool, 2)
+        assert await held.read() == b"ok"
+        held.release()  # the room goes to `leaving`, first in the queue...
+        leaving.cancel()  # ...which gives up (a timeout alike) before it can take it
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        resp = await asyncio.wait_for(patient, 10)  # else it waits its whole budget
+        assert await resp.read() == b"ok"
+        resp.release()
+        assert server.connections == 1
+    finally:
+        await pool.close()
+
+
 def test_the_request_head() -> None:
     where = origin("https://user:p%40ss@example.com/api/")
     head = encode_head("GET", where.prefix + "/v1?a=1", where, [("X-A", "1")], 0)
