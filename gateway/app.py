@@ -20,6 +20,7 @@ from gateway.engine import leases, recovery, retention
 from gateway.engine.driver import Driver
 from gateway.engine.leases import LEASE_TTL
 from gateway.engine.limits import Limits
+from gateway.engine.runner import Runner
 from gateway.engine.scheduler import Scheduler
 from gateway.engine.tokens import Tokens, new_secret
 from gateway.engine.view import RunView
@@ -58,15 +59,16 @@ async def build_services(config: GatewayConfig) -> Services:
     session = proxy.new_session()
     pool = upstream.Pool()
     limits = Limits(config.routes)
-    driver = Driver(
+    runner = Runner(
         store=store,
         writer=writer,
         pool=pool,
         tokens=tokens,
         sidecar_url=default_sidecar_url(config),
-        sync_steps=config.storage.durability == "sync",
         limits=limits,
-        routes=config.routes,
+    )
+    driver = Driver(
+        runner=runner, sync_steps=config.storage.durability == "sync", routes=config.routes
     )
     scheduler = Scheduler(store, driver)
     writer.on_rejected = driver.store_refused
@@ -159,6 +161,6 @@ async def _shutdown(services: Services, runners: list[web.BaseRunner]) -> None:
     with contextlib.suppress(StoreUnavailable):  # the next start (or node) takes over at once
         await services.store.release_leases(services.driver.node_id)
     await services.session.close()
-    await services.driver.pool.close()
+    await services.driver.runner.pool.close()
     await services.store.close()
     log.info("stopped")

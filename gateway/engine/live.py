@@ -145,7 +145,7 @@ class LiveRun:
     """A run this process drives, with what its waiters need."""
 
     run: Run
-    sink: Feed | None = None
+    feed: Feed | None = None
     """The held original client's feed, until an attempt streams into it or it is redirected."""
     in_attempt: bool = False
     waiters: int = 0
@@ -182,7 +182,7 @@ class LiveRun:
     @property
     def evictable(self) -> bool:
         """Nobody waits on it here: a suspended run can live in the store alone."""
-        return self.sink is None and self.waiters == 0 and not self.in_attempt
+        return self.feed is None and self.waiters == 0 and not self.in_attempt
 
 
 async def until_changed(change: asyncio.Future[None], seconds: float) -> None:

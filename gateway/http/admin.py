@@ -1,4 +1,4 @@
-"""Admin listener: Prometheus metrics and health; later the runs API and the dashboard.
+"""Admin listener: Prometheus metrics, health and readiness, and the events endpoint.
 
 Loopback by default; when `security.admin_token` is set, everything but the health
 checks needs it as a bearer token.

@@ -160,7 +160,7 @@ async def _answer(
 ) -> web.StreamResponse:
     """Hold the client while the wait fits the budget; else 303 or 202 to the result URL.
 
-    The original client is offered to the attempts as a feed (`sink`), so the final
+    The original client is offered to the attempts as a feed (`feed`), so the final
     response streams into its connection; an attached duplicate only ever gets a replay.
     """
     prefer = delivery.parse_prefer(request.headers.getall("Prefer", []))
@@ -171,16 +171,12 @@ async def _answer(
         await _committed(live)
         return _to_result(request, services, run_id, 202, prefer, honoured_wait=False)
     budget = delivery.hold_budget(prefer, route.settings.hold)
-    sink = None
-    if not attached:
-        sink = live.sink = Feed()
-    services.driver.hold(live)
+    feed = None if attached else Feed()
+    services.driver.hold(live, feed)
     try:
-        return await _hold(request, services, route, live, prefer, budget, sink)
+        return await _hold(request, services, route, live, prefer, budget, feed)
     finally:
-        if sink is not None and live.sink is sink:
-            live.sink = None
-        services.driver.release(live)
+        services.driver.release(live, feed)
 
 
 async def _hold(
@@ -190,24 +186,24 @@ async def _hold(
     live: LiveRun,
     prefer: Prefer,
     budget: float,
-    sink: Feed | None,
+    feed: Feed | None,
 ) -> web.StreamResponse:
-    """Wait on the run for the original client (`sink`) or an attached duplicate (None)."""
+    """Wait on the run for the original client (`feed`) or an attached duplicate (None)."""
     run = live.run
     run_id = run.run_id
     began = time.monotonic()
     while True:
-        if sink is not None and sink.started:  # an attempt streams into it
+        if feed is not None and feed.started:  # an attempt streams into it
             mode = "direct" if run.attempt == 1 else "held"
             metrics.child(metrics.DELIVERIES, route.name, mode).inc()
-            return await held.stream(request, sink, route.name, run_id)
+            return await held.stream(request, feed, route.name, run_id)
         if run.finished and run.response is not None:
             # The original client answered at its first attempt is a direct delivery,
             # whether the body streamed into it or (short) was answered whole.
-            mode = "direct" if sink is not None and run.attempt == 1 else "held"
+            mode = "direct" if feed is not None and run.attempt == 1 else "held"
             metrics.child(metrics.DELIVERIES, route.name, mode).inc()
-            if sink is not None:
-                live.sink = None
+            if feed is not None:
+                services.driver.unfeed(live, feed)
                 return replay(run.response)
             if live.final_commit is not None:  # a replay must be what the store will keep
                 await asyncio.shield(live.final_commit)
@@ -216,16 +212,15 @@ async def _hold(
         wake_in = run.wake_at - time.time() if run.wake_at is not None else None
         stopping = not services.driver.accepting
         if stopping or delivery.choose(prefer, elapsed, budget, wake_in) is Delivery.REDIRECT:
-            if sink is not None:
-                live.sink = None
+            services.driver.unfeed(live, feed)
             metrics.child(metrics.DELIVERIES, route.name, Delivery.REDIRECT.value).inc()
             await _committed(live)
             return _to_result(
                 request, services, run_id, 303, prefer, honoured_wait=prefer.wait is not None
             )
         change = live.changed()  # no await since the reads
-        if sink is not None:
-            sink.changed(change)  # an attempt starting to stream wakes this handler too
+        if feed is not None:
+            feed.changed(change)  # an attempt starting to stream wakes this handler too
         await until_changed(change, budget - elapsed)
 
 

@@ -1,8 +1,10 @@
-"""The engine's race windows, in process: a real driver, writer and SQLite file, and a
-backend on a real socket whose handler the test drives step by step.
+"""The engine's race windows, in process: a real driver, runner, scheduler, writer and
+SQLite file, and a backend on a real socket whose handler the test drives step by step.
 
-Each test holds the engine at one window (an attempt in flight, a suspension committing)
-and makes the racing thing happen there, then checks the run ends the one right way.
+Each test holds the engine at one window (an attempt in flight, a suspension committing,
+a wait being stored) and makes the racing thing happen there, then checks the run ends
+the one right way. The slow client's window is tested end to end in
+tests/integration/test_slow_clients.py.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from gateway.config import RouteConfig, RouteMatch
 from gateway.engine.driver import Driver
 from gateway.engine.leases import LEASE_TTL
 from gateway.engine.limits import Limits
+from gateway.engine.runner import Runner
+from gateway.engine.scheduler import Scheduler
 from gateway.engine.tokens import Tokens
 from gateway.errors import NotFound, StaleAttempt
-from gateway.store import RunStatus, Store, StoredRequest, SuspendRun, Write
+from gateway.store import PutPending, RunStatus, Store, StoredRequest, SuspendRun, Write
 from gateway.store.sqlite import SqliteStore
 from gateway.store.writer import Writer
+from gateway.tasks import spawn
 from gateway.upstream import Pool
 from step_protocol import wire
 from tests.helpers import assert_eventually, free_port
@@ -80,16 +85,15 @@ async def running(tmp_path: Path, gate: type[Any] | None) -> AsyncIterator[tuple
     writer.start()
     port = free_port()
     route = RouteConfig("work", RouteMatch("/*"), f"http://127.0.0.1:{port}")
-    driver = Driver(
+    runner = Runner(
         store=store,
         writer=writer,
         pool=Pool(),
         tokens=Tokens(b"secret"),
         sidecar_url="http://127.0.0.1:1",
-        sync_steps=False,
         limits=Limits([route]),
-        routes=[route],
     )
+    driver = Driver(runner=runner, sync_steps=False, routes=[route])
     engine = Engine(driver, store, writer, route)
 
     async def backend(request: web.Request) -> web.StreamResponse:
@@ -99,17 +103,19 @@ async def running(tmp_path: Path, gate: type[Any] | None) -> AsyncIterator[tuple
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", backend)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    site = web.AppRunner(app)
+    await site.setup()
+    await web.TCPSite(site, "127.0.0.1", port).start()
+    timers = spawn(Scheduler(store, driver).run_forever(), name="scheduler")
     try:
         yield engine, gated
     finally:
         gated.open.set()
+        timers.cancel()
         await driver.close(0.5)
-        await runner.cleanup()
+        await site.cleanup()
         await writer.close(timeout=5)
-        await driver.pool.close()
+        await runner.pool.close()
         await store.close()
 
 
@@ -175,6 +181,55 @@ async def test_a_wake_inside_the_suspension_commit_drives_the_run_once(tmp_path:
             assert row is not None and row.status == RunStatus.SUCCEEDED
             assert row.response is not None
             assert orjson.loads(row.response.body) == {"attempt": 2}
+
+        await assert_eventually(finished, within=10)
+        assert engine.attempts == [1, 2]
+
+
+async def test_an_event_posted_while_its_wait_is_being_stored_wakes_the_run_once(
+    tmp_path: Path,
+) -> None:
+    """The event arrives while the wait's first call is still on its way to the store:
+    whichever way the race falls (the event completes the stored wait, or the suspension
+    finds the stored event), the run wakes once, with the event as the wait's output."""
+    async with running(tmp_path, PutPending) as (engine, gate):
+
+        async def wait_then_answer(request: web.Request) -> web.Response:
+            run_id, attempt = request.headers[wire.RUN_ID], int(request.headers[wire.ATTEMPT])
+            answer = await engine.driver.wait(
+                run_id,
+                attempt,
+                "paid",
+                event="order.paid",
+                match={"data.order": 7},
+                timeout_in=None,
+                lookback=None,
+                now=time.time(),
+            )
+            if not answer.done:
+                return web.Response(status=202)
+            return web.Response(body=answer.body, content_type="application/json")
+
+        engine.handler = wait_then_answer
+        run_id = engine.admit()
+        await gate.reached.wait()
+        posting = spawn(
+            engine.driver.post_event("e1", "order.paid", b'{"order":7}', time.time()),
+            name="post-event",
+        )
+        await asyncio.sleep(0.05)
+        assert not posting.done()  # the event waits for the wait to be stored first
+        gate.open.set()
+        added = await posting
+        assert added.new
+
+        async def finished() -> None:
+            await engine.writer.flush()
+            row = await engine.store.get_run(run_id)
+            assert row is not None and row.status == RunStatus.SUCCEEDED
+            assert row.response is not None
+            event = orjson.loads(row.response.body)["event"]
+            assert (event["id"], event["data"]) == ("e1", {"order": 7})
 
         await assert_eventually(finished, within=10)
         assert engine.attempts == [1, 2]
