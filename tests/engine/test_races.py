@@ -3,8 +3,8 @@ SQLite file, and a backend on a real socket whose handler the test drives step b
 
 Each test holds the engine at one window (an attempt in flight, a suspension committing,
 a wait being stored) and makes the racing thing happen there, then checks the run ends
-the one right way. The slow client's window is tested end to end in
-tests/integration/test_slow_clients.py.
+the one right way; a held client that never reads must not hold its attempt back
+(end to end, with real sockets on both sides: tests/integration/test_slow_clients.py).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from gateway.config import RouteConfig, RouteMatch
 from gateway.engine.driver import Driver
 from gateway.engine.leases import LEASE_TTL
 from gateway.engine.limits import Limits
+from gateway.engine.live import FEED_LIMIT, Detached, Feed
 from gateway.engine.runner import Runner
 from gateway.engine.scheduler import Scheduler
 from gateway.engine.tokens import Tokens
@@ -233,3 +234,39 @@ async def test_an_event_posted_while_its_wait_is_being_stored_wakes_the_run_once
 
         await assert_eventually(finished, within=10)
         assert engine.attempts == [1, 2]
+
+
+async def test_a_held_client_that_never_reads_is_detached_and_the_attempt_goes_on(
+    engine: Engine,
+) -> None:
+    """The engine pushes into the held client's feed and never waits for it: a client
+    that takes nothing is detached past the feed's bound, and the attempt reads the
+    backend to the end at the backend's pace."""
+    chunk = b"x" * (256 * 1024)
+    chunks = FEED_LIMIT // len(chunk) * 2
+
+    async def fast_stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(chunks):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    engine.handler = fast_stream
+    live = engine.driver.admit(engine.route, StoredRequest("GET", "/stream", [], b""))
+    feed = Feed()
+    engine.driver.hold(live, feed)  # as the ingress does for the original client
+    try:
+
+        async def finished() -> None:
+            await engine.writer.flush()
+            row = await engine.store.get_run(live.run.run_id)
+            assert row is not None and row.status == RunStatus.SUCCEEDED
+            assert row.response is not None and len(row.response.body) == chunks * len(chunk)
+
+        await assert_eventually(finished, within=20)
+        assert feed.started and feed.detached is Detached.SLOW
+        assert feed.buffered == 0  # what it held was dropped
+    finally:
+        engine.driver.release(live, feed)
