@@ -31,6 +31,10 @@ RETRY: Final = "Durable-Retry"
 RETRY_NO: Final = "no"
 """The one `Durable-Retry` value defined in v1: this failure is final."""
 
+# Response header the gateway adds to every durable response, for the client.
+RESULT: Final = "Durable-Result"
+"""The run's result URL: where a client that lost its connection comes back."""
+
 GATEWAY_HEADERS: Final = (RUN_ID, ATTEMPT, SIDECAR, TOKEN, STEPS)
 """Headers a client may not send through: the gateway strips and sets them."""
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.engine.live import Detached, Feed
+from step_protocol import wire
 
 log = logging.getLogger("gateway.http.held")
 
@@ -25,12 +26,14 @@ kernel still buffers for the client, instead of trickling it out to a slow reade
 
 
 async def stream(
-    request: web.BaseRequest, feed: Feed, route: str, run_id: str
+    request: web.BaseRequest, feed: Feed, route: str, run_id: str, result: str
 ) -> web.StreamResponse:
-    """Write the feed's response to the client until it ends or the client is detached."""
+    """Write the feed's response to the client until it ends or the client is detached;
+    `result` (its run's result URL) goes out as `Durable-Result`."""
     response = web.StreamResponse(status=feed.status)
     for name, value in feed.headers:
         response.headers.add(name, value)
+    response.headers[wire.RESULT] = result
     feed.on_detach = lambda: _reset(request)
     sent = 0
     ended = False

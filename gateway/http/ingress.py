@@ -119,7 +119,7 @@ async def _existing_run(
         return await _answer(request, services, route, keyed.live, attached=True)
     if keyed.response is None:  # unfinished, owned elsewhere: its result URL waits
         return _to_result(request, services, keyed.run_id, 303, Prefer(), honoured_wait=False)
-    return _replayed(replay(keyed.response))
+    return _replayed(replay(keyed.response, result_url(request, services, keyed.run_id)))
 
 
 def _mismatch(key: str, run_id: str) -> IdempotencyMismatch:
@@ -196,7 +196,8 @@ async def _hold(
         if feed is not None and feed.started:  # an attempt streams into it
             mode = "direct" if run.attempt == 1 else "held"
             metrics.child(metrics.DELIVERIES, route.name, mode).inc()
-            return await held.stream(request, feed, route.name, run_id)
+            result = result_url(request, services, run_id)
+            return await held.stream(request, feed, route.name, run_id, result)
         if run.finished and run.response is not None:
             # The original client answered at its first attempt is a direct delivery,
             # whether the body streamed into it or (short) was answered whole.
@@ -204,10 +205,10 @@ async def _hold(
             metrics.child(metrics.DELIVERIES, route.name, mode).inc()
             if feed is not None:
                 services.driver.unfeed(live, feed)
-                return replay(run.response)
+                return replay(run.response, result_url(request, services, run_id))
             if live.final_commit is not None:  # a replay must be what the store will keep
                 await asyncio.shield(live.final_commit)
-            return _replayed(replay(run.response))
+            return _replayed(replay(run.response, result_url(request, services, run_id)))
         elapsed = time.monotonic() - began
         wake_in = run.wake_at - time.time() if run.wake_at is not None else None
         stopping = not services.driver.accepting
@@ -240,7 +241,7 @@ def _to_result(
     honoured_wait: bool,
 ) -> web.Response:
     location = result_url(request, services, run_id)
-    headers = {"Location": location, wire.RUN_ID: run_id}
+    headers = {"Location": location, wire.RUN_ID: run_id, wire.RESULT: location}
     if status == 202:
         headers["Retry-After"] = "1"
     applied = delivery.preference_applied(

@@ -40,13 +40,14 @@ def result_url(request: web.BaseRequest, services: Services, run_id: str) -> str
     return f"{base}/_durable/runs/{run_id}/result?token={token}"
 
 
-def replay(stored: StoredResponse) -> web.Response:
-    """A stored final response, verbatim."""
+def replay(stored: StoredResponse, result: str) -> web.Response:
+    """A stored final response, verbatim, with its run's result URL (`Durable-Result`)."""
     response = web.Response(status=stored.status, body=stored.body)
     response.headers.popall("Content-Type", None)
     for name, value in stored.headers:
         if name.lower() != "content-length":
             response.headers.add(name, value)
+    response.headers[wire.RESULT] = result
     return response
 
 
@@ -76,7 +77,7 @@ async def get_result(
                 return answer
             continue
         if state.response is not None:
-            return replay(state.response)
+            return replay(state.response, result_url(request, services, run_id))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return _pending(request, run_id, prefer, state.status)
@@ -100,7 +101,7 @@ async def _wait_live(
         if live.run.finished and live.run.response is not None:
             if live.final_commit is not None:  # what a result URL shows must survive a crash
                 await asyncio.shield(live.final_commit)
-            return replay(live.run.response)
+            return replay(live.run.response, result_url(request, services, run_id))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return _pending(request, run_id, prefer, live.run.status.value)
@@ -110,7 +111,12 @@ async def _wait_live(
 
 def _pending(request: web.BaseRequest, run_id: str, prefer: Prefer, status: str) -> web.Response:
     """Still running after the long-poll: come back to the same URL."""
-    headers = {"Location": str(request.url), "Retry-After": "1", wire.RUN_ID: run_id}
+    headers = {
+        "Location": str(request.url),
+        "Retry-After": "1",
+        wire.RUN_ID: run_id,
+        wire.RESULT: str(request.url),
+    }
     applied = delivery.preference_applied(prefer, honoured_async=False, honoured_wait=True)
     if applied:
         headers["Preference-Applied"] = applied

@@ -117,3 +117,32 @@ async def test_wrong_token_is_404(
         async with http.get(gw.url(url)) as resp:
             assert resp.status == 404
             assert resp.content_type == "application/problem+json"
+
+
+async def test_every_durable_response_names_its_result_url(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`Durable-Result` beside `Durable-Run-Id`: on a short answer, a streamed one, a 303,
+    a 202 and the result URL's own replay, always a URL that serves the same result."""
+    gw = gateway_factory(durable_route(backend.url, retry=SLOW_RETRY, hold="500ms"))
+    prefix = gw.ingress + "/_durable/runs/"
+    seen: dict[str, str] = {}
+    requests = {
+        "short": ("POST", "/demo/steps?n=1", {}),
+        "streamed": ("GET", "/demo/stream?chunks=3&size=65536&interval_ms=0", {}),
+        "303": ("POST", "/demo/steps?n=2&fail_at=2&mode=500", {}),
+        "202": ("POST", "/demo/steps?n=1", {"Prefer": "respond-async"}),
+    }
+    for name, (method, path, headers) in requests.items():
+        url = gw.url(path)
+        async with http.request(method, url, headers=headers, allow_redirects=False) as resp:
+            run_id = resp.headers["Durable-Run-Id"]
+            result = resp.headers["Durable-Result"]
+            await resp.read()
+        assert result.startswith(f"{prefix}{run_id}/result?token="), name
+        seen[name] = result
+    assert seen["303"] != seen["short"]
+    for name, result in seen.items():
+        async with http.get(result) as resp:  # long-polls where the run is still going
+            assert resp.status == 200, name
+            assert resp.headers["Durable-Result"] == result
