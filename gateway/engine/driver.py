@@ -221,15 +221,11 @@ class Driver:
     async def post_event(self, event_id: str, name: str, data: bytes, now: float) -> AddedEvent:
         """An event arrived: store it, complete the waits it matches, wake their runs."""
         added = await waits.deliver(self.store, self.writer, event_id, name, data, now)
-        for done in added.completed:
-            self.wait_completed(done.run_id, done.step_id, done.output)
+        for done in added.completed:  # mirror each in its live run, if any
+            self.runner.mirror_wait(done.run_id, done.step_id, done.output)
         if added.completed:
             self.timers_changed.set()
         return added
-
-    def wait_completed(self, run_id: str, step_id: str, output: bytes) -> None:
-        """An event completed a wait in the store: mirror it in the live run, if any."""
-        self.runner.mirror_wait(run_id, step_id, output)
 
     # --- sleeps and waits (reported by the sidecar) -----------------------------------
 

@@ -12,8 +12,7 @@ import time
 
 from gateway.engine.driver import Driver
 from gateway.engine.leases import LEASE_TTL
-
-PAGE = 500
+from gateway.engine.scheduler import PAGE
 
 log = logging.getLogger("gateway.engine.recovery")
 

@@ -100,9 +100,7 @@ def wait(
     if looked_back is not None:
         return Plan(step_id, Answer(True, b'{"event":' + looked_back + b"}"), complete=looked_back)
     deadline = None if timeout_in is None else now + timeout_in
-    wanted = Pending(
-        step_id, PendingKind.WAIT, deadline, event, orjson.dumps(match, option=_SORTED), now
-    )
+    wanted = Pending(step_id, PendingKind.WAIT, deadline, event, wire.canonical_json(match), now)
     pending, fix = _fixed(run, wanted)
     if pending.wake_at is not None and pending.wake_at <= now:
         return Plan(step_id, Answer(True, b'{"event":null}'), fix=fix, complete=b"null")

@@ -131,6 +131,9 @@ def _from_row(row: RunRow) -> RunState:
 
 def _from_live(live: LiveRun, row: RunRow | None) -> RunState:
     run = live.run
+    response = run.response
+    if response is None and row is not None:
+        response = row.response
     return RunState(
         run.run_id,
         run.route.name,
@@ -141,6 +144,6 @@ def _from_live(live: LiveRun, row: RunRow | None) -> RunState:
         None if row is None else row.finished_at,
         run.wake_at,
         run.request,
-        run.response if run.response is not None else None if row is None else row.response,
+        response,
         live,
     )

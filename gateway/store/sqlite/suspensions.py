@@ -13,7 +13,14 @@ import aiosqlite
 import orjson
 
 from gateway.store.match_keys import event_key, event_output
-from gateway.store.records import AddedEvent, CompletedWait, EventRow, PendingRow, RunRow
+from gateway.store.records import (
+    AddedEvent,
+    CompletedWait,
+    EventRow,
+    PendingRow,
+    RunRow,
+    RunStatus,
+)
 from gateway.store.schema import SUSPENDED
 from gateway.store.sqlite.connection import SqliteConnections
 from gateway.store.sqlite.sql import RUN_COLUMNS, claim_updates, multi_row
@@ -32,7 +39,9 @@ DUE: Final = (
     " AND (lease_until IS NULL OR lease_until < ?) ORDER BY wake_at LIMIT ?"
 )
 # What claiming a due run sets (see `sqlite_sql.claim_updates`).
-CLAIM_DUE: Final = "status = 'running', wake_at = NULL, owner = ?, lease_until = ?, updated_at = ?"
+CLAIM_DUE: Final = (
+    f"status = '{RunStatus.RUNNING}', wake_at = NULL, owner = ?, lease_until = ?, updated_at = ?"
+)
 NEXT_WAKE: Final = f"SELECT min(wake_at) FROM {_WAKE_INDEX} WHERE {SUSPENDED}"
 COUNT_TIMERS: Final = (
     f"SELECT count(*) FROM {_WAKE_INDEX} WHERE {SUSPENDED} AND wake_at IS NOT NULL"
@@ -70,9 +79,6 @@ WAITS_BY_KEY: Final = _OPEN_WAITS.format(
 # match is in their order too, as in the index after a NULL path list.
 WAITS_UNINDEXED: Final = _OPEN_WAITS.format(
     key="p.paths IS NULL", order="p.match, p.run_id, p.step_id", cursor="?, ?, ?"
-)
-INSERT_STEPS: Final = (
-    "INSERT INTO steps (run_id, step_id, output, attempt, created_at) VALUES (?, ?, ?, ?, ?)"
 )
 DELETE_WAITS: Final = "DELETE FROM pending WHERE (run_id, step_id) IN (VALUES (?, ?))"
 # The wait, its run's attempt, and whether the step is done, in one read.
@@ -119,7 +125,7 @@ class Suspensions(SqliteConnections):
         return [
             dataclasses.replace(
                 row,
-                status="running",
+                status=RunStatus.RUNNING,
                 wake_at=None,
                 updated_at=now,
                 owner=owner,
@@ -252,7 +258,7 @@ async def _complete(
             output, ts = event.output, event.ts
             steps = [(r[0], r[1], output, r[2], ts) for r in fits]
             waits = [(r[0], r[1]) for r in fits]
-            for sql, rows_args in multi_row(INSERT_STEPS, steps) + multi_row(DELETE_WAITS, waits):
+            for sql, rows_args in multi_row(INSERT_STEP, steps) + multi_row(DELETE_WAITS, waits):
                 for args in rows_args:
                     await conn.execute(sql, args)
             for sql, args in claim_updates("wake_at = ?", (ts,), [r[0] for r in fits]):
