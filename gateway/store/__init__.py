@@ -14,10 +14,14 @@ from gateway.store.protocols import (
     SuspensionStore,
 )
 from gateway.store.records import (
+    BODY_TOO_LARGE,
     FINAL_STATUSES,
     PARKED_STATUSES,
     AddedEvent,
+    AppendBody,
     AttemptRow,
+    BeginBody,
+    BodyRow,
     CancelRun,
     CompletedWait,
     CreateRun,
@@ -47,7 +51,11 @@ from gateway.store.records import (
 
 __all__ = [
     "AddedEvent",
+    "AppendBody",
     "AttemptRow",
+    "BODY_TOO_LARGE",
+    "BeginBody",
+    "BodyRow",
     "CancelRun",
     "CompletedWait",
     "CreateRun",

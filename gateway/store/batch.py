@@ -14,6 +14,8 @@ from typing import Any, Final
 import orjson
 
 from gateway.store.records import (
+    AppendBody,
+    BeginBody,
     CancelRun,
     CreateRun,
     DropPending,
@@ -47,16 +49,19 @@ class CreatedFinished:
         return self.create.run_id
 
 
-# The tables each kind writes; writes to different tables or runs never depend on
-# each other. (CreateRun's idempotency key is only ever written by CreateRun.)
+# The tables each kind writes or reads; writes to different tables or runs never
+# depend on each other. (CreateRun's idempotency key is only ever written by CreateRun.)
+# CancelRun reads its run's status to know whether to delete the streamed body.
 TABLES: Final[dict[type[Any], tuple[str, ...]]] = {
     CreateRun: ("runs",),
     CreatedFinished: ("runs",),
     UpdateRun: ("runs",),
     FinishRun: ("runs", "pending"),
     SuspendRun: ("runs",),
-    CancelRun: ("runs", "pending"),
-    ResetRun: ("runs",),
+    CancelRun: ("runs", "pending", "bodies", "body_chunks"),
+    ResetRun: ("runs", "bodies", "body_chunks"),
+    BeginBody: ("bodies", "body_chunks"),
+    AppendBody: ("body_chunks",),
     PutStep: ("steps",),
     RecordAttempt: ("attempts",),
     RecordStepError: ("step_errors",),
@@ -113,15 +118,26 @@ def decode_headers(raw: bytes) -> Headers:
     return [(str(name), str(value)) for name, value in pairs]
 
 
-_ONLY_CREATE_AND_FINISH: Final = (CreateRun, FinishRun, PutStep, RecordAttempt, RecordStepError)
+# Writes to other tables than `runs` that never read the run row: a run's CreateRun and
+# FinishRun fold around them. (BeginBody and AppendBody of a run keep their order: both
+# write body_chunks, so `group_writes` never swaps them.)
+_ONLY_CREATE_AND_FINISH: Final = (
+    CreateRun,
+    FinishRun,
+    PutStep,
+    RecordAttempt,
+    RecordStepError,
+    BeginBody,
+    AppendBody,
+)
 
 
 def coalesce(writes: Sequence[Write]) -> Sequence[Write | CreatedFinished]:
     """Fold each run's CreateRun and FinishRun of one batch into one CreatedFinished.
 
-    Only for runs whose other writes in the batch are steps, step errors and attempts
-    (rows of other tables), so the folded INSERT leaves exactly the row the two
-    statements would have left. A first attempt
+    Only for runs whose other writes in the batch are steps, step errors, attempts and
+    streamed body writes (rows of other tables that never read the run row), so the
+    folded INSERT leaves exactly the row the two statements would have left. A first attempt
     that succeeded is folded in too (see `folds_attempt`): its row is not written.
     """
     created: dict[str, CreateRun] = {}

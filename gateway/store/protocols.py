@@ -12,6 +12,7 @@ from typing import Protocol
 from gateway.store.records import (
     AddedEvent,
     AttemptRow,
+    BodyRow,
     EventRow,
     KeyRow,
     PendingRow,
@@ -40,6 +41,18 @@ class Store(Protocol):
         """Commit all writes in one transaction, in order; all or nothing."""
 
     async def get_run(self, run_id: str) -> RunRow | None: ...
+
+    async def get_body(self, run_id: str) -> BodyRow | None:
+        """The run's streamed response head and stored size; None when none began."""
+
+    async def read_body(self, run_id: str, offset: int, limit: int) -> bytes:
+        """Up to `limit` bytes of the run's stored body from byte `offset` (fewer at the end
+        of what is stored, b"" past it); whole chunks are read, the first cut at `offset`.
+
+        Reads one bounded range of chunks, so streaming a body of any size is a loop of
+        these with `limit` bytes in memory at a time. Each call reads a committed state
+        of its own: compare `get_body`'s epoch to notice a BeginBody in between.
+        """
 
     async def load_steps(self, run_id: str) -> dict[str, bytes]:
         """Completed steps of a run: step id → canonical JSON bytes of the output."""
@@ -79,7 +92,7 @@ class Store(Protocol):
 
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
         """Delete up to `limit` runs that finished before cutoff, with their steps,
-        step errors, attempts, pending rows and idempotency keys, and up to `limit`
+        step errors, attempts, pending rows, idempotency keys and streamed bodies, and up to `limit`
         events older than cutoff, in one short transaction. Returns the larger of the
         two counts.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 Headers = list[tuple[str, str]]
 
@@ -49,6 +50,10 @@ class StoredRequest:
     body: bytes
 
 
+BODY_TOO_LARGE: Final = -1
+"""`StoredResponse.kept` of a streamed body that passed its route's max_response: not kept."""
+
+
 @dataclass(slots=True)
 class StoredResponse:
     """A run's final response, replayed verbatim by its result URL."""
@@ -56,6 +61,14 @@ class StoredResponse:
     status: int
     headers: Headers
     body: bytes
+    kept: int | None = None
+    """None: the body is `body`. Otherwise the body streamed into the store as the run's
+    body chunks (`read_body`) and `body` is b"": `kept` is its length in bytes, or
+    BODY_TOO_LARGE when it passed the route's max_response and was not kept."""
+
+    def __post_init__(self) -> None:
+        if self.kept is not None and (self.body or self.kept < BODY_TOO_LARGE):
+            raise ValueError(f"a streamed response has body b'' and kept >= -1, not {self.kept}")
 
 
 # --- writes: small records the writer batches into one transaction ---------------
@@ -149,7 +162,8 @@ class UpdateRun:
 @dataclass(slots=True)
 class FinishRun:
     """A run's final response; also releases its lease (owner and lease_until cleared)
-    and deletes its pending sleeps and waits."""
+    and deletes its pending sleeps and waits. Keeps its streamed body: with
+    `response.kept` set, that body is the result."""
 
     run_id: str
     status: str
@@ -198,7 +212,8 @@ class SuspendRun:
 @dataclass(slots=True)
 class CancelRun:
     """An operator cancelled the run: `response` becomes its result, its pending sleeps
-    and waits go, its lease ends. A no-op on a finished run (its result stands)."""
+    and waits and its streamed body go, its lease ends. A no-op on a finished run (its
+    result, streamed body included, stands)."""
 
     run_id: str
     response: StoredResponse
@@ -208,7 +223,7 @@ class CancelRun:
 @dataclass(slots=True)
 class ResetRun:
     """Run a failed or cancelled run again: back to `running` at `attempt`, its stored
-    response cleared, its steps kept."""
+    response and streamed body cleared (it streams anew), its steps kept."""
 
     run_id: str
     attempt: int
@@ -216,6 +231,41 @@ class ResetRun:
     owner: str | None = None
     """The node that runs it now; None leaves it for any node's claim."""
     lease_until: float | None = None
+
+
+# --- streamed response bodies: a head per run, then chunks at byte offsets ----------
+
+
+@dataclass(slots=True)
+class BeginBody:
+    """A run's streamed response begins, or begins again after a retry diverged from what
+    was streamed: its status and headers, a new epoch, and only the first `keep` bytes of
+    the chunks stored so far kept (later ones deleted, a chunk straddling `keep` cut)."""
+
+    run_id: str
+    epoch: int
+    attempt: int
+    status: int
+    headers: Headers
+    keep: int = 0
+
+    def __post_init__(self) -> None:
+        if self.keep < 0:
+            raise ValueError(f"BeginBody.keep must be >= 0, not {self.keep}")
+
+
+@dataclass(slots=True)
+class AppendBody:
+    """Bytes of a run's streamed response at byte `offset` (one chunk row)."""
+
+    run_id: str
+    offset: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        # An empty chunk would take its offset's key and make the real one a no-op.
+        if self.offset < 0 or not self.data:
+            raise ValueError(f"AppendBody needs offset >= 0 and data, not {self.offset}")
 
 
 Write = (
@@ -230,6 +280,8 @@ Write = (
     | SuspendRun
     | CancelRun
     | ResetRun
+    | BeginBody
+    | AppendBody
 )
 
 
@@ -251,6 +303,18 @@ class RunRow:
     owner: str | None = None
     """The process that holds the run's lease (kept after release, for the record)."""
     lease_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRow:
+    """The head of a run's streamed response, and how many bytes of it are stored."""
+
+    epoch: int
+    attempt: int
+    status: int
+    headers: Headers
+    size: int
+    """Bytes stored contiguously from 0: the end of the last chunk (0 when none)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,6 +307,48 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             )""",
         ),
     ),
+    # Streamed response bodies, never held whole: `bodies` holds a run's streamed head
+    # (one row, replaced when a retry diverges: a new epoch), `body_chunks` its bytes, one
+    # row per chunk keyed by its byte offset `pos` (`offset` is reserved in PostgreSQL),
+    # so a read from any offset is one range of the primary key. `resp_kept` on the run
+    # says its result is that body: its length, or -1 when it was too large to keep;
+    # NULL when the result's body is inline in `resp_body`.
+    Migration(
+        version=6,
+        sqlite=(
+            "ALTER TABLE runs ADD COLUMN resp_kept INTEGER",
+            """CREATE TABLE bodies (
+                run_id TEXT PRIMARY KEY,
+                epoch INTEGER NOT NULL,
+                attempt INTEGER NOT NULL,
+                status INTEGER NOT NULL,
+                headers BLOB NOT NULL
+            )""",
+            # A rowid table, like steps: chunks are large rows at random run ids.
+            """CREATE TABLE body_chunks (
+                run_id TEXT NOT NULL,
+                pos INTEGER NOT NULL,
+                data BLOB NOT NULL,
+                PRIMARY KEY (run_id, pos)
+            )""",
+        ),
+        postgres=(
+            "ALTER TABLE runs ADD COLUMN resp_kept BIGINT",
+            """CREATE TABLE bodies (
+                run_id TEXT PRIMARY KEY,
+                epoch BIGINT NOT NULL,
+                attempt INTEGER NOT NULL,
+                status INTEGER NOT NULL,
+                headers BYTEA NOT NULL
+            )""",
+            """CREATE TABLE body_chunks (
+                run_id TEXT NOT NULL,
+                pos BIGINT NOT NULL,
+                data BYTEA NOT NULL,
+                PRIMARY KEY (run_id, pos)
+            )""",
+        ),
+    ),
 )
 
 

@@ -15,6 +15,7 @@ import pytest
 from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.store import (
     AttemptRow,
+    BodyRow,
     CreateRun,
     FinishRun,
     KeyRow,
@@ -63,6 +64,12 @@ class FlakyProbe:
 
     async def load_steps(self, run_id: str) -> dict[str, bytes]:
         return await self.store.load_steps(run_id)
+
+    async def get_body(self, run_id: str) -> BodyRow | None:
+        return await self.store.get_body(run_id)
+
+    async def read_body(self, run_id: str, offset: int, limit: int) -> bytes:
+        return await self.store.read_body(run_id, offset, limit)
 
     async def list_attempts(self, run_id: str) -> list[AttemptRow]:
         return await self.store.list_attempts(run_id)

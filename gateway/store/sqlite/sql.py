@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from gateway.store.batch import (
@@ -22,6 +22,9 @@ from gateway.store.match_keys import wait_columns
 from gateway.store.records import (
     FINAL_STATUSES,
     STEP_ERRORS_KEPT,
+    AppendBody,
+    BeginBody,
+    BodyRow,
     CancelRun,
     CreateRun,
     DropPending,
@@ -51,7 +54,7 @@ _SQL: Final[dict[type[Any], str]] = {
     CreatedFinished: (
         "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at,"
         " finished_at, method, path_qs, req_headers, req_body, resp_status, resp_headers,"
-        " resp_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " resp_body, resp_kept) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (run_id) DO NOTHING"
     ),
     PutStep: (
@@ -76,8 +79,8 @@ _SQL: Final[dict[type[Any], str]] = {
     ),
     FinishRun: (
         "UPDATE runs SET status = ?, resp_status = ?, resp_headers = ?, resp_body = ?,"
-        " finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL, lease_until = NULL"
-        " WHERE run_id = ?"
+        " resp_kept = ?, finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL,"
+        " lease_until = NULL WHERE run_id = ?"
     ),
     # A wait's match goes in canonical, with its path list: the match index's key.
     PutPending: (
@@ -95,21 +98,72 @@ _SQL: Final[dict[type[Any], str]] = {
     # Guarded: a run that finished first keeps its real result.
     CancelRun: (
         f"UPDATE runs SET status = '{RunStatus.CANCELLED}', resp_status = ?, resp_headers = ?,"
-        " resp_body = ?, finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL,"
-        f" lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
+        " resp_body = ?, resp_kept = ?, finished_at = ?, updated_at = ?, wake_at = NULL,"
+        f" owner = NULL, lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
     ),
     ResetRun: (
         f"UPDATE runs SET status = '{RunStatus.RUNNING}', attempt = ?, updated_at = ?,"
         " finished_at = NULL,"
-        " resp_status = NULL, resp_headers = NULL, resp_body = NULL, wake_at = NULL,"
-        " owner = ?, lease_until = ? WHERE run_id = ?"
+        " resp_status = NULL, resp_headers = NULL, resp_body = NULL, resp_kept = NULL,"
+        " wake_at = NULL, owner = ?, lease_until = ? WHERE run_id = ?"
+    ),
+    # A new head (and epoch) replaces the old; its chunks are cut by `_ALSO`.
+    BeginBody: (
+        "INSERT INTO bodies (run_id, epoch, attempt, status, headers) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (run_id) DO UPDATE SET epoch = excluded.epoch,"
+        " attempt = excluded.attempt, status = excluded.status, headers = excluded.headers"
+    ),
+    # The hot path of a streamed response: `multi_row` makes a batch's chunks one insert.
+    # A chunk already at its offset stays (a retry re-sending the same bytes).
+    AppendBody: (
+        "INSERT INTO body_chunks (run_id, pos, data) VALUES (?, ?, ?)"
+        " ON CONFLICT (run_id, pos) DO NOTHING"
     ),
 }
 
-# Run after their kind's statement, with (run_id,) per write: a run that ends leaves
-# no pending sleep or wait behind.
-_DROP_ALL_PENDING: Final = "DELETE FROM pending WHERE run_id = ?"
-_ALSO: Final[dict[type[Any], str]] = {FinishRun: _DROP_ALL_PENDING, CancelRun: _DROP_ALL_PENDING}
+
+def _by_run(write: Write | CreatedFinished) -> tuple[Any, ...]:
+    return (write.run_id,)
+
+
+def _with_keep(write: Write | CreatedFinished) -> tuple[Any, ...]:
+    assert isinstance(write, BeginBody)
+    return (write.run_id, write.keep)
+
+
+# Only a run that this CancelRun (or an earlier one) cancelled: a finished run's
+# streamed body is its result, and CancelRun leaves finished runs alone.
+_IF_CANCELLED: Final = (
+    f"(SELECT run_id FROM runs WHERE run_id = ? AND status = '{RunStatus.CANCELLED}')"
+)
+_DROP_ALL_PENDING: Final = ("DELETE FROM pending WHERE run_id = ?", _by_run)
+_DROP_BODY: Final = (
+    ("DELETE FROM body_chunks WHERE run_id = ?", _by_run),
+    ("DELETE FROM bodies WHERE run_id = ?", _by_run),
+)
+# Run after their kind's statement, in order, each with its rows built per write: a run
+# that ends leaves no pending sleep or wait behind; a cancelled or reset run no body.
+_Params = Callable[[Write | CreatedFinished], tuple[Any, ...]]
+_ALSO: Final[dict[type[Any], tuple[tuple[str, _Params], ...]]] = {
+    FinishRun: (_DROP_ALL_PENDING,),
+    CancelRun: (
+        _DROP_ALL_PENDING,
+        (f"DELETE FROM body_chunks WHERE run_id = {_IF_CANCELLED}", _by_run),
+        (f"DELETE FROM bodies WHERE run_id = {_IF_CANCELLED}", _by_run),
+    ),
+    ResetRun: _DROP_BODY,
+    # Keep the first `keep` bytes: drop the chunks from there, then cut the one that
+    # straddles it (substr counts bytes in a blob).
+    BeginBody: (
+        ("DELETE FROM body_chunks WHERE run_id = ? AND pos >= ?", _with_keep),
+        (
+            "UPDATE body_chunks SET data = substr(data, 1, ?2 - pos) WHERE run_id = ?1"
+            " AND pos = (SELECT max(pos) FROM body_chunks WHERE run_id = ?1 AND pos < ?2)"
+            " AND pos + length(data) > ?2",
+            _with_keep,
+        ),
+    ),
+}
 
 # Written with its CreateRun, after it; the first key on a route wins.
 _INSERT_KEY: Final = (
@@ -120,7 +174,7 @@ _INSERT_KEY: Final = (
 RUN_COLUMNS: Final = (
     "run_id, route, status, attempt, created_at, updated_at, finished_at, wake_at,"
     " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body,"
-    " owner, lease_until"
+    " owner, lease_until, resp_kept"
 )
 
 # Due runs first: no wake time (run now), then the earliest wake, then the oldest;
@@ -153,6 +207,8 @@ PURGE: Final = (
     "DELETE FROM attempts WHERE run_id = ?",
     "DELETE FROM step_errors WHERE run_id = ?",
     "DELETE FROM pending WHERE run_id = ?",
+    "DELETE FROM body_chunks WHERE run_id = ?",
+    "DELETE FROM bodies WHERE run_id = ?",
     "DELETE FROM runs WHERE run_id = ?",
 )
 # Oldest first through events_ts; rowids, so the delete needs no second key lookup.
@@ -197,6 +253,7 @@ def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
                 finish.response.status,
                 encode_headers(finish.response.headers),
                 finish.response.body,
+                finish.response.kept,
             )
         case RecordStepError():
             return (write.run_id, write.step_id, write.attempt, write.message, write.created_at)
@@ -218,6 +275,7 @@ def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
                 resp.status,
                 encode_headers(resp.headers),
                 resp.body,
+                resp.kept,
                 write.finished_at,
                 write.finished_at,
                 write.run_id,
@@ -245,6 +303,7 @@ def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
                 resp.status,
                 encode_headers(resp.headers),
                 resp.body,
+                resp.kept,
                 write.finished_at,
                 write.finished_at,
                 write.run_id,
@@ -257,13 +316,23 @@ def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
                 write.lease_until,
                 write.run_id,
             )
+        case BeginBody():
+            return (
+                write.run_id,
+                write.epoch,
+                write.attempt,
+                write.status,
+                encode_headers(write.headers),
+            )
+        case AppendBody():
+            return (write.run_id, write.offset, write.data)
 
 
 def run_row(row: Any) -> RunRow:
     """A `runs` row selected as RUN_COLUMNS, as a record."""
     response = None
     if row[12] is not None:
-        response = StoredResponse(row[12], decode_headers(row[13]), bytes(row[14]))
+        response = StoredResponse(row[12], decode_headers(row[13]), bytes(row[14]), row[17])
     return RunRow(
         run_id=row[0],
         route=row[1],
@@ -278,6 +347,44 @@ def run_row(row: Any) -> RunRow:
         owner=row[15],
         lease_until=row[16],
     )
+
+
+# The size is the end of the last chunk: found through the primary key, and length()
+# of a blob reads its size, not its bytes.
+GET_BODY: Final = (
+    "SELECT epoch, attempt, status, headers, coalesce((SELECT pos + length(data)"
+    " FROM body_chunks WHERE run_id = ?1 ORDER BY pos DESC LIMIT 1), 0)"
+    " FROM bodies WHERE run_id = ?1"
+)
+# One range of the primary key: from the chunk holding the offset (the greatest pos at
+# or before it) up to the last chunk starting before offset + limit, so a read gathers
+# at most `limit` bytes plus the cut-off head of its first chunk.
+READ_BODY: Final = (
+    "SELECT pos, data FROM body_chunks WHERE run_id = ?1 AND pos >= coalesce("
+    "(SELECT max(pos) FROM body_chunks WHERE run_id = ?1 AND pos <= ?2), ?2)"
+    " AND pos < ?2 + ?3 ORDER BY pos"
+)
+
+
+def body_row(row: Any) -> BodyRow:
+    """A `bodies` row selected by GET_BODY, as a record."""
+    return BodyRow(row[0], row[1], row[2], decode_headers(row[3]), row[4])
+
+
+def body_bytes(rows: Sequence[Any], offset: int, limit: int) -> bytes:
+    """Up to `limit` contiguous bytes from `offset` out of READ_BODY's (pos, data) rows;
+    stops at a gap, so bytes never splice across missing ones."""
+    parts: list[bytes] = []
+    at, need = offset, limit
+    for pos, data in rows:
+        if pos > at or need <= 0:
+            break
+        piece = bytes(data[at - pos : at - pos + need])
+        if piece:
+            parts.append(piece)
+            at += len(piece)
+            need -= len(piece)
+    return b"".join(parts)
 
 
 # A run whose first attempt was folded into its row (`folds_attempt`) has no attempt
@@ -352,9 +459,8 @@ def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     for group in group_writes(coalesce(writes)):
         kind = type(group[0])
         pairs += multi_row(_SQL[kind], [_row(w) for w in group])
-        also = _ALSO.get(kind)
-        if also is not None:
-            pairs += multi_row(also, [(w.run_id,) for w in group])
+        for sql, params in _ALSO.get(kind, ()):
+            pairs += multi_row(sql, [params(w) for w in group])
         if kind is not CreateRun and kind is not CreatedFinished:
             continue  # only a run's creation carries an idempotency key
         creates = (w.create if isinstance(w, CreatedFinished) else w for w in group)

@@ -13,21 +13,25 @@ from collections.abc import Sequence
 from typing import Any, final
 
 from gateway.config.storage_url import MEMORY
-from gateway.store.records import AttemptRow, KeyRow, RunRow, Write
+from gateway.store.records import AttemptRow, BodyRow, KeyRow, RunRow, Write
 from gateway.store.sqlite.connection import describe_error, path_from_url
 from gateway.store.sqlite.listing import RunListing
 from gateway.store.sqlite.sql import (
     CLAIM,
     CLAIM_LEASE,
     EXPIRED,
+    GET_BODY,
     LIST_ATTEMPTS,
     NOT_MINE,
     PURGE,
     PURGE_EVENTS,
     PURGEABLE,
+    READ_BODY,
     RELEASE,
     RENEW,
     RUN_COLUMNS,
+    body_bytes,
+    body_row,
     multi_row,
     plan,
     run_row,
@@ -112,6 +116,17 @@ class SqliteStore(Suspensions, RunListing):
     async def get_run(self, run_id: str) -> RunRow | None:
         row = await self._read_one(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", run_id)
         return None if row is None else run_row(row)
+
+    async def get_body(self, run_id: str) -> BodyRow | None:
+        row = await self._read_one(GET_BODY, run_id)
+        return None if row is None else body_row(row)
+
+    async def read_body(self, run_id: str, offset: int, limit: int) -> bytes:
+        if offset < 0:
+            raise ValueError(f"read_body offset must be >= 0, not {offset}")
+        if limit <= 0:
+            return b""
+        return body_bytes(await self._read_all(READ_BODY, run_id, offset, limit), offset, limit)
 
     async def load_steps(self, run_id: str) -> dict[str, bytes]:
         rows = await self._read_all("SELECT step_id, output FROM steps WHERE run_id = ?", run_id)
