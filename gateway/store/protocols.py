@@ -92,9 +92,10 @@ class Store(Protocol):
 
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
         """Delete up to `limit` runs that finished before cutoff, with their steps,
-        step errors, attempts, pending rows, idempotency keys and streamed bodies, and up to `limit`
-        events older than cutoff, in one short transaction. Returns the larger of the
-        two counts.
+        step errors, attempts, pending rows, idempotency keys and streamed bodies, and up
+        to `limit` events older than cutoff, in one short transaction. A streamed body
+        goes `limit` chunks per call at most, its run once none is left. Returns the
+        largest of the three counts (runs, events, chunks).
 
         Loop while it returns `limit`, yielding between calls, so requests never wait
         long behind a purge.

@@ -203,13 +203,35 @@ async def test_purge_removes_a_runs_body_with_it(store: FullStore, database: Dat
     await store.apply([FinishRun("old", "succeeded", streamed(len(BODY)), 50.0)])
     await store.apply([create("live"), begin("live"), *appends("live", [b"still streaming"])])
 
-    assert await store.purge_before(100.0) == 1
+    assert await store.purge_before(100.0) == len(CHUNKS)  # the largest count: chunks
 
     assert await store.get_run("old") is None
     assert await store.get_body("old") is None
     assert database.count("body_chunks") == 1
     assert database.count("bodies") == 1
     assert await store.read_body("live", 0, 100) == b"still streaming"
+
+
+async def test_purge_deletes_a_bounded_number_of_chunks_per_call(
+    store: FullStore, database: Database
+) -> None:
+    """A purge loop (while it returns `limit`) takes big bodies a few chunks at a time:
+    the run goes once its chunks are gone, runs without chunks go at once."""
+    many = [bytes([i]) * 3 for i in range(5)]
+    await store.apply([create("big"), begin("big"), *appends("big", many), create("plain")])
+    await store.apply(
+        [
+            FinishRun("big", "succeeded", streamed(15), 50.0),
+            FinishRun("plain", "succeeded", StoredResponse(200, [], b"inline"), 60.0),
+        ]
+    )
+
+    counts = [await store.purge_before(100.0, limit=2) for _ in range(4)]
+
+    # 2 chunks (and "plain"), 2 chunks, the last chunk and then "big", nothing.
+    assert counts == [2, 2, 1, 0]
+    assert await store.get_run("big") is None and await store.get_run("plain") is None
+    assert database.count("body_chunks") == 0 and database.count("bodies") == 0
 
 
 def stream_batch(run_id: str) -> list[Write]:

@@ -195,10 +195,21 @@ RELEASE: Final = f"UPDATE runs SET lease_until = NULL WHERE owner = ? AND {ACTIV
 
 # Named: with no statistics the planner reads every finished run through the status
 # listing index and sorts them, instead of a range of runs_finished.
-PURGEABLE: Final = (
+_FINISHED_BEFORE: Final = (
     "SELECT run_id FROM runs INDEXED BY runs_finished WHERE finished_at < ?"
-    f" AND status IN ({', '.join(repr(str(s)) for s in sorted(FINAL_STATUSES))})"
+    f" AND status IN ({', '.join(repr(str(s)) for s in sorted(FINAL_STATUSES))}){{also}}"
     " ORDER BY finished_at LIMIT ?"
+)
+PURGEABLE: Final = _FINISHED_BEFORE.format(also="")
+# A streamed body can be a thousand large rows, each costly to delete (SQLite walks its
+# overflow pages): a purge deletes at most `limit` chunks of the runs it would take,
+# and takes only runs with none left, so a transaction stays short whatever the bodies.
+PURGE_CHUNKS: Final = (
+    "DELETE FROM body_chunks WHERE rowid IN (SELECT rowid FROM body_chunks"
+    f" WHERE run_id IN ({PURGEABLE}) LIMIT ?)"
+)
+PURGEABLE_UNCHUNKED: Final = _FINISHED_BEFORE.format(
+    also=" AND NOT EXISTS (SELECT 1 FROM body_chunks c WHERE c.run_id = runs.run_id)"
 )
 # Dependents first; the run row goes last, so no key or step ever outlives its run.
 PURGE: Final = (
@@ -207,7 +218,6 @@ PURGE: Final = (
     "DELETE FROM attempts WHERE run_id = ?",
     "DELETE FROM step_errors WHERE run_id = ?",
     "DELETE FROM pending WHERE run_id = ?",
-    "DELETE FROM body_chunks WHERE run_id = ?",
     "DELETE FROM bodies WHERE run_id = ?",
     "DELETE FROM runs WHERE run_id = ?",
 )

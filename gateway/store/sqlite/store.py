@@ -24,8 +24,9 @@ from gateway.store.sqlite.sql import (
     LIST_ATTEMPTS,
     NOT_MINE,
     PURGE,
+    PURGE_CHUNKS,
     PURGE_EVENTS,
-    PURGEABLE,
+    PURGEABLE_UNCHUNKED,
     READ_BODY,
     RELEASE,
     RENEW,
@@ -97,21 +98,24 @@ class SqliteStore(Suspensions, RunListing):
         return None if row is None else KeyRow(str(row[0]), str(row[1]))
 
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
-        """Delete up to `limit` runs finished before cutoff, and all that hangs off them,
-        and up to `limit` older events; returns the larger count (see Store.purge_before).
+        """Delete up to `limit` body chunks of runs finished before cutoff, then up to
+        `limit` such runs with no chunk left and all that hangs off them, and up to
+        `limit` older events; returns the largest count (see Store.purge_before).
 
         The ids are read inside the same transaction that deletes them, so every
         table loses exactly the same runs.
         """
         async with self._transaction("purging finished runs") as conn:
-            async with conn.execute(PURGEABLE, (cutoff, limit)) as cur:
+            async with conn.execute(PURGE_CHUNKS, (cutoff, limit, limit)) as cur:
+                chunks = cur.rowcount
+            async with conn.execute(PURGEABLE_UNCHUNKED, (cutoff, limit)) as cur:
                 ids = [(row[0],) for row in await cur.fetchall()]
             for sql in PURGE:
                 for statement, rows in multi_row(sql, ids):
                     await conn.executemany(statement, rows)
             async with conn.execute(PURGE_EVENTS, (cutoff, limit)) as cur:
                 events = cur.rowcount
-        return max(len(ids), events)
+        return max(len(ids), events, chunks)
 
     async def get_run(self, run_id: str) -> RunRow | None:
         row = await self._read_one(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", run_id)
