@@ -159,7 +159,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
     answer = await ctx.step("plan", plan_step)
     # From here on nothing may vary between attempts: every byte comes from the request
-    # and the two memoized outputs. Only the test-only crash looks at the attempt.
+    # and the two memoized outputs. Only the crash flag looks at the attempt.
     sse = request.path == "/chat"
     parts = tokens(answer)
     content_type = "text/event-stream" if sse else "text/plain; charset=utf-8"
