@@ -1,7 +1,9 @@
 """The benchmark backend: aiohttp with a 0-step and a 3-step handler, plus the fixtures
-the store and memory checks need. Without Durable-* headers the steps just run here.
+the store, memory and streaming checks need. Without Durable-* headers the steps just run
+here.
 
-Never sleeps or blocks on purpose on the measured paths: its cost is what is compared.
+Never sleeps or blocks on purpose on the measured paths: its cost is what is compared
+(`/sse` waits between its events, after the first one, which is what is timed).
 
     python -m bench.backend --port 3000
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +26,22 @@ from step_protocol import StepClient, aiohttp_middleware, parse_headers
 STEPS: web.AppKey[StepClient] = web.AppKey("steps", StepClient)
 PARKED: web.AppKey[list[dict[str, Any]]] = web.AppKey("parked", list)
 RELEASE: web.AppKey[asyncio.Event] = web.AppKey("release", asyncio.Event)
+
+SSE_EVENTS = 5
+"""Events in one `/sse` response."""
+MIB = 1024 * 1024
+_BLOCK = os.urandom(MIB // 4)
+"""What `/big` writes over and over: made once, so the backend only copies it out."""
+
+
+def sse_event(i: int) -> bytes:
+    """The `i`th event of `/sse`: an id and a small JSON token, like an LLM stream's."""
+    return b'id: %d\ndata: {"token": %d, "text": "word %d"}\n\n' % (i, i, i)
+
+
+def sse_body() -> bytes:
+    """The whole body of one `/sse` response, for the client to check what it got."""
+    return b"".join(sse_event(i) for i in range(SSE_EVENTS))
 
 
 async def zero(request: web.Request) -> web.Response:
@@ -111,6 +130,36 @@ async def put_latency(request: web.Request) -> web.Response:
     )
 
 
+async def sse(request: web.Request) -> web.StreamResponse:
+    """`?gap_ms=G`: a `text/event-stream` of SSE_EVENTS events, the first at once, the
+    others G ms apart (default 2); chunked, no Content-Length, so it really streams."""
+    await request.read()
+    gap = float(request.query.get("gap_ms", "2")) / 1000
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    for i in range(SSE_EVENTS):
+        if i:
+            await asyncio.sleep(gap)
+        await resp.write(sse_event(i))
+    await resp.write_eof()
+    return resp
+
+
+async def big(request: web.Request) -> web.StreamResponse:
+    """`?mib=N`: N MiB (default 1024) as fast as the reader takes them, chunked with no
+    Content-Length, from one reused buffer."""
+    await request.read()
+    blocks = int(request.query.get("mib", "1024")) * (MIB // len(_BLOCK))
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await resp.prepare(request)
+    for _ in range(blocks):
+        await resp.write(_BLOCK)
+    await resp.write_eof()
+    return resp
+
+
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -134,6 +183,8 @@ def make_app() -> web.Application:
     for prefix in ("", "/plain"):  # /plain/*: the gateway's `durable: false` route
         app.router.add_route("*", prefix + "/0", zero)
         app.router.add_route("*", prefix + "/3", three)
+        app.router.add_route("*", prefix + "/sse", sse)
+        app.router.add_route("*", prefix + "/big", big)
     app.router.add_route("*", "/fail", fail)
     app.router.add_route("*", "/sleep", sleep)
     app.router.add_route("*", "/park", park)

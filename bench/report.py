@@ -26,7 +26,7 @@ RATIO_FIGURES: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One target of issue 6 against what this run measured."""
+    """One target of issue 6 or 14 against what this run measured."""
 
     name: str
     value: float | None
@@ -86,6 +86,10 @@ def checks(results: dict[str, Any]) -> list[Check]:
     total_cpu = _maybe(lambda: float(gw3["system_cpu_ms"]))
     runs = _count(memory.get("runs_in_backoff"))
     seeded = _count(scale.get("seeded_runs"))
+    sse: dict[str, Any] = results.get("sse_ttfb", {}).get("targets", {})
+    big: dict[str, Any] = results.get("big_body", {})
+    big_size = _count(big.get("mib"))
+    big_durable: dict[str, Any] = big.get("targets", {}).get("gateway", {})
     return [
         Check(
             "0-step: gateway throughput / minimal aiohttp proxy (c=32)",
@@ -144,6 +148,29 @@ def checks(results: dict[str, Any]) -> list[Check]:
             "% apart",
             at_least=False,
             note=_maybe_text(lambda: f"seeded/empty = {scale['ratio']:.3f}"),
+        ),
+        Check(
+            "SSE: durable route's time to first byte, p50 added over direct (c=1)",
+            _get(sse, "gateway", "added_p50_ms"),
+            1.0,
+            "ms",
+            at_least=False,
+            note=_maybe_text(lambda: f"plain route: {sse['gateway-plain']['added_p50_ms']:.3f} ms"),
+        ),
+        Check(
+            f"big body: {big_size} MiB throughput, durable route / plain route",
+            big.get("durable_to_plain"),
+            0.8,
+            "×",
+            at_least=True,
+            note=_maybe_text(lambda: f"durable peak RSS {big_durable['peak_rss_mb']:.1f} MB"),
+        ),
+        Check(
+            f"big body: gateway RSS growth over idle, {big_size} MiB through a durable route",
+            big_durable.get("rss_growth_mb"),
+            64,
+            "MB",
+            at_least=False,
         ),
     ]
 
@@ -280,6 +307,10 @@ def markdown(results: dict[str, Any]) -> str:
             f" {_num(m['peak_rss_mb'], 1)} | {_num(m['baseline_rss_mb'], 1)} |",
             "",
         ]
+    if "sse_ttfb" in results:
+        out += _sse_table(results["sse_ttfb"])
+    if "big_body" in results:
+        out += _big_body_table(results["big_body"])
     if "profile" in results:
         out += _profile_table(results["profile"])
     out += ["## Targets", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
@@ -292,6 +323,66 @@ def markdown(results: dict[str, Any]) -> str:
             f" {sign} {_num(c['limit'])} {c['unit']} | {met} |"
         )
     return "\n".join(out) + "\n"
+
+
+def _ratio_cell(value: float | None, base: float | None, digits: int = 3) -> str:
+    """A figure with its ratio to `base` (the direct backend's) in parentheses."""
+    text = _num(value, digits)
+    if value is not None and base:
+        text += f" ({value / base:.2f}×)"
+    return text
+
+
+def _sse_table(sse: dict[str, Any]) -> list[str]:
+    out = [
+        "## Streaming: time to first byte of an SSE stream (c=1)",
+        "",
+        f"Sequential `POST /sse`, each answered with {sse['events']} events"
+        f" {sse['gap_ms']:g} ms apart (chunked, no Content-Length); time from sending the"
+        " request to the first body byte of the first event. Ratios are to the direct"
+        " backend in the same run.",
+        "",
+        "| target | TTFB p50 ms | TTFB p90 ms | TTFB p99 ms | added p50 ms"
+        " | whole stream p50 ms | requests | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    targets = sse["targets"]
+    direct = targets.get(DIRECT, {})
+    for name, f in targets.items():
+        base = {k: direct.get(k) if name != DIRECT else None for k in direct}
+        out.append(
+            f"| {name} | {_ratio_cell(f['p50_ms'], base.get('p50_ms'))} |"
+            f" {_ratio_cell(f['p90_ms'], base.get('p90_ms'))} |"
+            f" {_ratio_cell(f['p99_ms'], base.get('p99_ms'))} | {_num(f['added_p50_ms'])} |"
+            f" {_num(f['stream_p50_ms'])} | {f['requests']:,.0f} | {f['errors']:.0f} |"
+        )
+    return [*out, ""]
+
+
+def _big_body_table(big: dict[str, Any]) -> list[str]:
+    out = [
+        f"## Streaming: a {big['mib']:,} MiB body",
+        "",
+        "One `POST /big` at a time, streamed chunked from one reused buffer and read and"
+        " dropped by the client as fast as it comes; a fresh gateway for every transfer."
+        " Ratios are to the direct backend in the same run. Stored: the durable run's"
+        " writes left the gateway's queue after the transfer (peak RSS is read after).",
+        "",
+        "| target | MiB/s | seconds | gateway CPU s/GiB | idle RSS MB | peak RSS MB"
+        " | RSS growth MB | stored |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    targets = big["targets"]
+    direct = targets.get(DIRECT, {}).get("mib_per_s")
+    stored = {True: "yes", False: "**no**", None: "–"}
+    for name, f in targets.items():
+        out.append(
+            f"| {name} | {_ratio_cell(f['mib_per_s'], direct if name != DIRECT else None, 0)} |"
+            f" {_num(f['seconds'])} | {_num(f['gateway_cpu_s_per_gib'])} |"
+            f" {_num(f['idle_rss_mb'], 1)} | {_num(f['peak_rss_mb'], 1)} |"
+            f" {_num(f['rss_growth_mb'], 1)} | {stored[f.get('stored')]} |"
+        )
+    return [*out, ""]
 
 
 def _share_cells(rows: list[dict[str, Any]], i: int) -> str:

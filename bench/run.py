@@ -2,7 +2,8 @@
 turn, prints a Markdown table and writes it with the JSON.
 
     python -m bench.run [--quick] [--duration S] [--rounds N] [--out FILE.json]
-                        [--only latency,throughput,store,scale,memory] [--loadgen wrk|python]
+                        [--only latency,throughput,store,scale,memory,sse_ttfb,big_body]
+                        [--loadgen wrk|python] [--big-body-mib N]
 
 Never runs two loads at once, and stops every process it started, whatever happens.
 """
@@ -27,13 +28,13 @@ from typing import Any
 
 import aiohttp
 
-from bench import checkpoints, hops, memory, profile, report, scale
+from bench import checkpoints, hops, memory, profile, report, scale, streams
 from bench.hops import Hop
 from bench.loadgen import Loadgen, LoadgenName, Plan, Shot, pick
 from bench.processes import ROOT, Lab, Service
 from bench.sizes import Sizes, choose
 
-SECTIONS = ("latency", "throughput", "store", "scale", "memory")
+SECTIONS = ("latency", "throughput", "store", "scale", "memory", "sse_ttfb", "big_body")
 log = logging.getLogger("bench")
 
 
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "asyncio", "uvloop"],
         default="auto",
         help="the gateway's --loop (default auto: uvloop when installed)",
+    )
+    p.add_argument(
+        "--big-body-mib",
+        type=int,
+        help="MiB of the big_body section's response (default 1024; quick: 16)",
     )
     p.add_argument("--workdir", type=Path, help="keep configs, logs and stores here")
     return p
@@ -160,7 +166,10 @@ async def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"--only: unknown sections {sorted(unknown)}", file=sys.stderr)
         return 2
-    sizes = choose(args.quick, args.duration, args.rounds)
+    if args.big_body_mib is not None and args.big_body_mib < 1:
+        print("--big-body-mib: at least 1", file=sys.stderr)
+        return 2
+    sizes = choose(args.quick, args.duration, args.rounds, args.big_body_mib)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     out: Path = args.out or ROOT / "bench" / "results" / f"{stamp}.json"
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="durable-bench-"))
@@ -195,6 +204,10 @@ async def run(args: argparse.Namespace) -> int:
             results["scale"] = await scale.measure(lab, backend, loadgen, sizes)
         if "memory" in only:
             results["memory"] = await memory.measure(lab, backend, sizes)
+        if "sse_ttfb" in only:
+            results["sse_ttfb"] = await streams.sse_ttfb(lab, backend, sizes)
+        if "big_body" in only:
+            results["big_body"] = await streams.big_body(lab, backend, sizes)
     finally:
         lab.close()
         if args.workdir is None:

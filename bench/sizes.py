@@ -27,6 +27,14 @@ class Sizes:
     """Finished runs seeded into the store for the scale check."""
     memory_runs: int
     """Runs in backoff, and as many suspended, for the memory check."""
+    sse_requests: int
+    """Sequential SSE requests timed per target and round."""
+    sse_warmup: int
+    """Sequential SSE requests sent, untimed, before those of each target and round."""
+    sse_gap_ms: float
+    """Milliseconds between the events of one SSE response after the first."""
+    big_body_mib: int
+    """MiB of the big streamed body, through each target once per round."""
 
 
 FULL = Sizes(
@@ -39,6 +47,10 @@ FULL = Sizes(
     put_samples=1000,
     scale_runs=1_000_000,
     memory_runs=10_000,
+    sse_requests=1000,
+    sse_warmup=100,
+    sse_gap_ms=2.0,
+    big_body_mib=1024,
 )
 
 QUICK = Sizes(
@@ -51,11 +63,19 @@ QUICK = Sizes(
     put_samples=100,
     scale_runs=10_000,
     memory_runs=200,
+    sse_requests=20,
+    sse_warmup=5,
+    sse_gap_ms=1.0,
+    big_body_mib=16,
 )
 
 
-def choose(quick: bool, duration: float | None, rounds: int | None) -> Sizes:
+def choose(
+    quick: bool, duration: float | None, rounds: int | None, big_body_mib: int | None = None
+) -> Sizes:
     sizes = QUICK if quick else FULL
+    if big_body_mib is not None:
+        sizes = replace(sizes, big_body_mib=big_body_mib)
     if duration is not None:
         sizes = replace(sizes, throughput=duration)
     if rounds is not None:

@@ -68,9 +68,49 @@ def test_quick_run_with_the_python_load_generator(tmp_path: Path) -> None:
     assert memory["runs_in_backoff"] == memory["runs_suspended"] == 200
     positive(memory, "rss_mb", "peak_rss_mb", "baseline_rss_mb")
 
-    assert {t["name"].split(":")[0] for t in data["targets"]} >= {"0-step", "3-step", "store"}
+    streamed(data, mib=16)
+
+    assert {t["name"].split(":")[0] for t in data["targets"]} >= {
+        "0-step",
+        "3-step",
+        "store",
+        "SSE",
+        "big body",
+    }
     assert all(t["value"] is not None for t in data["targets"])
     assert "| `/3` | gateway |" in text and "## Targets" in text
+    assert "## Streaming: a 16 MiB body" in text
+
+
+def streamed(data: dict[str, Any], mib: int) -> None:
+    """The two streaming sections came back whole: every SSE stream and every big body
+    through each target, the durable body written to the store."""
+    sse = data["sse_ttfb"]["targets"]
+    assert set(sse) == {"direct", "gateway", "gateway-plain"}
+    # The backend sends its later events at least `gap_ms` apart, each after the first:
+    # a hop that held the stream back would deliver the first byte with the last.
+    later = (data["sse_ttfb"]["events"] - 1) * data["sse_ttfb"]["gap_ms"]
+    for name, f in sse.items():
+        assert f["requests"] == 20 and f["errors"] == 0, (name, f)
+        assert 0 < f["p50_ms"] <= f["p90_ms"] <= f["p99_ms"]
+        assert f["stream_p50_ms"] - f["p50_ms"] >= later * 0.99, (name, f)
+    added = sse["gateway"]["added_p50_ms"]
+    assert added == pytest.approx(sse["gateway"]["p50_ms"] - sse["direct"]["p50_ms"])
+
+    big = data["big_body"]
+    assert big["mib"] == mib
+    targets = big["targets"]
+    assert list(targets) == ["direct", "gateway-plain", "gateway"]
+    for f in targets.values():
+        positive(f, "mib_per_s", "seconds")
+        assert f["chunked"] is True
+    for name in ("gateway-plain", "gateway"):
+        positive(targets[name], "idle_rss_mb")
+        assert targets[name]["gateway_cpu_s_per_gib"] >= 0  # a small body may take < 1 tick
+        assert targets[name]["peak_rss_mb"] >= targets[name]["idle_rss_mb"]
+    assert targets["gateway"]["stored"] is True
+    plain, durable = targets["gateway-plain"]["mib_per_s"], targets["gateway"]["mib_per_s"]
+    assert big["durable_to_plain"] == pytest.approx(durable / plain)
 
 
 @pytest.mark.slow
@@ -90,6 +130,21 @@ def test_quick_run_with_wrk(tmp_path: Path) -> None:
         assert store["errors"] == 0
         assert store["recorded"] >= store["checkpoints"] > 0
     assert "memory" not in data and "scale" not in data
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_the_streaming_sections_alone(tmp_path: Path) -> None:
+    """`--only sse_ttfb,big_body` runs those two and nothing else, at the size asked."""
+    data, text = run_bench(tmp_path, "--only", "sse_ttfb,big_body", "--big-body-mib", "4")
+    streamed(data, mib=4)
+    assert not {"hops", "store", "scale", "memory"} & set(data)
+    assert "## Streaming: a 4 MiB body" in text
+    assert "| gateway-plain |" in text
+    names = {t["name"]: t for t in data["targets"]}
+    assert names["big body: 4 MiB throughput, durable route / plain route"]["value"] > 0
+    sse = "SSE: durable route's time to first byte, p50 added over direct (c=1)"
+    assert names[sse]["value"] == data["sse_ttfb"]["targets"]["gateway"]["added_p50_ms"]
 
 
 def table_rows(module: str, *args: str) -> list[list[str]]:
