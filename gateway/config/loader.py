@@ -379,6 +379,7 @@ _SETTING_READERS: dict[str, Callable[[_At], object]] = {
     "attempt_timeout": lambda at: _duration(at, positive=True),
     "hold": _duration,
     "max_body": _size,  # 0 is allowed: a route that takes no request bodies
+    "max_response": _size,  # 0 keeps no streamed body: every result URL of the route is 410
     "max_step_output": lambda at: _size(at, positive=True),
     "max_run_state": lambda at: _size(at, positive=True),
     "max_steps": lambda at: _int(at, 1),

@@ -111,6 +111,9 @@ class RouteSettings:
     """How long the client connection may wait for retries before a 303."""
     max_body: int = 10 * 1024 * 1024
     """Largest request body stored with a run; past it, 413."""
+    max_response: int = 64 * 1024 * 1024
+    """Largest response body kept as a run's result; past it the body still streams to
+    the client, and the result URL answers 410."""
     max_step_output: int = 4 * 1024 * 1024
     """Largest JSON output of one step."""
     max_run_state: int = 32 * 1024 * 1024

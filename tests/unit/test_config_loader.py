@@ -258,6 +258,7 @@ defaults:
   attempt_timeout: 1s
   hold: 1s
   max_body: 1KiB
+  max_response: 2KiB
   max_step_output: 1KiB
   max_run_state: 2KiB
   max_steps: 3
