@@ -67,7 +67,7 @@ async def test_wait_resumes_on_a_matching_event_only(
 ) -> None:
     gw = gateway_factory(durable_route(backend.url))
     run_id, location = await accept(http, gw.url("/demo/wait?event=order.paid&order_id=42"))
-    await until_status(http, gw, run_id, "suspended")
+    await until_committed_suspended(http, gw, run_id)  # its wait is in the store, too
     detail = await run_status(http, gw, run_id)
     assert detail["suspension"]["kind"] == "wait" and detail["suspension"]["event"] == "order.paid"
     other = await post_event(http, gw, name="order.paid", data={"order_id": "41"})
