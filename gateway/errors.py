@@ -132,6 +132,10 @@ class Conflict(ProblemError):
     status, type, title = 409, "conflict", "Conflict with the run's state"
 
 
+class ResponseNotKept(ProblemError):
+    status, type, title = 410, "response-not-kept", "Response too large to keep"
+
+
 class IdempotencyMismatch(ProblemError):
     status, type, title = (
         422,

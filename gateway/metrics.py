@@ -221,9 +221,16 @@ DELIVERIES = Counter(
 )
 DETACHED = Counter(
     "durable_clients_detached_total",
-    "Held clients cut off while their response streamed, by reason: slow (fell more than "
-    "the feed's limit behind the upstream) or gone (disconnected). Their runs go on.",
+    "Clients cut off while a response streamed to them, by reason: slow (fell too far "
+    "behind the upstream past max_response, where nothing is stored for them to read "
+    "later) or gone (disconnected). Their runs go on.",
     ("route", "reason"),
+)
+STREAM_RETRIES = Counter(
+    "durable_stream_retries_total",
+    "Attempts that streamed after an earlier one had begun the response, by outcome: "
+    "resumed (the same bytes: clients saw no seam) or diverged (clients were reset).",
+    ("route", "outcome"),
 )
 UPSTREAM_LATENCY = Histogram(
     "durable_upstream_latency_seconds",

@@ -21,9 +21,10 @@ from gateway import metrics
 from gateway.config import RouteConfig
 from gateway.engine import suspensions, waits
 from gateway.engine.leases import LEASE_TTL
-from gateway.engine.live import Feed, LiveRun
+from gateway.engine.live import LiveRun
 from gateway.engine.runner import Runner
 from gateway.engine.runs import Pending, PendingKind, Run, StepResult, stored_problem
+from gateway.engine.stream import Ended, Stream
 from gateway.engine.suspensions import Answer
 from gateway.engine.tokens import new_run_id
 from gateway.errors import Conflict, NotFound, StaleAttempt, Unavailable
@@ -118,6 +119,11 @@ class Driver:
         live = self.registry.get(run.run_id)
         if live is None:
             live = LiveRun(run)
+            if run.streamed is not None:  # its clients follow on from what is stored
+                cap = run.route.settings.max_response
+                live.stream = Stream.from_store(
+                    run.run_id, self.store, self.writer, cap, run.streamed
+                )
             self._start(live, resumed=True)
             return live
         current = live.run
@@ -164,6 +170,7 @@ class Driver:
             steps=steps,
             pending=pending,
             suspends=await self.store.count_suspends(row.run_id),
+            streamed=await self.store.get_body(row.run_id),
         )
 
     def watch(self, run_id: str) -> asyncio.Event:
@@ -304,23 +311,13 @@ class Driver:
 
     # --- who waits on a live run --------------------------------------------------------
 
-    def hold(self, live: LiveRun, feed: Feed | None = None) -> None:
+    def hold(self, live: LiveRun) -> None:
         """A handler waits on a live run (a held client, a result URL): it stays in memory
-        until the handler calls `release`. With `feed`, the original client's, the
-        attempt that turns out final streams into it (never waiting for the client)."""
+        until the handler calls `release`."""
         live.waiters += 1
-        if feed is not None:
-            live.feed = feed
 
-    def unfeed(self, live: LiveRun, feed: Feed | None) -> None:
-        """The handler answers its client otherwise (a replay, a redirect): no attempt
-        may start streaming into its feed from now on."""
-        if feed is not None and live.feed is feed:
-            live.feed = None
-
-    def release(self, live: LiveRun, feed: Feed | None = None) -> None:
+    def release(self, live: LiveRun) -> None:
         """A waiter leaves: a parked run nobody waits on lives in the store alone."""
-        self.unfeed(live, feed)
         live.waiters -= 1
         parked = live.run.status in (RunStatus.SUSPENDED, RunStatus.PAUSED)
         if parked and live.evictable and live.task is not None and live.task.done():
@@ -353,6 +350,8 @@ class Driver:
             run = live.run
             run.status, run.response, run.wake_at = RunStatus.CANCELLED, response, None
             run.pending.clear()
+            if live.stream is not None:
+                live.stream.end(Ended.CANCELLED)
             live.final_commit = committed
             committed.add_done_callback(lambda _: self.registry.forget(run_id))
             live.notify()
@@ -378,6 +377,7 @@ class Driver:
             raise Conflict(f"route {row.route!r} is no longer configured", run_id=run_id)
         if live is not None:
             self.registry.forget(run_id)
+        run.streamed = None  # ResetRun drops what an earlier attempt streamed
         now = time.time()
         await self.writer.submit(ResetRun(run_id, run.attempt, now, self.node_id, now + LEASE_TTL))
         run.status, run.response, run.wake_at = RunStatus.RUNNING, None, None
@@ -405,6 +405,8 @@ class Driver:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         for live in self.registry:
+            if live.stream is not None:
+                live.stream.end(Ended.STOPPED)
             live.notify()  # held clients get their result URL instead of waiting
         unfinished = sum(1 for lv in self.registry if not lv.run.finished)
         if unfinished:

@@ -26,9 +26,12 @@ from gateway.engine.live import LiveRun
 from gateway.engine.registry import Registry
 from gateway.engine.retries import AttemptOutcome, Decision, Verdict, decide
 from gateway.engine.runs import Run, stored_problem
+from gateway.engine.stream import Ended, Stream
 from gateway.engine.tokens import Tokens
-from gateway.errors import TYPE_BASE, Unavailable
+from gateway.errors import TYPE_BASE, StoreUnavailable, Unavailable
 from gateway.store import (
+    AppendBody,
+    BeginBody,
     CreateRun,
     FinishRun,
     FullStore,
@@ -171,9 +174,6 @@ class Runner:
                 attempts=run.attempt,
             )
             self.finish(live, problem)
-        finally:
-            if live.feed is not None and not live.run.finished:
-                live.feed = None
 
     @staticmethod
     def _pauses(run: Run, decision: Decision) -> bool:
@@ -322,17 +322,24 @@ class Runner:
     async def _receive(
         self, live: LiveRun, resp: upstream.Response, outcome: AttemptOutcome
     ) -> _Tried:
-        """Read a final response, teeing it into the held client's feed as it arrives
-        (never waiting for the client: a slow one is detached, see `Feed`).
+        """Read a final response into the run's stream, which its clients follow and
+        the store keeps in chunks (never waiting for a client, see `Stream`).
 
-        A short body of declared length is read whole instead, and the held client is
-        answered from the finished run in one write: streaming it would cost three
-        awaited writes for what fits in one packet.
+        A short body of declared length, with nothing streamed before it, is read whole
+        instead, and the held client is answered from the finished run in one write:
+        streaming it would cost three awaited writes for what fits in one packet.
         """
+        run = live.run
         headers = client_response_headers(resp.headers.items())
-        headers.append((wire.RUN_ID, live.run.run_id))
+        headers.append((wire.RUN_ID, run.run_id))
         length = resp.content_length
-        if length is not None and length <= INLINE_BODY and live.run.request.method != "HEAD":
+        stream = live.stream
+        if (
+            stream is None
+            and length is not None
+            and length <= INLINE_BODY
+            and run.request.method != "HEAD"
+        ):
             try:
                 body = await resp.read()
             except (upstream.UpstreamError, TimeoutError) as exc:
@@ -340,26 +347,35 @@ class Runner:
             stored = StoredResponse(resp.status, headers, body)
             self.finish(live, stored)
             return _Tried(outcome, stored)
-        feed, live.feed = live.feed, None
-        if feed is not None:
-            feed.start(resp.status, headers)
-        chunks: list[bytes] = []
+        if stream is None:
+            cap = run.route.settings.max_response
+            stream = Stream(
+                run.run_id,
+                self.store,
+                self.writer,
+                cap,
+                status=resp.status,
+                headers=headers,
+                attempt=run.attempt,
+            )
+            live.stream = stream
+        epoch, sent = stream.epoch, stream.size if stream.attempt != run.attempt else None
+        stream.open(run.attempt, resp.status, headers)
+        live.notify()  # a held client starts following it
         whole = False
         try:
             async for chunk in resp.iter_chunks():
-                chunks.append(chunk)
-                if feed is not None and not feed.push(chunk):
-                    feed = None  # detached: the attempt goes on at the upstream's pace
+                if not await stream.pour(chunk):
+                    return _Tried(outcome)  # the run ended otherwise meanwhile
             whole = True
-        except (upstream.UpstreamError, TimeoutError) as exc:
-            return _Tried(attempts.broken_body(exc))
+        except (upstream.UpstreamError, TimeoutError, StoreUnavailable) as exc:
+            return _Tried(attempts.broken_body(exc))  # or what streamed could not be read back
         finally:
-            if feed is not None and not whole:
-                feed.end(ok=False)  # broken off, or cancelled: the client's body is cut
-        stored = StoredResponse(resp.status, headers, b"".join(chunks))
-        if feed is not None:
-            self.finish(live, stored)
-            feed.end(ok=True)
+            stream.close(whole=whole)
+            if sent is not None:
+                _count_stream_retry(run, stream, epoch, sent)
+        stored = stream.response()
+        self.finish(live, stored)
         return _Tried(outcome, stored)
 
     def _failure_response(self, run: Run, outcome: AttemptOutcome, reason: str) -> StoredResponse:
@@ -384,6 +400,9 @@ class Runner:
             return
         run.response = response
         run.status = RunStatus.SUCCEEDED if response.status < 400 else RunStatus.FAILED
+        stream = live.stream
+        if stream is not None and stream.ended is None:
+            stream.end(Ended.FAILED)  # the run ended with another response than the stream
         run.wake_at = None
         metrics.child(metrics.RUNS, run.route.name, run.status.value).inc()
         live.final_commit = asyncio.get_running_loop().create_future()
@@ -425,9 +444,10 @@ class Runner:
         fails with a 500 problem stored as its result, never to run again. The hook runs
         before the write's future fails, so waiters find the problem in place.
 
-        A refused response is replaced; a run whose creation was refused fails for the
-        clients holding it and leaves, with nothing stored; any other refused write fails
-        the run unless it has its final response already. Runs not live here are left
+        A refused response is replaced, and so is one whose streamed body lost a chunk;
+        a run whose creation was refused fails for the clients holding it and leaves,
+        with nothing stored; any other refused write fails the run unless it has its
+        final response already. Runs not live here are left
         as the store has them.
         """
         live = self.registry.get(write.run_id)
@@ -451,8 +471,8 @@ class Runner:
             self._stop(live)
             live.notify()
             self.registry.forget(run.run_id)
-        elif isinstance(write, FinishRun):
-            if write.response.body.startswith(_NOT_STORED):
+        elif isinstance(write, FinishRun) or _streamed_into(write, run):
+            if run.response is not None and run.response.body.startswith(_NOT_STORED):
                 return  # the problem itself was refused: `_final_settled` gives up
             run.status, run.response = RunStatus.FAILED, problem
             self._store_final(live)
@@ -475,16 +495,53 @@ _NOT_STORED: Final = orjson.dumps({"type": TYPE_BASE + _NOT_STORED_TYPE})[:-1]
 """How the body of such a problem begins (`problem_body` puts `type` first)."""
 
 
+def _streamed_into(write: Write, run: Run) -> bool:
+    """A refused chunk of a body the run's final response already refers to."""
+    response = run.response
+    return (
+        isinstance(write, (AppendBody, BeginBody))
+        and response is not None
+        and response.kept is not None
+        and run.finished
+    )
+
+
 def _described(write: Write) -> str:
     """What a refused write held, for the problem's detail."""
     if isinstance(write, FinishRun):
         response = write.response
-        return f"the final response (status {response.status}, {len(response.body)} bytes)"
+        size = len(response.body) if response.kept is None else response.kept
+        return f"the final response (status {response.status}, {size} bytes)"
     if isinstance(write, CreateRun):
         return f"the request ({len(write.request.body)} bytes of body)"
+    if isinstance(write, AppendBody):
+        return f"{len(write.data)} bytes of the streamed response at byte {write.offset}"
     if isinstance(write, PutStep):
         return f"the output of step {write.step_id!r} ({len(write.output)} bytes)"
     return f"a {type(write).__name__} record"
+
+
+def _count_stream_retry(run: Run, stream: Stream, epoch: int, sent: int) -> None:
+    """An attempt streamed where an earlier one had begun: say whether clients saw a seam."""
+    if stream.epoch == epoch:
+        if stream.size >= sent:  # it got past what was sent: a broken one is retried again
+            metrics.child(metrics.STREAM_RETRIES, run.route.name, "resumed").inc()
+            log.info(
+                "attempt %d repeated the %d bytes streamed before; the stream goes on",
+                run.attempt,
+                sent,
+                extra={"run_id": run.run_id},
+            )
+        return
+    metrics.child(metrics.STREAM_RETRIES, run.route.name, "diverged").inc()
+    log.warning(
+        "attempt %d diverged from the %d bytes streamed before (its status %d): "
+        "the stream's clients were reset",
+        run.attempt,
+        sent,
+        stream.status,
+        extra={"run_id": run.run_id},
+    )
 
 
 def _never_stored(live: LiveRun) -> bool:

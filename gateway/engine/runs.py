@@ -15,7 +15,13 @@ import orjson
 
 from gateway.config import RouteConfig
 from gateway.errors import CONTENT_TYPE, problem_body
-from gateway.store.records import FINAL_STATUSES, RunStatus, StoredRequest, StoredResponse
+from gateway.store.records import (
+    FINAL_STATUSES,
+    BodyRow,
+    RunStatus,
+    StoredRequest,
+    StoredResponse,
+)
 from step_protocol import wire
 
 
@@ -70,6 +76,9 @@ class Run:
     """Attempts that ended in a suspension: they do not count against max_attempts."""
     suspension: Pending | None = None
     """Set when the sidecar told the current attempt to suspend (a 202 to sleep or wait)."""
+    streamed: BodyRow | None = None
+    """What the store has of a response an earlier attempt began streaming (a run
+    rebuilt from the store): the next attempt is compared with it."""
 
     def __post_init__(self) -> None:
         self.state_bytes = sum(map(len, self.steps.values()))

@@ -1,21 +1,28 @@
-"""The held client's connection: drains an attempt's feed into it at the client's pace.
+"""A client following a run's streamed response: the held client, or a result URL's.
 
-The engine pushes the final response into a bounded `Feed` and never waits here; this
-side writes it out and cuts the connection of a client the feed detached (too slow, or
-gone). Never blocks the attempt, and never holds more than the feed's bound per client.
+Reads the stream at the client's pace: from memory while close behind the upstream,
+from the store when further back, so a slow client never slows its run and costs a
+bounded amount of memory. Carries the stream across retries: a reset (SSE) or an
+aborted response when a retry diverges, heartbeats while it waits, the result URL when
+the wait passes `hold`, and how it ends when the run is stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
 import struct
+import time
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gateway import metrics
-from gateway.engine.live import Detached, Feed
+from gateway.engine.changes import until_changed
+from gateway.engine.stream import Detached, Ended, Reader, Stream
+from gateway.http import sse
 from step_protocol import wire
 
 log = logging.getLogger("gateway.http.held")
@@ -25,56 +32,175 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 kernel still buffers for the client, instead of trickling it out to a slow reader."""
 
 
-async def stream(
-    request: web.BaseRequest, feed: Feed, route: str, run_id: str, result: str
-) -> web.StreamResponse:
-    """Write the feed's response to the client until it ends or the client is detached;
-    `result` (its run's result URL) goes out as `Durable-Result`."""
-    response = web.StreamResponse(status=feed.status)
-    for name, value in feed.headers:
+@dataclass(slots=True)
+class Follow:
+    """How one client follows a stream."""
+
+    route: str
+    run_id: str
+    result: str
+    """The run's result URL, sent as `Durable-Result` and in the gateway's SSE events."""
+    hold: float
+    """Seconds it may wait in silence across a retry or suspension before it is sent
+    to the result URL (SSE) or its response is aborted."""
+    start: int = 0
+    """Byte to start at (`Range`)."""
+    end: int | None = None
+    """Byte to stop before, for a finished body (its size, or a range's end): then the
+    response says its length."""
+    last_event_id: str | None = None
+    status: int | None = None
+    """The status to answer with, when not the stream's (206 for a range)."""
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+async def follow(request: web.BaseRequest, stream: Stream, how: Follow) -> web.StreamResponse:
+    """Stream the run's response to the client until it ends, is reset beyond repair,
+    or the client is detached."""
+    response = web.StreamResponse(status=how.status or stream.status)
+    for name, value in stream.headers:
         response.headers.add(name, value)
-    response.headers[wire.RESULT] = result
-    feed.on_detach = lambda: _reset(request)
-    sent = 0
-    ended = False
+    for name, value in how.extra:
+        response.headers[name] = value
+    response.headers[wire.RESULT] = how.result
+    if how.end is not None:
+        response.content_length = how.end - how.start
+    head = (stream.status, stream.content_type)
+    sse_stream = stream.sse
+    reader = stream.join(how.start)
+    reader.on_detach = lambda: _reset(request)
+    seek = sse.Seek(how.last_event_id) if how.last_event_id and sse_stream else None
+    last = b""  # the last bytes sent, to know whether the client is between two events
+    joined = quiet_since = time.monotonic()
     try:
         await response.prepare(request)
-        while True:
-            chunk = feed.take()
-            if chunk is not None:
-                await response.write(chunk)
-                sent += len(chunk)
-            elif feed.detached is not None:
-                break
-            elif feed.finished:
-                feed.on_detach = None
-                if feed.ok:
+        while reader.detached is None:
+            if reader.epoch != stream.epoch:  # a retry diverged
+                if not sse_stream:
+                    return _abort(request, response)
+                data = {"attempt": stream.attempt, "result": how.result}
+                await response.write(
+                    sse.event("durable-reset", data, at_boundary=sse.ends_event(last))
+                )
+                if (stream.status, stream.content_type) != head:
                     await response.write_eof()
-                elif request.transport is not None:
-                    request.transport.close()  # an incomplete body: never a spliced one
-                ended = True
+                    return response
+                reader.epoch, reader.pos, last = stream.epoch, 0, b""
+                seek = None
+                continue
+            chunk = stream.peek(reader.pos)
+            if chunk is None:
+                chunk = await stream.read_stored(reader.pos)
+                if reader.epoch != stream.epoch:
+                    continue
+                if not chunk:  # the store lacks what it should have: never send a splice
+                    log.warning(
+                        "stored response missing at byte %d",
+                        reader.pos,
+                        extra={"run_id": how.run_id},
+                    )
+                    return _abort(request, response)
+            if how.end is not None:
+                chunk = chunk[: how.end - reader.pos]
+                if not chunk:
+                    await response.write_eof()
+                    return response
+            if chunk:
+                reader.pos += len(chunk)
+                if seek is not None:
+                    found = seek.scan(chunk)
+                    if found is None:
+                        continue
+                    chunk, seek = chunk[found:], None
+                if chunk:
+                    await response.write(chunk)
+                    last = (last + chunk[-4:])[-4:]
+                    quiet_since = time.monotonic()
+                stream.moved()
+                continue
+            if seek is not None and stream.ended is Ended.WHOLE:
+                reader.pos, seek = 0, None  # no event of that id: the whole body
+                continue
+            ended = stream.ended
+            if ended is Ended.WHOLE:
+                await response.write_eof()
                 return response
+            if ended is not None:
+                return await _end(request, response, stream, ended, how, last)
+            now = time.monotonic()
+            stalled = stream.stalled_since
+            if not stream.live and stalled is not None:
+                stalled = max(stalled, joined)
+                if now - stalled >= how.hold:
+                    return await _end(request, response, stream, Ended.STOPPED, how, last)
+                if sse_stream and now - quiet_since >= sse.HEARTBEAT and sse.ends_event(last):
+                    await response.write(sse.KEEP_ALIVE)
+                    quiet_since = now
+                    continue
+                wait = min(stalled + how.hold, quiet_since + sse.HEARTBEAT) - now
             else:
-                await feed.changed()
+                wait = how.hold
+            await until_changed(stream.changed(), max(wait, 0.001))
     except ConnectionError:
-        feed.detach(Detached.GONE)  # keeps SLOW when that is why the connection was cut
+        stream.detach(reader, Detached.GONE)  # keeps SLOW when that is why it was cut
+    except asyncio.CancelledError:
+        stream.detach(reader, Detached.GONE)
+        _detached(reader, how)
+        raise
     finally:
-        if not ended:  # cancelled, say: the engine must not feed a client nobody drains
-            feed.detach(Detached.GONE)
-    why = feed.detached
-    assert why is not None
-    metrics.child(metrics.DETACHED, route, why.value).inc()
+        stream.leave(reader)
+    _detached(reader, how)
+    return response
+
+
+async def _end(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    stream: Stream,
+    ended: Ended,
+    how: Follow,
+    last: bytes,
+) -> web.StreamResponse:
+    """End a stream the run will not complete here: SSE clients are told why and where
+    the result will be, others get an aborted response (never a silently short one)."""
+    if not stream.sse:
+        return _abort(request, response)
+    at_boundary = sse.ends_event(last)
+    if ended is Ended.CANCELLED:
+        message = sse.event("durable-cancelled", {"result": how.result}, at_boundary=at_boundary)
+    elif ended is Ended.FAILED:
+        data = {"attempt": stream.attempt, "result": how.result}
+        message = sse.event("durable-reset", data, at_boundary=at_boundary)
+    else:
+        message = sse.event("durable-redirect", {"result": how.result}, at_boundary=at_boundary)
+    await response.write(message)
+    await response.write_eof()
+    return response
+
+
+def _abort(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+    """An incomplete body: the client sees an error, never a spliced or short one."""
+    if request.transport is not None:
+        request.transport.close()
+    return response
+
+
+def _detached(reader: Reader, how: Follow) -> None:
+    why = reader.detached
+    if why is None:
+        return
+    metrics.child(metrics.DETACHED, how.route, why.value).inc()
     if why is Detached.SLOW:
         log.info(
-            "client cut off after %d bytes: it fell over %d bytes behind the upstream; "
-            "the run goes on and its result URL will have the whole response",
-            sent,
-            feed.limit,
-            extra={"run_id": run_id},
+            "client cut off at byte %d: it fell too far behind the upstream past what is "
+            "kept of the response",
+            reader.pos,
+            extra={"run_id": how.run_id},
         )
     else:
-        log.info("client left after %d bytes; the run goes on", sent, extra={"run_id": run_id})
-    return response
+        log.info(
+            "client left at byte %d; the run goes on", reader.pos, extra={"run_id": how.run_id}
+        )
 
 
 def _reset(request: web.BaseRequest) -> None:

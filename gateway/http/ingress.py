@@ -13,8 +13,9 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.config import RouteConfig
+from gateway.engine.changes import until_changed
 from gateway.engine.limits import Limits, limit_key
-from gateway.engine.live import Feed, LiveRun, until_changed
+from gateway.engine.live import LiveRun
 from gateway.errors import (
     BadRequest,
     IdempotencyMismatch,
@@ -28,7 +29,8 @@ from gateway.http.services import Services
 from gateway.store import IdempotencyKey, StoredRequest
 from step_protocol import wire
 
-_READS = frozenset({"GET", "HEAD"})
+_RESULT_METHODS = frozenset({"GET", "HEAD", "DELETE"})
+"""What a result URL answers: reads, and DELETE, which stops its run."""
 
 
 def listener(services: Services) -> listeners.Handler:
@@ -40,13 +42,17 @@ def listener(services: Services) -> listeners.Handler:
     """
 
     async def serve(request: web.BaseRequest) -> web.StreamResponse:
-        if request.method in _READS:
+        if request.method in _RESULT_METHODS:
             found = results.target(listeners.segments(request, results.PREFIX))
             if found is not None:
                 run_id, whole = found
-                if whole:
+                if request.method == "DELETE":
+                    if whole:
+                        return await results.delete_result(request, services, run_id)
+                elif whole:
                     return await results.get_result(request, services, run_id)
-                return await results.get_status(request, services, run_id)
+                else:
+                    return await results.get_status(request, services, run_id)
         return await handle(request, services)
 
     return listeners.guard(serve)
@@ -119,7 +125,9 @@ async def _existing_run(
         return await _answer(request, services, route, keyed.live, attached=True)
     if keyed.response is None:  # unfinished, owned elsewhere: its result URL waits
         return _to_result(request, services, keyed.run_id, 303, Prefer(), honoured_wait=False)
-    return _replayed(replay(keyed.response, result_url(request, services, keyed.run_id)))
+    return await results.answer_final(
+        request, services, keyed.run_id, route.name, keyed.response, extra=_REPLAYED
+    )
 
 
 def _mismatch(key: str, run_id: str) -> IdempotencyMismatch:
@@ -130,9 +138,7 @@ def _mismatch(key: str, run_id: str) -> IdempotencyMismatch:
     )
 
 
-def _replayed(response: web.StreamResponse) -> web.StreamResponse:
-    response.headers[idempotency.REPLAYED] = "true"
-    return response
+_REPLAYED = ((idempotency.REPLAYED, "true"),)
 
 
 def _check_rate(request: web.BaseRequest, route: RouteConfig, limits: Limits) -> None:
@@ -160,8 +166,8 @@ async def _answer(
 ) -> web.StreamResponse:
     """Hold the client while the wait fits the budget; else 303 or 202 to the result URL.
 
-    The original client is offered to the attempts as a feed (`feed`), so the final
-    response streams into its connection; an attached duplicate only ever gets a replay.
+    The original client follows the response as an attempt streams it (across retries,
+    see `held.follow`); an attached duplicate only ever gets the final response.
     """
     prefer = delivery.parse_prefer(request.headers.getall("Prefer", []))
     run = live.run
@@ -171,12 +177,11 @@ async def _answer(
         await _committed(live)
         return _to_result(request, services, run_id, 202, prefer, honoured_wait=False)
     budget = delivery.hold_budget(prefer, route.settings.hold)
-    feed = None if attached else Feed()
-    services.driver.hold(live, feed)
+    services.driver.hold(live)
     try:
-        return await _hold(request, services, route, live, prefer, budget, feed)
+        return await _hold(request, services, route, live, prefer, budget, attached)
     finally:
-        services.driver.release(live, feed)
+        services.driver.release(live)
 
 
 async def _hold(
@@ -186,43 +191,43 @@ async def _hold(
     live: LiveRun,
     prefer: Prefer,
     budget: float,
-    feed: Feed | None,
+    attached: bool,
 ) -> web.StreamResponse:
-    """Wait on the run for the original client (`feed`) or an attached duplicate (None)."""
+    """Wait on the run for the original client, which follows the response as soon as an
+    attempt streams it, or for an attached duplicate, which gets the final response."""
     run = live.run
     run_id = run.run_id
     began = time.monotonic()
     while True:
-        if feed is not None and feed.started:  # an attempt streams into it
-            mode = "direct" if run.attempt == 1 else "held"
-            metrics.child(metrics.DELIVERIES, route.name, mode).inc()
-            result = result_url(request, services, run_id)
-            return await held.stream(request, feed, route.name, run_id, result)
-        if run.finished and run.response is not None:
+        stream = live.stream
+        if stream is not None and not attached:
             # The original client answered at its first attempt is a direct delivery,
             # whether the body streamed into it or (short) was answered whole.
-            mode = "direct" if feed is not None and run.attempt == 1 else "held"
+            mode = "direct" if stream.attempt == 1 and stream.epoch == 0 else "held"
             metrics.child(metrics.DELIVERIES, route.name, mode).inc()
-            if feed is not None:
-                services.driver.unfeed(live, feed)
+            result = result_url(request, services, run_id)
+            how = held.Follow(route.name, run_id, result, hold=budget)
+            return await held.follow(request, stream, how)
+        if run.finished and run.response is not None:
+            mode = "direct" if not attached and run.attempt == 1 else "held"
+            metrics.child(metrics.DELIVERIES, route.name, mode).inc()
+            if not attached:
                 return replay(run.response, result_url(request, services, run_id))
             if live.final_commit is not None:  # a replay must be what the store will keep
                 await asyncio.shield(live.final_commit)
-            return _replayed(replay(run.response, result_url(request, services, run_id)))
+            return await results.answer_final(
+                request, services, run_id, route.name, run.response, extra=_REPLAYED
+            )
         elapsed = time.monotonic() - began
         wake_in = run.wake_at - time.time() if run.wake_at is not None else None
         stopping = not services.driver.accepting
         if stopping or delivery.choose(prefer, elapsed, budget, wake_in) is Delivery.REDIRECT:
-            services.driver.unfeed(live, feed)
             metrics.child(metrics.DELIVERIES, route.name, Delivery.REDIRECT.value).inc()
             await _committed(live)
             return _to_result(
                 request, services, run_id, 303, prefer, honoured_wait=prefer.wait is not None
             )
-        change = live.changed()  # no await since the reads
-        if feed is not None:
-            feed.changed(change)  # an attempt starting to stream wakes this handler too
-        await until_changed(change, budget - elapsed)
+        await until_changed(live.changed(), budget - elapsed)
 
 
 async def _committed(live: LiveRun) -> None:

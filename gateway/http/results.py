@@ -11,12 +11,16 @@ import time
 
 from aiohttp import web
 
-from gateway.engine.live import LiveRun, until_changed
-from gateway.errors import NotFound
-from gateway.http import delivery
+from gateway.engine.changes import until_changed
+from gateway.engine.live import LiveRun
+from gateway.engine.stream import Stream
+from gateway.errors import NotFound, ResponseNotKept
+from gateway.http import delivery, held
 from gateway.http.delivery import Prefer
+from gateway.http.held import Follow
+from gateway.http.problems import problem_response
 from gateway.http.services import Services
-from gateway.store import StoredResponse
+from gateway.store import BODY_TOO_LARGE, RunStatus, StoredResponse
 from step_protocol import wire
 
 PREFIX = "/_durable/runs/"
@@ -41,7 +45,7 @@ def result_url(request: web.BaseRequest, services: Services, run_id: str) -> str
 
 
 def replay(stored: StoredResponse, result: str) -> web.Response:
-    """A stored final response, verbatim, with its run's result URL (`Durable-Result`)."""
+    """A final response kept inline, verbatim, with its run's result URL (`Durable-Result`)."""
     response = web.Response(status=stored.status, body=stored.body)
     response.headers.popall("Content-Type", None)
     for name, value in stored.headers:
@@ -49,6 +53,73 @@ def replay(stored: StoredResponse, result: str) -> web.Response:
             response.headers.add(name, value)
     response.headers[wire.RESULT] = result
     return response
+
+
+async def answer_final(
+    request: web.BaseRequest,
+    services: Services,
+    run_id: str,
+    route: str,
+    stored: StoredResponse,
+    *,
+    ranged: bool = False,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> web.StreamResponse:
+    """A run's final response: inline, streamed from the store's chunks, or 410 when it
+    was too large to keep. `ranged` honours `Range: bytes=…` (the result URL does)."""
+    url = result_url(request, services, run_id)
+    if stored.kept == BODY_TOO_LARGE:
+        raise ResponseNotKept(
+            "the response passed its route's max_response and was streamed to the client "
+            "without being kept",
+            run_id=run_id,
+        )
+    size = len(stored.body) if stored.kept is None else stored.kept
+    span = _range(request, size) if ranged else None
+    if isinstance(span, web.Response):
+        return span
+    start, end = span if span is not None else (0, size)
+    status = 206 if span is not None else None
+    if span is not None:
+        extra = (*extra, ("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+    if stored.kept is None:
+        response = replay(stored, url)
+        if status is not None:
+            response.set_status(status)
+            response.body = stored.body[start:end]
+        for name, value in extra:
+            response.headers[name] = value
+        return response
+    stream = Stream.finished(run_id, services.store, services.writer, stored)
+    how = Follow(route, run_id, url, hold=0, start=start, end=end, status=status, extra=extra)
+    return await held.follow(request, stream, how)
+
+
+def _range(request: web.BaseRequest, size: int) -> tuple[int, int] | web.Response | None:
+    """The byte span [start, end) a `Range` header asks of a body of `size` bytes; None
+    without one (or with one this ignores, as RFC 9110 allows: several ranges, another
+    unit, a malformed value); a 416 when it cannot be met."""
+    if "Range" not in request.headers:
+        return None
+    try:
+        wanted = request.http_range
+    except ValueError:
+        return None
+    start, stop = wanted.start, wanted.stop
+    if start is None:
+        return None
+    if start < 0:  # bytes=-N: the last N bytes
+        start = max(0, size + start)
+    end = size if stop is None else min(stop, size)
+    if start >= size or end <= start:
+        return problem_response(
+            416,
+            "range-not-satisfiable",
+            "Range not satisfiable",
+            f"the response has {size} bytes",
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    return start, end
 
 
 def _check(request: web.BaseRequest, services: Services, run_id: str) -> None:
@@ -68,6 +139,9 @@ async def get_result(
         if state is None:
             raise NotFound("no such run, or a wrong token")
         if (live := state.live) is not None:
+            stream = live.stream
+            if stream is not None and not live.run.finished:
+                return await _join(request, services, live, stream, wait)
             services.driver.hold(live)
             try:
                 answer = await _wait_live(request, services, live, prefer, deadline)
@@ -77,7 +151,9 @@ async def get_result(
                 return answer
             continue
         if state.response is not None:
-            return replay(state.response, result_url(request, services, run_id))
+            return await answer_final(
+                request, services, run_id, state.route, state.response, ranged=True
+            )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return _pending(request, run_id, prefer, state.status)
@@ -91,9 +167,42 @@ async def get_result(
             return _pending(request, run_id, prefer, state.status)
 
 
+async def _join(
+    request: web.BaseRequest, services: Services, live: LiveRun, stream: Stream, wait: float
+) -> web.StreamResponse:
+    """A late joiner of a run whose response is streaming: the bytes so far at once, then
+    live to the end; `Last-Event-ID` starts after that event (SSE)."""
+    run_id = live.run.run_id
+    if stream.over_cap:
+        raise ResponseNotKept(
+            "the response streaming now passed its route's max_response: what came first "
+            "is not kept for a client that joins late",
+            run_id=run_id,
+        )
+    how = Follow(
+        live.run.route.name,
+        run_id,
+        result_url(request, services, run_id),
+        hold=wait,
+        last_event_id=request.headers.get("Last-Event-ID"),
+    )
+    services.driver.hold(live)
+    try:
+        return await held.follow(request, stream, how)
+    finally:
+        services.driver.release(live)
+
+
+async def delete_result(request: web.BaseRequest, services: Services, run_id: str) -> web.Response:
+    """Stop a run through its result URL: cancelled as by an operator, its streams end."""
+    _check(request, services, run_id)
+    await services.driver.cancel(run_id)
+    return web.json_response({"run_id": run_id, "status": RunStatus.CANCELLED.value})
+
+
 async def _wait_live(
     request: web.BaseRequest, services: Services, live: LiveRun, prefer: Prefer, deadline: float
-) -> web.Response | None:
+) -> web.StreamResponse | None:
     """The result of a run live here, or 202 at the deadline; None if it left memory."""
     run_id = live.run.run_id
     while services.driver.get(run_id) is live:
@@ -101,7 +210,12 @@ async def _wait_live(
         if live.run.finished and live.run.response is not None:
             if live.final_commit is not None:  # what a result URL shows must survive a crash
                 await asyncio.shield(live.final_commit)
-            return replay(live.run.response, result_url(request, services, run_id))
+            route = live.run.route.name
+            return await answer_final(
+                request, services, run_id, route, live.run.response, ranged=True
+            )
+        if live.stream is not None:
+            return None  # an attempt began streaming: join it
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return _pending(request, run_id, prefer, live.run.status.value)

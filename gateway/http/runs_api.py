@@ -12,10 +12,11 @@ import orjson
 from aiohttp import web
 
 from gateway import metrics
+from gateway.engine.stream import Stream
 from gateway.errors import BadRequest, NotFound
 from gateway.http.run_steps import steps_view
 from gateway.http.services import SERVICES
-from gateway.store import StoredResponse
+from gateway.store import BODY_TOO_LARGE, StoredResponse
 from gateway.store.records import RunStatus
 
 MAX_LIMIT = 500
@@ -118,17 +119,34 @@ async def get_run(request: web.Request) -> web.Response:
         "step_errors_dropped": step_errors_dropped,
         "suspension": suspension,
         "response": _summary(state.response),
+        "stream": _stream(state.live.stream if state.live is not None else None),
     }
     return web.json_response(body)
+
+
+def _stream(stream: Stream | None) -> dict[str, Any] | None:
+    """A response streaming now (live here): how far it got and who follows it."""
+    if stream is None or stream.ended is not None:
+        return None
+    return {
+        "attempt": stream.attempt,
+        "bytes": stream.size,
+        "resets": stream.epoch,
+        "streaming": stream.live,
+        "clients": len(stream.readers),
+        "kept": not stream.over_cap,
+    }
 
 
 def _summary(response: StoredResponse | None) -> dict[str, Any] | None:
     if response is None:
         return None
     content_type = next((v for k, v in response.headers if k.lower() == "content-type"), None)
+    kept = response.kept
     return {
         "status": response.status,
-        "body_bytes": len(response.body),
+        "body_bytes": len(response.body) if kept is None else max(kept, 0),
+        "body_kept": kept != BODY_TOO_LARGE,
         "content_type": content_type,
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +26,21 @@ from gateway.config import RouteConfig, RouteMatch
 from gateway.engine.driver import Driver
 from gateway.engine.leases import LEASE_TTL
 from gateway.engine.limits import Limits
-from gateway.engine.live import FEED_LIMIT, Detached, Feed
+from gateway.engine.live import LiveRun
 from gateway.engine.runner import Runner
 from gateway.engine.scheduler import Scheduler
+from gateway.engine.stream import FOLLOW_LIMIT, TAIL_KEEP, Detached
 from gateway.engine.tokens import Tokens
 from gateway.errors import NotFound, StaleAttempt
-from gateway.store import PutPending, RunStatus, Store, StoredRequest, SuspendRun, Write
+from gateway.store import (
+    BODY_TOO_LARGE,
+    PutPending,
+    RunStatus,
+    Store,
+    StoredRequest,
+    SuspendRun,
+    Write,
+)
 from gateway.store.sqlite import SqliteStore
 from gateway.store.writer import Writer
 from gateway.tasks import spawn
@@ -239,11 +249,13 @@ async def test_an_event_posted_while_its_wait_is_being_stored_wakes_the_run_once
 async def test_a_held_client_that_never_reads_is_detached_and_the_attempt_goes_on(
     engine: Engine,
 ) -> None:
-    """The engine pushes into the held client's feed and never waits for it: a client
-    that takes nothing is detached past the feed's bound, and the attempt reads the
-    backend to the end at the backend's pace."""
+    """The engine never waits for a client: one that takes nothing keeps its place while
+    what it has not read is stored (it reads it from the store later), and is detached
+    past `max_response` once it falls FOLLOW_LIMIT behind; the attempt reads the backend
+    to the end at the backend's pace, with the body's tail in memory bounded."""
     chunk = b"x" * (256 * 1024)
-    chunks = FEED_LIMIT // len(chunk) * 2
+    chunks = FOLLOW_LIMIT // len(chunk) * 3
+    cap = FOLLOW_LIMIT
 
     async def fast_stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse()
@@ -254,19 +266,33 @@ async def test_a_held_client_that_never_reads_is_detached_and_the_attempt_goes_o
         return response
 
     engine.handler = fast_stream
-    live = engine.driver.admit(engine.route, StoredRequest("GET", "/stream", [], b""))
-    feed = Feed()
-    engine.driver.hold(live, feed)  # as the ingress does for the original client
+    route = dataclasses.replace(
+        engine.route, settings=dataclasses.replace(engine.route.settings, max_response=cap)
+    )
+    live = engine.driver.admit(route, StoredRequest("GET", "/stream", [], b""))
+    engine.driver.hold(live)  # as the ingress does for the original client
     try:
+        await assert_eventually(lambda: _started(live), within=10)
+        stream = live.stream
+        assert stream is not None
+        reader = stream.join()  # a client that reads nothing
+        peak = 0
 
         async def finished() -> None:
+            nonlocal peak
+            peak = max(peak, stream.size - stream.base)
             await engine.writer.flush()
             row = await engine.store.get_run(live.run.run_id)
             assert row is not None and row.status == RunStatus.SUCCEEDED
-            assert row.response is not None and len(row.response.body) == chunks * len(chunk)
+            assert row.response is not None and row.response.kept == BODY_TOO_LARGE
 
-        await assert_eventually(finished, within=20)
-        assert feed.started and feed.detached is Detached.SLOW
-        assert feed.buffered == 0  # what it held was dropped
+        await assert_eventually(finished, within=20, interval=0.01)
+        assert reader.detached is Detached.SLOW
+        assert stream.size == chunks * len(chunk)
+        assert stream.size - stream.base <= TAIL_KEEP + len(chunk)  # what it held was dropped
     finally:
-        engine.driver.release(live, feed)
+        engine.driver.release(live)
+
+
+async def _started(live: LiveRun) -> None:
+    assert live.stream is not None

@@ -187,7 +187,6 @@ async def test_a_sampled_answer_streams_again_from_its_memoized_steps(
     assert await counts(http, chat_backend, run_id) == {"retrieve": 1, "plan": 1}
 
 
-@pytest.mark.xfail(reason="seamless resumption lands with the engine work", strict=False)
 @pytest.mark.parametrize("path", ["/chat", "/chat/text"])
 async def test_the_client_of_a_broken_stream_gets_one_seamless_response(
     path: str, gw: Gateway, http: aiohttp.ClientSession

@@ -1,5 +1,7 @@
-"""A held client that reads slowly never slows its attempt: past the feed's bound it is
-cut off, and the run goes on at the backend's pace; within the bound it gets every byte."""
+"""A held client that reads slowly never slows its attempt: what it has not read yet is
+stored, and it reads it from the store at its own pace; past `max_response`, where
+nothing is stored, it is cut off once it falls FOLLOW_LIMIT behind. The run goes on at
+the backend's pace either way."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.engine.live import FEED_LIMIT
+from gateway.engine.stream import FOLLOW_LIMIT, TAIL_KEEP
 from tests.conftest import Backend, Gateway, GatewayFactory, durable_route
 from tests.helpers import assert_eventually, until_status
 
@@ -77,12 +79,13 @@ async def read_to_end(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.parametrize("loop", ["auto", "asyncio"])  # the cut resets a loop's transport
-async def test_a_client_reading_a_byte_a_second_is_cut_off_and_the_run_goes_on(
+async def test_a_client_reading_a_byte_a_second_past_max_response_is_cut_off(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession, loop: str
 ) -> None:
-    chunks = 256  # 16 MiB: past the feed's bound plus what the kernel buffers for a socket
-    assert chunks * CHUNK > FEED_LIMIT + 4 * 1024 * 1024
-    gw = gateway_factory(durable_route(backend.url), args=("--loop", loop))
+    chunks = 256  # 16 MiB: past the bound plus what the kernel buffers for a socket
+    assert chunks * CHUNK > FOLLOW_LIMIT + 4 * 1024 * 1024
+    route = durable_route(backend.url, max_response="1MiB")
+    gw = gateway_factory(route, args=("--loop", loop))
     url = gw.url(f"/demo/stream?chunks={chunks}&size={CHUNK}&interval_ms=0")
     sock, head = await open_slow(url)
     read = bytearray()
@@ -100,7 +103,7 @@ async def test_a_client_reading_a_byte_a_second_is_cut_off_and_the_run_goes_on(
         # The attempt ends at the backend's pace: the whole body is stored while the
         # client has read a few bytes (it would take the client three months).
         run = await until_status(http, gw, run_id, "succeeded", within=30)
-        assert run["response"]["body_bytes"] == chunks * CHUNK
+        assert run["response"]["body_kept"] is False  # past max_response
         assert len(read) < 100
         assert not reader.done()
         reader.cancel()
@@ -115,21 +118,21 @@ async def test_a_client_reading_a_byte_a_second_is_cut_off_and_the_run_goes_on(
     assert not got.endswith(b"0\r\n\r\n")
     # Reset, not closed: the megabytes the gateway's kernel still held for the client
     # were dropped rather than trickled out to it.
-    assert len(got) < FEED_LIMIT
+    assert len(got) < FOLLOW_LIMIT
     assert await detached(http, gw, "slow") == 1
-    assert "client cut off after" in gw.logs() and run_id in gw.logs()
+    assert "client cut off at byte" in gw.logs() and run_id in gw.logs()
 
 
-async def test_a_client_within_the_bound_gets_the_whole_body(
+async def test_a_slow_client_within_max_response_reads_the_whole_body_from_the_store(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    chunks = 12  # 768 KiB: the feed holds it all, whatever the kernel buffers
-    assert chunks * CHUNK < FEED_LIMIT
+    chunks = 64  # 4 MiB: more than the gateway keeps in memory once it is stored
+    assert chunks * CHUNK > 2 * TAIL_KEEP
     gw = gateway_factory(durable_route(backend.url))
     url = gw.url(f"/demo/stream?chunks={chunks}&size={CHUNK}&interval_ms=0")
     async with http.get(url, read_bufsize=4096) as resp:
         assert resp.status == 200
-        # Nothing read yet: the attempt still finishes, the rest waits in the feed.
+        # Nothing read yet: the attempt still finishes; the rest is read from the store.
         await until_status(http, gw, resp.headers["Durable-Run-Id"], "succeeded")
         body = bytearray()
         while piece := await resp.content.read(CHUNK // 4):
@@ -142,7 +145,7 @@ async def test_a_client_within_the_bound_gets_the_whole_body(
 async def test_a_client_that_leaves_mid_stream_is_detached_and_the_run_goes_on(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    chunks = 12  # within the bound: leaving is the only way to be detached
+    chunks = 12  # within max_response: leaving is the only way to be detached
     gw = gateway_factory(durable_route(backend.url))
     sock, head = await open_slow(gw.url(f"/demo/stream?chunks={chunks}&size={CHUNK}"))
     sock.close()  # after the head, while the backend still sends a chunk every 100 ms
@@ -155,4 +158,4 @@ async def test_a_client_that_leaves_mid_stream_is_detached_and_the_run_goes_on(
 
     await assert_eventually(counted)
     assert await detached(http, gw, "slow") == 0
-    assert "client left after" in gw.logs()
+    assert "client left at byte" in gw.logs()
