@@ -283,6 +283,19 @@ async def poll(
         await asyncio.sleep(interval)
 
 
+HOP_ROUTES = """\
+    - name: bench-plain
+      match: {{path: /plain/*}}
+      upstream: {upstream}
+      durable: false
+    - name: bench
+      match: {{path: /*}}
+      upstream: {upstream}
+    """
+"""The gateway's two bench routes, a plain one at `/plain/*` and a durable one at `/*`;
+`.format(upstream=…)` fills in the backend."""
+
+
 async def drained(gateway: Gateway, within: float = 300.0) -> None:
     """Wait until the gateway's write-behind queue is empty (its backlog is committed)."""
     await poll(

@@ -31,7 +31,7 @@ import aiohttp
 from bench import checkpoints, hops, memory, profile, report, scale, streams
 from bench.hops import Hop
 from bench.loadgen import Loadgen, LoadgenName, Plan, Shot, pick
-from bench.processes import ROOT, Lab, Service
+from bench.processes import HOP_ROUTES, ROOT, Lab, Service
 from bench.sizes import Sizes, choose
 
 SECTIONS = ("latency", "throughput", "store", "scale", "memory", "sse_ttfb", "big_body")
@@ -118,17 +118,6 @@ def _loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return ""
-
-
-HOP_ROUTES = """\
-    - name: bench-plain
-      match: {{path: /plain/*}}
-      upstream: {upstream}
-      durable: false
-    - name: bench
-      match: {{path: /*}}
-      upstream: {upstream}
-    """
 
 
 async def _hop_targets(lab: Lab, backend: Service, nginx: bool) -> list[Hop]:

@@ -22,7 +22,7 @@ import httptools
 
 from bench.backend import MIB, SSE_EVENTS, sse_body
 from bench.loadgen import BODY, percentile
-from bench.processes import Gateway, Lab, Service, poll, scrape
+from bench.processes import HOP_ROUTES, Gateway, Lab, Service, drained
 from bench.sizes import Sizes
 
 log = logging.getLogger("bench")
@@ -36,18 +36,6 @@ DURABLE: Final = "gateway"
 PLAIN: Final = "gateway-plain"
 PREFIXES: Final = {DIRECT: "", DURABLE: "", PLAIN: "/plain"}
 """Each target's path prefix: the gateway's `durable: false` route is `/plain/*`."""
-
-
-def routes(upstream: str) -> str:
-    return f"""\
-        - name: bench-plain
-          match: {{path: /plain/*}}
-          upstream: {upstream}
-          durable: false
-        - name: bench
-          match: {{path: /*}}
-          upstream: {upstream}
-        """
 
 
 # --- the client --------------------------------------------------------------------------
@@ -223,7 +211,7 @@ def _median_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def sse_ttfb(lab: Lab, backend: Service, sizes: Sizes) -> dict[str, Any]:
     """Sequential SSE requests through each target, targets interleaved within a round."""
-    gateway = await lab.gateway("sse", routes(backend.url))
+    gateway = await lab.gateway("sse", HOP_ROUTES.format(upstream=backend.url))
     bases = {DIRECT: backend.url, DURABLE: gateway.url, PLAIN: gateway.url}
     query = f"/sse?gap_ms={sizes.sse_gap_ms:g}"
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in bases}
@@ -270,15 +258,9 @@ async def _stored(gateway: Gateway, within: float) -> bool:
     """Whether the gateway's write queue empties within `within` s: a durable body is
     written after the client has it, and the memory that takes counts too."""
     try:
-        await poll(
-            lambda: scrape(gateway),
-            lambda m: m.get("durable_store_queue_depth", 0.0) <= 0,
-            within=within,
-            interval=0.2,
-            failure=lambda m: f"queue {m.get('durable_store_queue_depth')}",
-        )
+        await drained(gateway, within)
     except RuntimeError as exc:
-        log.warning("%s: store writes still queued after %.0f s (%s)", gateway.name, within, exc)
+        log.warning("%s", exc)
         return False
     return True
 
@@ -287,7 +269,7 @@ async def _through_gateway(
     lab: Lab, backend: Service, name: str, mib: int, label: str
 ) -> dict[str, Any]:
     """A fresh gateway per transfer, so its peak RSS (VmHWM) is this transfer's alone."""
-    gateway = await lab.gateway(label, routes(backend.url))
+    gateway = await lab.gateway(label, HOP_ROUTES.format(upstream=backend.url))
     try:
         prefix = PREFIXES[name]
         # Warm: one small body through the same route, so the idle baseline has the

@@ -319,7 +319,8 @@ class Stream:
         """
         self.live, self.stalled_since = True, None
         self._incoming = (attempt, status, headers)
-        if status != self.status or content_type(headers) != self.content_type or self.over_cap:
+        other_type = headers is not self.headers and content_type(headers) != self.content_type
+        if status != self.status or other_type or self.over_cap:
             self._diverge(0)
         elif self.size > 0:
             self._matched = 0

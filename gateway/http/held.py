@@ -78,10 +78,7 @@ async def follow(request: web.BaseRequest, stream: Stream, how: Follow) -> web.S
             if reader.epoch != stream.epoch:  # a retry diverged
                 if not sse_stream:
                     return _abort(request, response)
-                data = {"attempt": stream.attempt, "result": how.result}
-                await response.write(
-                    sse.event("durable-reset", data, at_boundary=sse.ends_event(last))
-                )
+                await response.write(_reset_event(stream, how, last))
                 if (stream.status, stream.content_type) != head:
                     await response.write_eof()
                     return response
@@ -169,13 +166,18 @@ async def _end(
     if ended is Ended.CANCELLED:
         message = sse.event("durable-cancelled", {"result": how.result}, at_boundary=at_boundary)
     elif ended is Ended.FAILED:
-        data = {"attempt": stream.attempt, "result": how.result}
-        message = sse.event("durable-reset", data, at_boundary=at_boundary)
+        message = _reset_event(stream, how, last)
     else:
         message = sse.event("durable-redirect", {"result": how.result}, at_boundary=at_boundary)
     await response.write(message)
     await response.write_eof()
     return response
+
+
+def _reset_event(stream: Stream, how: Follow, last: bytes) -> bytes:
+    """`durable-reset`: what the client has is not the result, and where the result is."""
+    data = {"attempt": stream.attempt, "result": how.result}
+    return sse.event("durable-reset", data, at_boundary=sse.ends_event(last))
 
 
 def _abort(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:

@@ -137,21 +137,21 @@ _IF_CANCELLED: Final = (
     f"(SELECT run_id FROM runs WHERE run_id = ? AND status = '{RunStatus.CANCELLED}')"
 )
 _DROP_ALL_PENDING: Final = ("DELETE FROM pending WHERE run_id = ?", _by_run)
-_DROP_BODY: Final = (
-    ("DELETE FROM body_chunks WHERE run_id = ?", _by_run),
-    ("DELETE FROM bodies WHERE run_id = ?", _by_run),
-)
+_Params = Callable[[Write | CreatedFinished], tuple[Any, ...]]
+
+
+def _drop_body(run: str) -> tuple[tuple[str, _Params], ...]:
+    """Delete the streamed body (its chunks, then its head) of the run `run` selects."""
+    tables = ("body_chunks", "bodies")
+    return tuple((f"DELETE FROM {table} WHERE run_id = {run}", _by_run) for table in tables)
+
+
 # Run after their kind's statement, in order, each with its rows built per write: a run
 # that ends leaves no pending sleep or wait behind; a cancelled or reset run no body.
-_Params = Callable[[Write | CreatedFinished], tuple[Any, ...]]
 _ALSO: Final[dict[type[Any], tuple[tuple[str, _Params], ...]]] = {
     FinishRun: (_DROP_ALL_PENDING,),
-    CancelRun: (
-        _DROP_ALL_PENDING,
-        (f"DELETE FROM body_chunks WHERE run_id = {_IF_CANCELLED}", _by_run),
-        (f"DELETE FROM bodies WHERE run_id = {_IF_CANCELLED}", _by_run),
-    ),
-    ResetRun: _DROP_BODY,
+    CancelRun: (_DROP_ALL_PENDING, *_drop_body(_IF_CANCELLED)),
+    ResetRun: _drop_body("?"),
     # Keep the first `keep` bytes: drop the chunks from there, then cut the one that
     # straddles it (substr counts bytes in a blob).
     BeginBody: (
