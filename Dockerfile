@@ -3,7 +3,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY step_protocol ./step_protocol
-RUN pip install --no-cache-dir ".[fast]"
+RUN pip install --no-cache-dir .
 COPY config.example.yaml /etc/durable-gateway/config.yaml
 VOLUME /data
 EXPOSE 8080 8081 8082

@@ -112,7 +112,7 @@ def _tune_runtime() -> None:
 
 def loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, None]], None]:
     """`asyncio.run` or `uvloop.run`: uvloop cuts the gateway's CPU per request by about
-    a sixth (bench/README.md); `pip install 'durable-gateway[fast]'` brings it."""
+    a sixth (bench/README.md); the gateway depends on it except on Windows."""
     if choice != "asyncio":
         try:
             import uvloop
