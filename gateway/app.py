@@ -16,9 +16,10 @@ from aiohttp import web
 
 from gateway import metrics, upstream
 from gateway.config import GatewayConfig
-from gateway.engine import leases, recovery, retention
-from gateway.engine.driver import Driver
-from gateway.engine.leases import LEASE_TTL
+from gateway.config.storage_url import shown_url
+from gateway.engine import recovery, retention
+from gateway.engine.driver import Driver, new_owner
+from gateway.engine.leases import Leases
 from gateway.engine.limits import Limits
 from gateway.engine.runner import Runner
 from gateway.engine.scheduler import Scheduler
@@ -50,7 +51,7 @@ def default_sidecar_url(config: GatewayConfig) -> str:
 
 
 async def build_services(config: GatewayConfig) -> Services:
-    store = await open_store(config.storage.url)
+    store = await open_store(config.storage.url, pool=config.storage.pool)
     secret = config.security.secret or await store.set_meta_if_absent("secret", new_secret())
     tokens = Tokens.from_text(secret)
     writer = Writer(store)
@@ -68,8 +69,15 @@ async def build_services(config: GatewayConfig) -> Services:
         limits=limits,
     )
     driver = Driver(
-        runner=runner, sync_steps=config.storage.durability == "sync", routes=config.routes
+        runner=runner,
+        sync_steps=config.storage.durability == "sync",
+        routes=config.routes,
+        owner=new_owner(config.cluster.node_id),
+        lease=config.cluster.lease,
     )
+    leases = Leases(driver)
+    if not store.exclusive:  # alone on its store, a process owns whatever it drives
+        runner.fence = leases.hold
     scheduler = Scheduler(store, driver)
     writer.on_rejected = driver.store_refused
     return Services(
@@ -83,6 +91,7 @@ async def build_services(config: GatewayConfig) -> Services:
         session=session,
         scheduler=scheduler,
         view=RunView(driver, store),
+        leases=leases,
     )
 
 
@@ -120,26 +129,27 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
             await runner.setup()
             runners.append(runner)
             await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await services.leases.join()
         services.ready = True
         await recovery.recover(services.driver)
         background += [
             spawn(services.scheduler.run_forever(), name="scheduler"),
-            spawn(
-                leases.renew_forever(services.store, services.driver.node_id, LEASE_TTL),
-                name="lease-renewer",
-            ),
+            spawn(services.leases.renew_forever(), name="lease-renewer"),
             spawn(
                 retention.purge_forever(services.store, config.storage.retention),
                 name="retention",
             ),
         ]
+        if not services.store.exclusive:
+            background.append(spawn(services.leases.take_over_forever(), name="take-over"))
         log.info(
-            "listening ingress=%s:%d sidecar=%s:%d admin=%s:%d store=%s durability=%s",
+            "listening ingress=%s:%d sidecar=%s:%d admin=%s:%d store=%s durability=%s node=%s",
             *addresses[0],
             *addresses[1],
             *addresses[2],
-            config.storage.url,
+            shown_url(config.storage.url),
             config.storage.durability,
+            services.driver.owner,
         )
         await stop.wait()
         log.info("shutting down (grace %.1fs)", config.server.shutdown_grace)
@@ -159,7 +169,9 @@ async def _shutdown(services: Services, runners: list[web.BaseRunner]) -> None:
         await runner.cleanup()
     await services.writer.close(timeout=services.config.server.shutdown_grace)  # phase 4
     with contextlib.suppress(StoreUnavailable):  # the next start (or node) takes over at once
-        await services.store.release_leases(services.driver.node_id)
+        await services.store.release_leases(services.driver.owner)
+    with contextlib.suppress(StoreUnavailable):
+        await services.store.cluster.leave()
     await services.session.close()
     await services.driver.runner.pool.close()
     await services.store.close()

@@ -74,6 +74,11 @@ class StoreUnavailable(GatewayError):
     """The store could not take a read or a write; callers answer 503."""
 
 
+class StoreMisconfigured(StoreUnavailable):
+    """The store cannot be used as configured (a wrong password, no such database, no
+    permission): waiting will not help, so a starting gateway exits at once."""
+
+
 class StoreRejected(GatewayError):
     """The store refused a write for good: the writer drops it (alone) and says whose it was.
 

@@ -256,6 +256,14 @@ STORE_BATCH = Histogram(
 )
 STORE_QUEUE = Gauge("durable_store_queue_depth", "Writes queued and not yet committed.")
 IN_FLIGHT = Gauge("durable_runs_in_flight", "Runs live in this process (running or waiting).")
+TAKEN_OVER = Counter(
+    "durable_runs_taken_over",
+    "Runs this node took from another: its process died, or its lease expired.",
+    ("why",),
+)
+LOST_RUNS = Counter(
+    "durable_runs_lost", "Runs another node took from this one while it was silent."
+)
 SUSPENDED = Gauge(
     "durable_runs_suspended", "Suspended runs in the store, by what they wait for.", ("kind",)
 )

@@ -4,6 +4,7 @@ Imported by every layer; imports nothing of the gateway but `errors`.
 """
 
 from gateway.config.model import (
+    ClusterConfig,
     ConcurrencyConfig,
     GatewayConfig,
     RateLimitConfig,
@@ -17,6 +18,7 @@ from gateway.config.model import (
 )
 
 __all__ = [
+    "ClusterConfig",
     "ConcurrencyConfig",
     "GatewayConfig",
     "RateLimitConfig",

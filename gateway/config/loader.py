@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.config.model import (
+    ClusterConfig,
     ConcurrencyConfig,
     Durability,
     ErrorKind,
@@ -36,7 +37,7 @@ from gateway.config.model import (
     ServerConfig,
     StorageConfig,
 )
-from gateway.config.storage_url import check_sqlite_path, parse_storage_url
+from gateway.config.storage_url import SqliteUrl, check_sqlite_path, parse_storage_url
 from gateway.errors import ConfigError
 from step_protocol import wire
 
@@ -428,13 +429,14 @@ def _storage_url(url: str) -> str:
     parsed = parse_storage_url(url)
     if parsed.in_memory:
         raise ValueError("sqlite:///:memory: keeps nothing across a restart: name a database file")
-    check_sqlite_path(parsed.path)
+    if isinstance(parsed, SqliteUrl):
+        check_sqlite_path(parsed.path)
     return url
 
 
 def _storage(at: _At | None, source: str) -> StorageConfig:
     """The `storage:` section; `at` None when it is absent (its default URL is checked too)."""
-    f = _fields(at, ["url", "durability", "retention"]) if at is not None else {}
+    f = _fields(at, ["url", "durability", "retention", "pool"]) if at is not None else {}
     base = StorageConfig()
     if "url" in f:
         url = _parsed(f["url"], _storage_url)
@@ -447,7 +449,27 @@ def _storage(at: _At | None, source: str) -> StorageConfig:
         _choice(f["durability"], ("async", "sync")) if "durability" in f else base.durability
     )
     retention = _duration(f["retention"], positive=True) if "retention" in f else base.retention
-    return StorageConfig(url=url, durability=cast(Durability, durability), retention=retention)
+    return StorageConfig(
+        url=url,
+        durability=cast(Durability, durability),
+        retention=retention,
+        pool=_int(f["pool"], 1) if "pool" in f else base.pool,
+    )
+
+
+def _cluster(at: _At) -> ClusterConfig:
+    f = _fields(at, ["node_id", "lease"])
+    node_id = None
+    if "node_id" in f:
+        node_id = _string(f["node_id"])
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", node_id):
+            raise f["node_id"].error("may use only letters, digits, '-', '_', '.' and ':' (<= 100)")
+    lease = ClusterConfig().lease
+    if "lease" in f:
+        lease = _duration(f["lease"])
+        if lease < 1:
+            raise f["lease"].error("must be at least 1s (leases are renewed every lease / 3)")
+    return ClusterConfig(node_id=node_id, lease=lease)
 
 
 def _security(at: _At) -> SecurityConfig:
@@ -524,10 +546,11 @@ def _route(at: _At, defaults: RouteSettings, taken: Collection[str]) -> RouteCon
 def _gateway(root: _At) -> GatewayConfig:
     if root.node.tag != _NULL_TAG and not isinstance(root.node, yaml.MappingNode):
         raise root.error("the top level must be a mapping (server:, storage:, routes: …)")
-    f = _fields(root, ["server", "storage", "security", "defaults", "routes"])
+    f = _fields(root, ["server", "storage", "security", "cluster", "defaults", "routes"])
     server = _server(f["server"]) if "server" in f else ServerConfig()
     storage = _storage(f.get("storage"), root.source)
     security = _security(f["security"]) if "security" in f else SecurityConfig()
+    cluster = _cluster(f["cluster"]) if "cluster" in f else ClusterConfig()
     defaults = RouteSettings()
     if "defaults" in f:
         defaults = _settings(_fields(f["defaults"], _SETTING_KEYS), defaults)
@@ -538,7 +561,7 @@ def _gateway(root: _At) -> GatewayConfig:
         routes.append(_route(item, defaults, {r.name for r in routes}))
     if not routes:
         raise f["routes"].error("at least one route is required")
-    return GatewayConfig(server, storage, security, defaults, tuple(routes), root.source)
+    return GatewayConfig(server, storage, security, cluster, defaults, tuple(routes), root.source)
 
 
 # ── entry points ────────────────────────────────────────────────────────────────

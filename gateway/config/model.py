@@ -35,11 +35,22 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     url: str = "sqlite:///./durable.db"
-    """`sqlite:///relative.db` or `sqlite:////absolute.db`; `postgresql://…` comes later."""
+    """`sqlite:///relative.db`, `sqlite:////absolute.db` (one node), or
+    `postgresql://user:pw@host:5432/db` (any number of nodes share it)."""
     durability: Durability = "async"
     """`async`: write-behind group commit; `sync`: step writes answer after commit."""
     retention: float = 7 * 86400.0
     """Finished runs and idempotency keys are purged after this."""
+    pool: int = 10
+    """Connections per node to PostgreSQL (SQLite uses two, whatever this says)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    node_id: str | None = None
+    """This node's name in logs, metrics and the runs API; default host name + pid."""
+    lease: float = 10.0
+    """A node silent this long (hung, partitioned) loses its runs to the others."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +156,7 @@ class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     defaults: RouteSettings = field(default_factory=RouteSettings)
     routes: tuple[RouteConfig, ...] = ()
     source: str = "<memory>"

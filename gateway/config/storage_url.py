@@ -2,21 +2,24 @@
 
 Pure parsing (`parse_storage_url`) plus one read-only look at the file system
 (`check_sqlite_path`); never creates, opens or echoes a URL (it may hold a password).
-The dialects this build can open are decided here only: PostgreSQL adds its branch.
+The dialects this build can open are decided here only.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+from urllib.parse import unquote, urlsplit
 
 MEMORY: Final = ":memory:"
 """SQLite's in-memory database: a store for tests, never durable."""
 _SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]{0,31}")
 _SQLITE_FORMS: Final = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+_FORMS: Final = f"{_SQLITE_FORMS}, or postgresql://user:password@host:5432/database"
+_POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +33,23 @@ class SqliteUrl:
         return self.path == MEMORY
 
 
-StorageUrl = SqliteUrl
-"""Every store this build can open; PostgreSQL will join it as a union."""
+@dataclass(frozen=True, slots=True)
+class PostgresUrl:
+    """A PostgreSQL database shared by every node; `url` is passed to asyncpg as given.
+
+    `shown` is the same place without the password, for logs and errors.
+    """
+
+    url: str = field(repr=False)
+    shown: str
+
+    @property
+    def in_memory(self) -> bool:
+        return False
+
+
+StorageUrl = SqliteUrl | PostgresUrl
+"""Every store this build can open."""
 
 
 def parse_storage_url(url: str) -> StorageUrl:
@@ -41,14 +59,43 @@ def parse_storage_url(url: str) -> StorageUrl:
     scheme, colon, rest = url.partition(":")
     scheme = scheme.strip().lower()
     if not colon or not _SCHEME.fullmatch(scheme):  # `pw@host:5432` must not be echoed
-        raise ValueError(f"is not a URL: {_SQLITE_FORMS}")
-    if scheme in ("postgresql", "postgres"):
-        raise ValueError(
-            f"{scheme}:// is not supported by this build yet; use sqlite:///path/to/file.db"
-        )
+        raise ValueError(f"is not a URL: {_FORMS}")
+    if scheme in _POSTGRES_SCHEMES:
+        return _postgres(url.strip(), scheme)
     if scheme != "sqlite":
-        raise ValueError(f"unknown scheme {scheme!r}: {_SQLITE_FORMS}")
+        raise ValueError(f"unknown scheme {scheme!r}: {_FORMS}")
     return SqliteUrl(_sqlite_path(rest))
+
+
+def _postgres(url: str, scheme: str) -> PostgresUrl:
+    """Checks the parts asyncpg would misread or we could not show safely; the rest
+    (options in the query string, several hosts) is asyncpg's to judge."""
+    if not url[len(scheme) + 1 :].startswith("//"):
+        raise ValueError(f"a {scheme} URL starts with {scheme}://: {_FORMS}")
+    if any(ord(c) < 32 for c in url):
+        raise ValueError(f"the {scheme} URL contains a control character")
+    parts = urlsplit(url)
+    if parts.fragment:
+        raise ValueError(f"a {scheme} URL takes no fragment (#…)")
+    netloc = parts.netloc.rpartition("@")[2]  # what follows the credentials, if any
+    if not netloc and "host=" not in parts.query:  # ?host=/run/postgresql: a unix socket
+        raise ValueError(f"the {scheme} URL names no host: {_FORMS}")
+    if "," not in netloc:  # a single host: its port must be a number (asyncpg's own check
+        try:  # would echo the URL)
+            parts.port  # noqa: B018
+        except ValueError:
+            raise ValueError(f"the {scheme} URL's port is not a number from 1 to 65535") from None
+    database = unquote(parts.path.lstrip("/"))
+    if not database or "/" in database:
+        raise ValueError(f"the {scheme} URL names no database: add /database after the host")
+    user = unquote(parts.username) + "@" if parts.username else ""
+    return PostgresUrl(url, f"{scheme}://{user}{netloc}/{database}")
+
+
+def shown_url(url: str) -> str:
+    """A parsed `storage.url` as logs may show it: without a password."""
+    parsed = parse_storage_url(url)
+    return parsed.shown if isinstance(parsed, PostgresUrl) else url
 
 
 def _sqlite_path(rest: str) -> str:

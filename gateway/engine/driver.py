@@ -14,13 +14,13 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway import metrics
 from gateway.config import RouteConfig
 from gateway.engine import suspensions, waits
-from gateway.engine.leases import LEASE_TTL
 from gateway.engine.live import LiveRun
 from gateway.engine.runner import Runner
 from gateway.engine.runs import Pending, PendingKind, Run, StepResult, stored_problem
@@ -35,6 +35,7 @@ from gateway.store import (
     CreateRun,
     DropPending,
     IdempotencyKey,
+    Notice,
     PutPending,
     PutStep,
     ResetRun,
@@ -49,6 +50,20 @@ log = logging.getLogger("gateway.engine.driver")
 _RETRYABLE = frozenset({RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED})
 
 
+def new_owner(node_id: str | None) -> str:
+    """A lease owner for this process start: the node's name (default host name and
+    pid) and a random part, so a restarted node never mistakes a dead start's runs for
+    its own."""
+    name = node_id or f"{socket.gethostname()}:{os.getpid()}"
+    return f"{name}:{secrets.token_urlsafe(6)}"
+
+
+LEASE_TTL = 10.0
+"""Seconds a run's lease lasts unless renewed (`cluster.lease`): `leases.py` renews it."""
+LOST_KEPT = 10_000
+"""Run ids of lost runs remembered, to answer their old attempts 409."""
+
+
 class Driver:
     def __init__(
         self,
@@ -56,6 +71,8 @@ class Driver:
         runner: Runner,
         sync_steps: bool,
         routes: Iterable[RouteConfig] = (),
+        owner: str | None = None,
+        lease: float = LEASE_TTL,
     ) -> None:
         self.runner = runner
         self.store = runner.store
@@ -69,8 +86,13 @@ class Driver:
         self.timers_changed = self.runner.timers_changed
         """Set when a suspension commits or an event wakes a run: the scheduler, which
         waits on it, re-reads its next wake time."""
-        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_urlsafe(6)}"
-        """Owner name of this process's leases."""
+        self.owner = owner or new_owner(None)
+        """Owner name of this process's leases (one per process start)."""
+        self.lease = lease
+        """Seconds a lease lasts unless renewed (`cluster.lease`)."""
+        self.lost: OrderedDict[str, None] = OrderedDict()
+        """Runs another node took from this one, newest last (bounded): their old
+        attempts' sidecar writes get 409, not 404."""
 
     def get(self, run_id: str) -> LiveRun | None:
         return self.registry.get(run_id)
@@ -100,8 +122,8 @@ class Driver:
                 request,
                 now,
                 attempt=1,
-                owner=self.node_id,
-                lease_until=now + LEASE_TTL,
+                owner=self.owner,
+                lease_until=now + self.lease,
                 idempotency=idempotency,
             )
         )
@@ -191,6 +213,8 @@ class Driver:
         """The live run an attempt's token may write to: 404 unknown, 409 superseded."""
         live = self.registry.get(run_id)
         if live is None:
+            if run_id in self.lost:
+                raise StaleAttempt("another node took this run over", run_id=run_id)
             raise NotFound("run is not running", run_id=run_id)
         run = live.run
         if attempt != run.attempt or run.finished:
@@ -359,6 +383,55 @@ class Driver:
         metrics.child(metrics.RUNS, route, RunStatus.CANCELLED.value).inc()
         log.info("cancelled by an operator", extra={"run_id": run_id})
 
+    def lose(self, run_id: str) -> None:
+        """Another node took this run (this one was silent past its lease): stop its
+        attempt, write nothing more of it, and send its held clients to the result URL,
+        which the new owner's result answers."""
+        live = self.registry.get(run_id)
+        if live is None or live.run.finished:
+            return
+        self.lost[run_id] = None
+        while len(self.lost) > LOST_KEPT:
+            self.lost.popitem(last=False)
+        live.lost = True
+        if live.task is not None and not live.task.done():
+            live.task.cancel()
+        if live.stream is not None:
+            live.stream.end(Ended.STOPPED)
+        self.registry.forget(run_id)
+        live.notify()
+        metrics.LOST_RUNS.inc()
+        log.warning("another node took this run over; this node stops it", extra={"run_id": run_id})
+
+    def heard(self, notice: Notice, run_id: str) -> None:
+        """A notice from the node that committed a change: wake what waits on the run
+        here, and stop a run cancelled elsewhere."""
+        if notice is Notice.RESYNC:
+            self.registry.wake_all()
+            self.timers_changed.set()
+            return
+        if notice is Notice.CANCEL:
+            self._cancelled_elsewhere(run_id)
+        self.registry.wake(run_id)
+
+    def _cancelled_elsewhere(self, run_id: str) -> None:
+        live = self.registry.get(run_id)
+        if live is None or live.run.finished:
+            return
+        if live.task is not None and not live.task.done():
+            live.task.cancel()
+        run = live.run
+        run.status, run.wake_at = RunStatus.CANCELLED, None
+        run.response = stored_problem(
+            run_id, 409, "run-cancelled", "Run cancelled", "an operator cancelled this run"
+        )
+        run.pending.clear()
+        if live.stream is not None:
+            live.stream.end(Ended.CANCELLED)
+        self.registry.forget(run_id)
+        live.notify()
+        log.info("cancelled on another node", extra={"run_id": run_id})
+
     async def retry(self, run_id: str) -> None:
         """Run a failed, cancelled or paused run again from its completed steps, as a new
         attempt under this process's lease."""
@@ -379,7 +452,7 @@ class Driver:
             self.registry.forget(run_id)
         run.streamed = None  # ResetRun drops what an earlier attempt streamed
         now = time.time()
-        await self.writer.submit(ResetRun(run_id, run.attempt, now, self.node_id, now + LEASE_TTL))
+        await self.writer.submit(ResetRun(run_id, run.attempt, now, self.owner, now + self.lease))
         run.status, run.response, run.wake_at = RunStatus.RUNNING, None, None
         self.adopt(run)
         log.info("retried by an operator", extra={"run_id": run_id})

@@ -34,6 +34,8 @@ class LiveRun:
     """The request's Idempotency-Key, when it carried one (its route is the run's)."""
     final_commit: asyncio.Future[None] | None = None
     """Resolves once the final response is committed."""
+    lost: bool = False
+    """Another node took the run over: its held clients go to the result URL."""
     _changes: list[asyncio.Future[None]] = field(default_factory=list)
 
     def changed(self) -> asyncio.Future[None]:

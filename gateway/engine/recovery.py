@@ -11,7 +11,6 @@ import logging
 import time
 
 from gateway.engine.driver import Driver
-from gateway.engine.leases import LEASE_TTL
 from gateway.engine.scheduler import PAGE
 
 log = logging.getLogger("gateway.engine.recovery")
@@ -23,7 +22,7 @@ async def recover(driver: Driver) -> int:
     resumed = 0
     while True:
         rows = await store.claim_unfinished(
-            driver.node_id, time.time(), LEASE_TTL, PAGE, steal=store.exclusive
+            driver.owner, time.time(), driver.lease, PAGE, steal=store.exclusive
         )
         for row in rows:
             if await driver.resume(row) is not None:

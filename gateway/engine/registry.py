@@ -55,6 +55,18 @@ class Registry:
             if live.idempotency is not None:
                 self._idempotent.pop((live.run.route.name, live.idempotency.key), None)
 
+    def wake(self, run_id: str) -> None:
+        """The run changed in the store (on another node): its watchers re-read it."""
+        if self._watchers and (watcher := self._watchers.pop(run_id, None)) is not None:
+            watcher.set()
+
+    def wake_all(self) -> None:
+        """Changes may have been missed: every watcher re-reads the store."""
+        watchers = list(self._watchers.values())
+        self._watchers.clear()
+        for watcher in watchers:
+            watcher.set()
+
     def watch(self, run_id: str) -> asyncio.Event:
         """An event set when a run now only in the store becomes live here (is resumed)."""
         event = self._watchers.get(run_id)

@@ -14,6 +14,7 @@ import functools
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -68,6 +69,10 @@ class _Tried:
     decision: Decision | None = None
 
 
+async def _trusted() -> None:
+    """The fence of a store no other node shares: this process owns every run it drives."""
+
+
 class Runner:
     def __init__(
         self,
@@ -91,6 +96,10 @@ class Runner:
         self.timers_changed = asyncio.Event()
         """Set when a suspension commits or an event wakes a run: the scheduler, which
         waits on it, re-reads its next wake time."""
+        self.fence: Callable[[], Awaitable[None]] = _trusted
+        """Awaited before anything an attempt decides is acted on (a final response, a
+        retry, a next attempt): returns once this node still owns its runs (see
+        `leases.Leases.hold`); a run another node took is cancelled meanwhile."""
         self._rng = random.Random()
         self._in_attempt = 0
         self._drained = asyncio.Event()
@@ -128,6 +137,7 @@ class Runner:
                 await self._next_attempt(live)
             while True:
                 tried = await self._attempt_in_slot(live)
+                await self.fence()
                 if run.finished:  # in the attempt, or failed meanwhile (see store_refused)
                     return
                 outcome = tried.outcome
@@ -238,6 +248,7 @@ class Runner:
         means a restarted gateway always starts past any attempt a dead process may still
         have running, so no two attempts ever share a number or a sidecar token.
         """
+        await self.fence()
         run = live.run
         run.attempt += 1
         run.status = RunStatus.RUNNING

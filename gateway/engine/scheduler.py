@@ -12,7 +12,6 @@ import logging
 import time
 
 from gateway.engine.driver import Driver
-from gateway.engine.leases import LEASE_TTL
 from gateway.errors import StoreUnavailable
 from gateway.store import FullStore
 
@@ -46,7 +45,9 @@ class Scheduler:
     async def _fire_due(self) -> float:
         """Claim and resume every due run; the seconds until the next one (capped)."""
         while True:
-            rows = await self.store.claim_due(self.driver.node_id, time.time(), LEASE_TTL, PAGE)
+            rows = await self.store.claim_due(
+                self.driver.owner, time.time(), self.driver.lease, PAGE
+            )
             for row in rows:
                 await self.driver.resume(row)
             if len(rows) < PAGE:

@@ -220,7 +220,7 @@ async def _hold(
             )
         elapsed = time.monotonic() - began
         wake_in = run.wake_at - time.time() if run.wake_at is not None else None
-        stopping = not services.driver.accepting
+        stopping = not services.driver.accepting or live.lost  # lost: the result URL
         if stopping or delivery.choose(prefer, elapsed, budget, wake_in) is Delivery.REDIRECT:
             metrics.child(metrics.DELIVERIES, route.name, Delivery.REDIRECT.value).inc()
             await _committed(live)

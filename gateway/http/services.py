@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.config import GatewayConfig
 from gateway.engine.driver import Driver
+from gateway.engine.leases import Leases
 from gateway.engine.limits import Limits
 from gateway.engine.scheduler import Scheduler
 from gateway.engine.tokens import Tokens
@@ -34,6 +35,8 @@ class Services:
     scheduler: Scheduler
     view: RunView
     """Every read of a run, live or stored, goes through here."""
+    leases: Leases
+    """This node's hold on its runs; the sidecar confirms it before acknowledging."""
     ready: bool = False
     """True once all three listeners are bound."""
 

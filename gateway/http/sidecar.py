@@ -48,6 +48,8 @@ def listener(services: Services) -> listeners.Handler:
     Paths are `/v1/runs/{run_id}/steps[/{step_id}[/sleep|/wait]]`.
     """
 
+    leases = services.leases
+
     async def serve(request: web.BaseRequest) -> web.StreamResponse:
         found = _target(listeners.segments(request, _PREFIX))
         if found is None:
@@ -56,6 +58,8 @@ def listener(services: Services) -> listeners.Handler:
         handler = methods.get(request.method)
         if handler is None:
             raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
+        if not leases.fresh():  # paused past its lease: it may have lost the run
+            await leases.confirm()
         return await handler(request, services, run_id, step_id)
 
     return listeners.guard(serve)

@@ -8,7 +8,10 @@ This face hands on the records and Protocols; it imports no dialect.
 """
 
 from gateway.store.protocols import (
+    Cluster,
     FullStore,
+    Notice,
+    OnNotice,
     RunQueries,
     Store,
     SuspensionStore,
@@ -57,6 +60,7 @@ __all__ = [
     "BeginBody",
     "BodyRow",
     "CancelRun",
+    "Cluster",
     "CompletedWait",
     "CreateRun",
     "DropPending",
@@ -67,6 +71,8 @@ __all__ = [
     "Headers",
     "IdempotencyKey",
     "KeyRow",
+    "Notice",
+    "OnNotice",
     "PARKED_STATUSES",
     "PendingRow",
     "PutPending",

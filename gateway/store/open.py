@@ -18,7 +18,7 @@ TEST_MAX_LENGTH_ENV = "DURABLE_TEST_SQLITE_MAX_LENGTH"
 bytes, so a bigger write is refused for good (SQLITE_TOOBIG). Never set it in production."""
 
 
-async def open_store(url: str) -> FullStore:
+async def open_store(url: str, *, pool: int = 10) -> FullStore:
     """Open (and migrate) the store a `storage.url` names.
 
     Dispatches on the parse the config loader made too (`parse_storage_url`), so a URL

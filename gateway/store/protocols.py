@@ -6,7 +6,8 @@ and events; `RunQueries` the admin API's reads. Each dialect implements `FullSto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import Protocol
 
 from gateway.store.records import (
@@ -194,5 +195,55 @@ class RunQueries(Protocol):
         were reported past the bound (STEP_ERRORS_KEPT) and only counted."""
 
 
+class Notice(StrEnum):
+    """What a node hears of another node's committed changes (`Cluster.join`)."""
+
+    RUN = "run"
+    """A run changed state (finished, cancelled, suspended, paused): wake its waiters."""
+    CANCEL = "cancel"
+    """A run was cancelled: the node driving it stops its attempt."""
+    RESYNC = "resync"
+    """Notices may have been missed (the connection that hears them dropped): re-read
+    the store for everything waited on. Its run id is empty."""
+
+
+OnNotice = Callable[[Notice, str], None]
+"""Called with each notice and its run id, on the event loop."""
+
+
+class Cluster(Protocol):
+    """How the nodes sharing a store see each other: presence, takeover, fencing, notices.
+
+    A node's presence lasts as long as its process (PostgreSQL: a session-level advisory
+    lock on a connection of its own), so a dead node is seen at once, not at its leases'
+    expiry. On a store only one process can use (SQLite), all of this is a no-op.
+    """
+
+    async def join(self, owner: str, on_notice: OnNotice) -> None:
+        """Announce this process as `owner` and start hearing notices; raises
+        StoreUnavailable when the store cannot be reached. Keeps itself joined: a
+        dropped connection is re-established, then RESYNC is heard."""
+
+    async def absent(self, owner: str, now: float) -> list[str]:
+        """Owners other than `owner` holding unexpired leases on active runs whose
+        process is gone."""
+
+    async def take_over(
+        self, owner: str, gone: Sequence[str], now: float, lease_ttl: float, limit: int
+    ) -> list[RunRow]:
+        """Lease up to `limit` active runs of the `gone` owners to `owner` (atomic, as
+        `claim_unfinished`), due ones first."""
+
+    async def taken(self, owner: str, run_ids: Sequence[str]) -> list[str]:
+        """Those of `run_ids` now leased to another owner: this node lost them."""
+
+    async def leave(self) -> None:
+        """End this process's presence and stop hearing notices. Idempotent."""
+
+
 class FullStore(Store, SuspensionStore, RunQueries, Protocol):
     """Everything a database offers the gateway; what `open_store` returns."""
+
+    @property
+    def cluster(self) -> Cluster:
+        """The other nodes sharing this store, as far as this node deals with them."""

@@ -23,8 +23,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import RouteConfig, RouteMatch
-from gateway.engine.driver import Driver
-from gateway.engine.leases import LEASE_TTL
+from gateway.engine.driver import LEASE_TTL, Driver
 from gateway.engine.limits import Limits
 from gateway.engine.live import LiveRun
 from gateway.engine.runner import Runner
@@ -176,7 +175,7 @@ async def test_a_wake_inside_the_suspension_commit_drives_the_run_once(tmp_path:
 
         async def scheduler_takes_it() -> None:
             await asyncio.sleep(0.1)  # past the wake time
-            rows = await engine.store.claim_due(engine.driver.node_id, time.time(), LEASE_TTL, 10)
+            rows = await engine.store.claim_due(engine.driver.owner, time.time(), LEASE_TTL, 10)
             assert [r.run_id for r in rows] == [run_id]
             assert await engine.driver.resume(rows[0]) is not None
 

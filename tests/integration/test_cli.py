@@ -92,14 +92,15 @@ async def test_either_event_loop_runs_a_run_that_resumes(
     assert "runtime: GIL switch interval 0.5 ms, gc thresholds (20000, " in logs
 
 
-_FORMS = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+_SQLITE_FORMS = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+_FORMS = f"{_SQLITE_FORMS}, or postgresql://user:password@host:5432/database"
 
 
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("sqlite:", f"an sqlite URL has three slashes and no host: {_FORMS}"),
-        ("sqlite:///", f"the sqlite URL names no file: {_FORMS}"),
+        ("sqlite:", f"an sqlite URL has three slashes and no host: {_SQLITE_FORMS}"),
+        ("sqlite:///", f"the sqlite URL names no file: {_SQLITE_FORMS}"),
         ("sqlite:///x.db?mode=ro", "an sqlite URL takes no query string or fragment (?… or #…)"),
         (
             "sqlite:///:memory:",
@@ -112,13 +113,11 @@ _FORMS = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
             "the directory of notes.txt/gw.db cannot be created: notes.txt is not a directory",
         ),
         (
-            "postgresql://dg:pw@db:5432/durable",
-            "postgresql:// is not supported by this build yet; use sqlite:///path/to/file.db",
+            "postgresql://dg:pw@db:x/durable",
+            "the postgresql URL's port is not a number from 1 to 65535",
         ),
-        (
-            "postgres://db/durable",
-            "postgres:// is not supported by this build yet; use sqlite:///path/to/file.db",
-        ),
+        ("postgres://db/", "the postgres URL names no database: add /database after the host"),
+        ("postgresql:db/durable", f"a postgresql URL starts with postgresql://: {_FORMS}"),
         ("mysql://db/durable", f"unknown scheme 'mysql': {_FORMS}"),
     ],
 )

@@ -415,7 +415,8 @@ def test_env_errors_name_the_key(text: str, line: int, path: str, message: str) 
             "storage:\n  url: mysql://h/db\n",
             2,
             "storage.url",
-            "unknown scheme 'mysql': use sqlite:///relative/path.db or sqlite:////absolute/path.db",
+            "unknown scheme 'mysql': use sqlite:///relative/path.db or sqlite:////absolute/path.db,"
+            " or postgresql://user:password@host:5432/database",
         ),
         (
             "storage:\n  durability: fast\n",
@@ -696,8 +697,9 @@ def test_yaml_syntax_error_bad_indent() -> None:
 
 # ── storage.url: only what this build can open ──────────────────────────────────
 
-_FORMS = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
-_SLASHES = f"an sqlite URL has three slashes and no host: {_FORMS}"
+_SQLITE_FORMS = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+_FORMS = f"{_SQLITE_FORMS}, or postgresql://user:password@host:5432/database"
+_SLASHES = f"an sqlite URL has three slashes and no host: {_SQLITE_FORMS}"
 _QUERY = "an sqlite URL takes no query string or fragment (?… or #…)"
 _DIRECTORY = "the sqlite URL names a directory, not a database file"
 
@@ -709,7 +711,7 @@ _DIRECTORY = "the sqlite URL names a directory, not a database file"
         ("sqlite://", _SLASHES),
         ("sqlite:x.db", _SLASHES),
         ("sqlite://host/x.db", _SLASHES),
-        ("sqlite:///", f"the sqlite URL names no file: {_FORMS}"),
+        ("sqlite:///", f"the sqlite URL names no file: {_SQLITE_FORMS}"),
         ("sqlite:///x.db?mode=ro", _QUERY),
         ("sqlite:///x.db#main", _QUERY),
         (
@@ -720,13 +722,11 @@ _DIRECTORY = "the sqlite URL names a directory, not a database file"
         ("sqlite:///.", _DIRECTORY),
         ("sqlite:///data/..", _DIRECTORY),
         (
-            "postgresql://dg:pw@db:5432/durable",
-            "postgresql:// is not supported by this build yet; use sqlite:///path/to/file.db",
+            "postgresql://dg:pw@db:x/durable",
+            "the postgresql URL's port is not a number from 1 to 65535",
         ),
-        (
-            "postgres://db/durable",
-            "postgres:// is not supported by this build yet; use sqlite:///path/to/file.db",
-        ),
+        ("postgres://db/", "the postgres URL names no database: add /database after the host"),
+        ("postgresql:db/durable", f"a postgresql URL starts with postgresql://: {_FORMS}"),
         ("mysql://h/db", f"unknown scheme 'mysql': {_FORMS}"),
         ("durable.db", f"is not a URL: {_FORMS}"),
         ("s3cret@db:5432/durable", f"is not a URL: {_FORMS}"),
@@ -737,11 +737,40 @@ def test_storage_urls_this_build_cannot_open(url: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["postgresql://dg:s3cret@db/x", "s3cret@db:5432/x", "sqlite://dg:s3cret@db/x"]
+    "url", ["postgresql://dg:s3cret@db:x/x", "s3cret@db:5432/x", "sqlite://dg:s3cret@db/x"]
 )
 def test_storage_url_errors_never_echo_the_url(url: str) -> None:
     message = error_of('storage:\n  url: "${DB}"\n' + ROUTE, {"DB": url})
     assert message.startswith("cfg.yaml:2 storage.url: ") and "s3cret" not in message
+
+
+def test_postgres_storage_and_cluster_settings() -> None:
+    config = load(
+        'storage:\n  url: "${DB}"\n  pool: 4\ncluster:\n  node_id: gw-1\n  lease: 3s\n' + ROUTE,
+        {"DB": "postgresql://dg:s3cret@db:5432/durable"},
+    )
+    assert config.storage.url == "postgresql://dg:s3cret@db:5432/durable"
+    assert config.storage.pool == 4
+    assert (config.cluster.node_id, config.cluster.lease) == ("gw-1", 3.0)
+    defaults = load(ROUTE)
+    assert (defaults.storage.pool, defaults.cluster.node_id, defaults.cluster.lease) == (
+        10,
+        None,
+        10.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("storage:\n  pool: 0\n", "cfg.yaml:2 storage.pool: must be >= 1"),
+        ("cluster:\n  lease: 0.5s\n", "cfg.yaml:2 cluster.lease: must be at least 1s"),
+        ("cluster:\n  node_id: a b\n", "cfg.yaml:2 cluster.node_id: may use only letters"),
+        ("cluster:\n  nodes: 3\n", "cfg.yaml:2 cluster.nodes: unknown key"),
+    ],
+)
+def test_cluster_settings_are_checked(text: str, message: str) -> None:
+    assert error_of(text + ROUTE).startswith(message)
 
 
 def test_storage_url_must_name_a_file_that_can_be_created(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any, final
 
 from gateway.config.storage_url import MEMORY
 from gateway.store.records import AttemptRow, BodyRow, KeyRow, RunRow, Write
+from gateway.store.sqlite.cluster import AloneCluster
 from gateway.store.sqlite.connection import describe_error, path_from_url
 from gateway.store.sqlite.listing import RunListing
 from gateway.store.sqlite.sql import (
@@ -50,6 +51,9 @@ class SqliteStore(Suspensions, RunListing):
     """
 
     __slots__ = ()
+
+    cluster = AloneCluster()
+    """No other process shares the file (see `exclusive`)."""
 
     async def apply(self, writes: Sequence[Write]) -> None:
         """Commit all writes in one transaction; roll back and raise on failure:
