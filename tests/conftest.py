@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests import postgres
 from tests.helpers import ROOT, Proc, free_port, free_ports, python, wait_http_ok
 
 
@@ -192,3 +193,11 @@ async def held() -> AsyncIterator[HeldBackend]:
     backend.url = str(server.make_url("")).rstrip("/")
     yield backend
     await server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres.PgServer]:
+    """One PostgreSQL server for the whole session; `create_database()` gives each test a
+    fresh empty database. Fails (never skips) when the server binaries are missing."""
+    with postgres.pg_server(tmp_path_factory.mktemp("pg")) as server:
+        yield server

@@ -43,3 +43,37 @@ def event_output(event: Mapping[str, Any]) -> bytes:
     """A matched event as a wait step's output: the event object, keys sorted (what
     `gateway.engine.suspensions.first_match` gives for a stored event)."""
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+
+
+class RecordedEvent:
+    """An event being recorded, decoded only once a wait of its name needs it."""
+
+    __slots__ = ("event_id", "name", "data", "ts", "_object", "_output")
+
+    def __init__(self, event_id: str, name: str, data: bytes, ts: float) -> None:
+        self.event_id, self.name, self.data, self.ts = event_id, name, data, ts
+        self._object: dict[str, Any] | None = None
+        self._output: bytes | None = None
+
+    @property
+    def object(self) -> dict[str, Any]:
+        """The event object waits match (`wire.event_output`)."""
+        if self._object is None:
+            data = orjson.loads(self.data)
+            self._object = wire.event_output(self.event_id, self.name, data, self.ts)
+        return self._object
+
+    @property
+    def output(self) -> bytes:
+        """What a wait it completes stores as its step (`event_output`)."""
+        if self._output is None:
+            self._output = event_output(self.object)
+        return self._output
+
+    def key(self, paths: str) -> bytes | None:
+        """`event_key` for a path list as stored (a JSON array)."""
+        return event_key(self.object, orjson.loads(paths))
+
+    def fits(self, match: bytes | None) -> bool:
+        """Whether an unindexed wait's match (JSON, or None) fits this event."""
+        return wire.event_matches(orjson.loads(match) if match else None, self.object)

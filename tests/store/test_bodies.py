@@ -194,8 +194,8 @@ async def test_cancel_and_reset_clear_the_body_but_a_finished_result_stands(
     assert reset is not None and (reset.status, reset.response) == ("running", None)
     assert await store.get_body("reset") is None
     # Only the finished run's chunks are left.
-    assert database.count("body_chunks") == len(CHUNKS)
-    assert database.count("bodies") == 1
+    assert await database.count("body_chunks") == len(CHUNKS)
+    assert await database.count("bodies") == 1
 
 
 async def test_purge_removes_a_runs_body_with_it(store: FullStore, database: Database) -> None:
@@ -207,8 +207,8 @@ async def test_purge_removes_a_runs_body_with_it(store: FullStore, database: Dat
 
     assert await store.get_run("old") is None
     assert await store.get_body("old") is None
-    assert database.count("body_chunks") == 1
-    assert database.count("bodies") == 1
+    assert await database.count("body_chunks") == 1
+    assert await database.count("bodies") == 1
     assert await store.read_body("live", 0, 100) == b"still streaming"
 
 
@@ -231,7 +231,7 @@ async def test_purge_deletes_a_bounded_number_of_chunks_per_call(
     # 2 chunks (and "plain"), 2 chunks, the last chunk and then "big", nothing.
     assert counts == [2, 2, 1, 0]
     assert await store.get_run("big") is None and await store.get_run("plain") is None
-    assert database.count("body_chunks") == 0 and database.count("bodies") == 0
+    assert await database.count("body_chunks") == 0 and await database.count("bodies") == 0
 
 
 def stream_batch(run_id: str) -> list[Write]:

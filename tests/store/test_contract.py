@@ -259,7 +259,7 @@ async def test_empty_apply_is_a_no_op(store: Store) -> None:
 async def test_apply_is_all_or_nothing_when_a_statement_fails(
     store: Store, database: Database
 ) -> None:
-    database.fail_step_insert("boom")
+    await database.fail_step_insert("boom")
     await store.apply([create("old")])
     batch: list[Write] = [
         create("r1"),
@@ -279,7 +279,7 @@ async def test_apply_is_all_or_nothing_when_a_statement_fails(
     assert await store.list_attempts("r1") == []
     old = await store.get_run("old")
     assert old is not None and old.status == "running"
-    assert database.count("steps") == 0
+    assert await database.count("steps") == 0
     # The connection is left usable: the next batch commits.
     await store.apply([create("r2"), step("r2", "ok")])
     assert await store.load_steps("r2") == {"ok": b'{"ok":true}'}
@@ -325,12 +325,12 @@ async def test_reads_never_see_a_batch_before_it_commits(store: Store) -> None:
 async def test_apply_raises_store_unavailable_while_locked(database: Database) -> None:
     store = await database.open(lock_wait=0.05)
     try:
-        with database.hold_write_lock():
+        async with database.hold_write_lock():
             with pytest.raises(StoreUnavailable):
                 await store.apply([create("r1"), step("r1", "a")])
             # Reads are not blocked by another writer.
             assert await store.get_run("r1") is None
-        assert database.count("runs") == 0
+        assert await database.count("runs") == 0
         await store.apply([create("r1"), step("r1", "a")])
         assert await store.load_steps("r1") == {"a": b'{"ok":true}'}
     finally:
@@ -396,7 +396,7 @@ async def test_idempotency_key_conflict_keeps_the_first(store: Store) -> None:
 async def test_idempotency_key_is_never_stored_without_its_run(
     store: Store, database: Database
 ) -> None:
-    database.fail_step_insert("boom")
+    await database.fail_step_insert("boom")
 
     with pytest.raises(StoreRejected):
         await store.apply(
@@ -407,7 +407,7 @@ async def test_idempotency_key_is_never_stored_without_its_run(
         )
 
     assert await store.find_idempotency("chat", "k") is None
-    assert database.count("idempotency_keys") == 0
+    assert await database.count("idempotency_keys") == 0
 
 
 # --- SQLite specifics ------------------------------------------------------------

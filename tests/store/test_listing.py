@@ -23,13 +23,9 @@ from gateway.store import (
     Write,
 )
 from gateway.store.open import open_store
+from gateway.store.rows import decode_cursor, encode_cursor, list_runs_query
 from gateway.store.sqlite import sql as sqlite_sql
 from gateway.store.sqlite import suspensions as sqlite_suspensions
-from gateway.store.sqlite.listing import (
-    decode_cursor,
-    encode_cursor,
-    list_runs_query,
-)
 from tests.store.records import REQUEST, create, ids
 
 ORDER = dataclasses.replace(REQUEST, path_qs="/orders?q=1")

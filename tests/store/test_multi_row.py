@@ -1,13 +1,13 @@
-"""Batches step SQLite once per statement, not once per row (see `sqlite_sql.multi_row`)."""
+"""Batches step SQLite once per statement, not once per row (see `sqlite_sql.multi_row`);
+large batches and claims (on every dialect) land as row-by-row writes would."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from gateway.store import (
     AttemptRow,
     CreateRun,
     FinishRun,
+    FullStore,
     PutStep,
     RecordAttempt,
     StoredRequest,
@@ -16,7 +16,6 @@ from gateway.store import (
     UpdateRun,
     Write,
 )
-from gateway.store.sqlite import SqliteStore
 from gateway.store.sqlite.sql import MAX_ROWS, claim_updates, multi_row, plan
 from tests.store.records import ids
 
@@ -64,32 +63,28 @@ def test_claims_update_in_bounded_in_lists_with_the_values_first() -> None:
     assert claim_updates("owner = ?", ("me",), []) == []
 
 
-async def test_claims_of_more_than_max_rows_runs_take_them_all(tmp_path: Path) -> None:
+async def test_claims_of_more_than_max_rows_runs_take_them_all(store: FullStore) -> None:
     count = 2 * MAX_ROWS + 1
-    store = await SqliteStore.open(f"sqlite:///{tmp_path / 'g.db'}")
-    try:
-        await store.apply(
-            [CreateRun(f"a{i}", "r", REQUEST, 1.0) for i in range(count)]
-            + [CreateRun(f"s{i}", "r", REQUEST, 1.0) for i in range(count)]
-            + [SuspendRun(f"s{i}", 1, 5.0, 2.0) for i in range(count)]
-        )
+    await store.apply(
+        [CreateRun(f"a{i}", "r", REQUEST, 1.0) for i in range(count)]
+        + [CreateRun(f"s{i}", "r", REQUEST, 1.0) for i in range(count)]
+        + [SuspendRun(f"s{i}", 1, 5.0, 2.0) for i in range(count)]
+    )
 
-        unfinished = await store.claim_unfinished("me", 10.0, 30.0, limit=2 * count)
-        due = await store.claim_due("you", 10.0, 30.0, limit=2 * count)
+    unfinished = await store.claim_unfinished("me", 10.0, 30.0, limit=2 * count)
+    due = await store.claim_due("you", 10.0, 30.0, limit=2 * count)
 
-        assert sorted(ids(unfinished)) == sorted(f"a{i}" for i in range(count))
-        assert sorted(ids(due)) == sorted(f"s{i}" for i in range(count))
-        for i in (0, MAX_ROWS, count - 1):
-            active, woken = await store.get_run(f"a{i}"), await store.get_run(f"s{i}")
-            assert active is not None and (active.owner, active.lease_until) == ("me", 40.0)
-            assert woken is not None
-            assert (woken.status, woken.wake_at, woken.updated_at) == ("running", None, 10.0)
-            assert (woken.owner, woken.lease_until) == ("you", 40.0)
-        # Every one of them is leased: nothing is left for another claim.
-        assert await store.claim_unfinished("other", 11.0, 30.0, limit=2 * count) == []
-        assert await store.claim_due("other", 11.0, 30.0, limit=2 * count) == []
-    finally:
-        await store.close()
+    assert sorted(ids(unfinished)) == sorted(f"a{i}" for i in range(count))
+    assert sorted(ids(due)) == sorted(f"s{i}" for i in range(count))
+    for i in (0, MAX_ROWS, count - 1):
+        active, woken = await store.get_run(f"a{i}"), await store.get_run(f"s{i}")
+        assert active is not None and (active.owner, active.lease_until) == ("me", 40.0)
+        assert woken is not None
+        assert (woken.status, woken.wake_at, woken.updated_at) == ("running", None, 10.0)
+        assert (woken.owner, woken.lease_until) == ("you", 40.0)
+    # Every one of them is leased: nothing is left for another claim.
+    assert await store.claim_unfinished("other", 11.0, 30.0, limit=2 * count) == []
+    assert await store.claim_due("other", 11.0, 30.0, limit=2 * count) == []
 
 
 def test_a_mixed_batch_of_many_runs_is_a_handful_of_statements() -> None:
@@ -128,30 +123,24 @@ def test_only_a_first_attempt_that_succeeded_is_folded_into_its_run() -> None:
     assert [row[0::7] for row in rows] == [("failed", "earlier")]
 
 
-async def test_a_large_batch_lands_exactly_as_row_by_row_writes_would(tmp_path: Path) -> None:
-    store = await SqliteStore.open(f"sqlite:///{tmp_path / 'g.db'}")
-    try:
-        first: list[Write] = []
-        for i in range(1200):
-            first += [CreateRun(f"r{i}", "r", REQUEST, 1.0), PutStep(f"r{i}", "s", b"1", 1, 2.0)]
-            # The same attempt twice in one batch: the later row wins, as with executemany.
-            first += [
-                RecordAttempt(f"r{i}", 1, 1.0, 2.0, "timeout"),
-                RecordAttempt(f"r{i}", 1, 1.0, 3.0, "response", 500, "late"),
-            ]
-        await store.apply(first)
-        await store.apply(
-            [UpdateRun(f"r{i}", "backoff", 1, 9.0, 4.0) for i in range(0, 1200, 2)]
-            + [FinishRun(f"r{i}", "succeeded", RESPONSE, 5.0) for i in range(1, 1200, 2)]
-            + [PutStep("r0", "s", b"second", 1, 6.0)]  # first write wins
-        )
-        assert await store.load_steps("r0") == {"s": b"1"}
-        assert await store.list_attempts("r1199") == [
-            AttemptRow(1, 1.0, 3.0, "response", 500, "late")
+async def test_a_large_batch_lands_exactly_as_row_by_row_writes_would(store: FullStore) -> None:
+    first: list[Write] = []
+    for i in range(1200):
+        first += [CreateRun(f"r{i}", "r", REQUEST, 1.0), PutStep(f"r{i}", "s", b"1", 1, 2.0)]
+        # The same attempt twice in one batch: the later row wins, as with executemany.
+        first += [
+            RecordAttempt(f"r{i}", 1, 1.0, 2.0, "timeout"),
+            RecordAttempt(f"r{i}", 1, 1.0, 3.0, "response", 500, "late"),
         ]
-        even, odd = await store.get_run("r600"), await store.get_run("r601")
-        assert even is not None and (even.status, even.wake_at) == ("backoff", 9.0)
-        assert odd is not None and (odd.status, odd.response) == ("succeeded", RESPONSE)
-        assert len(await store.load_steps("r1199")) == 1
-    finally:
-        await store.close()
+    await store.apply(first)
+    await store.apply(
+        [UpdateRun(f"r{i}", "backoff", 1, 9.0, 4.0) for i in range(0, 1200, 2)]
+        + [FinishRun(f"r{i}", "succeeded", RESPONSE, 5.0) for i in range(1, 1200, 2)]
+        + [PutStep("r0", "s", b"second", 1, 6.0)]  # first write wins
+    )
+    assert await store.load_steps("r0") == {"s": b"1"}
+    assert await store.list_attempts("r1199") == [AttemptRow(1, 1.0, 3.0, "response", 500, "late")]
+    even, odd = await store.get_run("r600"), await store.get_run("r601")
+    assert even is not None and (even.status, even.wake_at) == ("backoff", 9.0)
+    assert odd is not None and (odd.status, odd.response) == ("succeeded", RESPONSE)
+    assert len(await store.load_steps("r1199")) == 1

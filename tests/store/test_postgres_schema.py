@@ -4,33 +4,15 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
-import pytest
 
 from gateway.store import schema
-from tests.postgres import BIN, PgServer, pg_server
-
-pytestmark = pytest.mark.skipif(
-    not (BIN / "initdb").exists(), reason=f"no PostgreSQL server binaries in {BIN}"
-)
+from tests.postgres import PgServer
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
-    with pg_server(Path(tmp_path_factory.mktemp("pg"))) as running:
-        yield running
-
-
-async def test_every_migration_applies_in_order_on_postgresql(server: PgServer) -> None:
-    conn = await asyncpg.connect(server.dsn)
-    try:
-        await conn.execute("CREATE DATABASE migrations")
-    finally:
-        await conn.close()
-    conn = await asyncpg.connect(server.dsn.rsplit("/", 1)[0] + "/migrations")
+async def test_every_migration_applies_in_order_on_postgresql(pg_server: PgServer) -> None:
+    conn = await asyncpg.connect(await pg_server.create_database())
     try:
         await conn.execute(schema.POSTGRES_META)
         for migration in schema.MIGRATIONS:

@@ -89,12 +89,12 @@ async def test_purge_deletes_old_finished_runs_with_everything_they_own(
     for run_id in ("recent", "unfinished", "sleeping"):
         await assert_kept(store, run_id)
     # Nothing is left behind for a deleted run, seen from outside too.
-    assert database.count("runs") == 3
-    assert database.count("steps") == 6
-    assert database.count("step_errors") == 3
+    assert await database.count("runs") == 3
+    assert await database.count("steps") == 6
+    assert await database.count("step_errors") == 3
     # "recent" succeeded at once, in the batch that created it: its row holds its attempt.
-    assert database.count("attempts") == 2
-    assert database.count("idempotency_keys") == 3
+    assert await database.count("attempts") == 2
+    assert await database.count("idempotency_keys") == 3
     assert await store.purge_before(300.0) == 0
 
 
@@ -109,9 +109,9 @@ async def test_purge_works_in_batches_of_at_most_limit(
     assert [await store.purge_before(200.0, limit=3) for _ in range(4)] == [3, 3, 1, 0]
 
     # Oldest first, and each batch took its runs' rows in every table with it.
-    assert database.count("runs") == database.count("idempotency_keys") == 1
-    assert database.count("steps") == 2
-    assert database.count("step_errors") == 1
+    assert await database.count("runs") == await database.count("idempotency_keys") == 1
+    assert await database.count("steps") == 2
+    assert await database.count("step_errors") == 1
     await assert_kept(store, "young")
 
 

@@ -78,7 +78,7 @@ async def test_a_run_keeps_its_first_errors_and_counts_the_rest(
     # Another run's errors are its own: neither bounded nor counted with the loop's.
     calm = StepErrorRow("charge", 1, "failure 0", 100.0)
     assert await store.list_step_errors("calm") == ([calm], 0)
-    assert database.count("step_errors") == STEP_ERRORS_KEPT + 1
+    assert await database.count("step_errors") == STEP_ERRORS_KEPT + 1
 
 
 async def test_errors_are_purged_with_their_run(store: FullStore, database: Database) -> None:
@@ -97,7 +97,7 @@ async def test_errors_are_purged_with_their_run(store: FullStore, database: Data
 
     assert await store.list_step_errors("old") == ([], 0)
     assert len((await store.list_step_errors("open"))[0]) == 1
-    assert database.count("step_errors") == 1
+    assert await database.count("step_errors") == 1
 
 
 async def test_a_run_created_and_finished_in_one_batch_keeps_its_errors(
@@ -115,7 +115,7 @@ async def test_a_run_created_and_finished_in_one_batch_keeps_its_errors(
     assert len(coalesce(writes)) == 3  # the run's row, the error and the step
     await store.apply(writes)
 
-    assert database.count("runs") == 1 and database.count("attempts") == 0
+    assert await database.count("runs") == 1 and await database.count("attempts") == 0
     kept = StepErrorRow("charge", 1, "failure 1", 101.0)
     assert await store.list_step_errors("r1") == ([kept], 0)
     assert [(a.attempt, a.started_at, a.ended_at) for a in await store.list_attempts("r1")] == [

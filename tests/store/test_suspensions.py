@@ -405,7 +405,7 @@ async def test_an_event_is_stored_only_with_the_completions_it_makes(
     store: FullStore, database: Database
 ) -> None:
     await store.apply([*suspended("r1", None), wait("r1"), *suspended("r2", None), wait("r2")])
-    database.fail_step_insert("paid")
+    await database.fail_step_insert("paid")
 
     with pytest.raises(StoreUnavailable):
         await store.add_event("e1", "payment", b'{"order_id":"42"}', 200.0)
@@ -709,7 +709,7 @@ async def test_a_failing_batch_writes_no_pending_row_or_suspension(
     store: FullStore, database: Database
 ) -> None:
     await store.apply([create("r1")])
-    database.fail_step_insert("boom")
+    await database.fail_step_insert("boom")
 
     with pytest.raises(StoreRejected):
         await store.apply(
@@ -732,7 +732,7 @@ async def test_purge_deletes_old_events_in_batches(store: FullStore, database: D
     assert [await store.purge_before(500.0, limit=3) for _ in range(4)] == [3, 3, 1, 0]
 
     assert [e.event_id for e in await store.events_since("payment", 0.0)] == ["young"]
-    assert database.count("events") == 1
+    assert await database.count("events") == 1
     # The id of a purged event is free again.
     assert (await store.add_event("old-0", "payment", b"{}", 901.0)).new
 
@@ -759,5 +759,5 @@ async def test_purge_takes_runs_and_events_in_the_same_batches(
     assert await store.purge_before(500.0, limit=4) == 2
     assert await store.purge_before(500.0, limit=4) == 0
 
-    assert database.count("runs") == database.count("events") == 0
-    assert database.count("pending") == 0
+    assert await database.count("runs") == await database.count("events") == 0
+    assert await database.count("pending") == 0

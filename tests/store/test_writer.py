@@ -131,17 +131,23 @@ async def test_concurrent_writes_share_transactions(writer: Writer, database: Da
     assert writer.committed_batches < total / 10
     assert sum(sizes) == total and len(sizes) == writer.committed_batches
     assert writer.depth == 0
-    assert database.count("steps") == total
+    assert await database.count("steps") == total
 
 
 async def test_a_future_resolves_only_once_its_row_is_committed(
     writer: Writer, database: Database
 ) -> None:
     seen_at_ack: dict[tuple[str, str], bytes | None] = {}
+    reads: list[asyncio.Future[None]] = []
+
+    async def read(write: PutStep) -> None:
+        seen_at_ack[write.run_id, write.step_id] = await database.step_output(
+            write.run_id, write.step_id
+        )
 
     def check(write: PutStep, future: asyncio.Future[None]) -> None:
-        # Runs the moment the future resolves: a separate connection must already see it.
-        seen_at_ack[write.run_id, write.step_id] = database.step_output(write.run_id, write.step_id)
+        # Starts the moment the future resolves: a separate connection must see the row.
+        reads.append(asyncio.ensure_future(read(write)))
 
     async def client(n: int) -> None:
         for i in range(10):
@@ -151,6 +157,7 @@ async def test_a_future_resolves_only_once_its_row_is_committed(
             await future
 
     await asyncio.gather(*(client(n) for n in range(20)))
+    await asyncio.gather(*reads)
 
     assert len(seen_at_ack) == 200
     assert all(output == f'"{r}/{s}"'.encode() for (r, s), output in seen_at_ack.items())
@@ -166,7 +173,7 @@ async def test_flush_waits_for_everything_submitted(writer: Writer, database: Da
 
     assert all(f.done() and not f.cancelled() for f in futures)
     assert writer.depth == 0
-    assert database.count("steps") == 300
+    assert await database.count("steps") == 300
 
 
 async def test_posted_writes_commit_in_order_with_submitted_ones(
@@ -182,7 +189,7 @@ async def test_posted_writes_commit_in_order_with_submitted_ones(
     await last  # committed in order: everything posted before it has landed too
 
     assert writer.depth == 0
-    assert database.count("steps") == 301
+    assert await database.count("steps") == 301
 
 
 async def test_batches_commit_in_submission_order(store: Store) -> None:
@@ -217,7 +224,7 @@ async def test_failing_store_is_retried_until_every_write_lands(
     writer.start()
     assert writer.healthy and writer.failing_since is None and writer.last_error is None
     try:
-        with database.hold_write_lock():
+        async with database.hold_write_lock():
             futures = [writer.submit(put("r", f"s{i}")) for i in range(100)]
             await probe.failed_enough.wait()
             # Never acknowledged while nothing could commit.
@@ -232,7 +239,7 @@ async def test_failing_store_is_retried_until_every_write_lands(
         await writer.close(timeout=10)
         await store.close()
 
-    assert database.count("steps") == 100
+    assert await database.count("steps") == 100
     assert writer.committed_writes == 100
     assert probe.failures >= 3 and writer.failed_tries == probe.failures
     # One report for the whole burst of failures, with its cause, and one when it is over.
@@ -313,7 +320,7 @@ async def test_saturated_at_the_queue_bound_yet_still_accepting(
         assert not writer.saturated
     finally:
         await writer.close(timeout=10)
-    assert database.count("steps") == 8
+    assert await database.count("steps") == 8
 
 
 async def test_close_flushes_then_refuses_new_writes(store: Store, database: Database) -> None:
@@ -324,7 +331,7 @@ async def test_close_flushes_then_refuses_new_writes(store: Store, database: Dat
     await writer.close(timeout=10)
 
     assert all(f.done() and not f.cancelled() for f in futures)
-    assert database.count("steps") == 500
+    assert await database.count("steps") == 500
     with pytest.raises(StoreUnavailable):
         writer.submit(put("r", "late"))
     await writer.close(timeout=10)  # idempotent
@@ -337,7 +344,7 @@ async def test_close_gives_up_after_its_timeout_and_cancels_the_rest(
     writer = Writer(store)
     writer.start()
     try:
-        with database.hold_write_lock():
+        async with database.hold_write_lock():
             futures = [writer.submit(put("r", f"s{i}")) for i in range(10)]
             writer.post(put("r", "posted"))  # no future to cancel: dropped with the rest
             await writer.close(timeout=0.2)
@@ -348,7 +355,7 @@ async def test_close_gives_up_after_its_timeout_and_cancels_the_rest(
 
     del futures
     gc.collect()
-    assert database.count("steps") == 0
+    assert await database.count("steps") == 0
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 

@@ -20,9 +20,10 @@ import aiosqlite
 from gateway.config.storage_url import MEMORY, SqliteUrl, parse_storage_url
 from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.store.records import RunRow
+from gateway.store.rows import run_row
 from gateway.store.sqlite import filelock
 from gateway.store.sqlite.migrate import migrate_sqlite
-from gateway.store.sqlite.sql import claim_updates, run_row
+from gateway.store.sqlite.sql import claim_updates
 
 log = logging.getLogger("gateway.store.sqlite")
 

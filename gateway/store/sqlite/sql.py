@@ -1,6 +1,7 @@
-"""SQLite statements for the store's writes and reads, and the rows they take and give.
+"""SQLite statements for the store's writes and reads, and how a batch becomes them.
 
-Pure: builds parameters and records, never touches a connection. Used by `sqlite.py` only.
+Pure: builds statements, never touches a connection. The rows they bind and give back
+are the dialects' shared `gateway.store.rows`.
 """
 
 from __future__ import annotations
@@ -11,20 +12,12 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from gateway.store.batch import (
-    CreatedFinished,
-    coalesce,
-    decode_headers,
-    encode_headers,
-    group_writes,
-)
-from gateway.store.match_keys import wait_columns
+from gateway.store.batch import CreatedFinished, coalesce, group_writes
 from gateway.store.records import (
     FINAL_STATUSES,
     STEP_ERRORS_KEPT,
     AppendBody,
     BeginBody,
-    BodyRow,
     CancelRun,
     CreateRun,
     DropPending,
@@ -34,17 +27,15 @@ from gateway.store.records import (
     RecordAttempt,
     RecordStepError,
     ResetRun,
-    RunRow,
     RunStatus,
-    StoredRequest,
-    StoredResponse,
     SuspendRun,
     UpdateRun,
     Write,
 )
+from gateway.store.rows import RUN_COLUMNS, by_run, key_params, params, with_keep
 from gateway.store.schema import ACTIVE, UNFINISHED
 
-# One statement per kind of write. Parameters come from `_row` in the same order.
+# One statement per kind of write. Parameters come from `rows.params` in the same order.
 _SQL: Final[dict[type[Any], str]] = {
     CreateRun: (
         "INSERT INTO runs (run_id, route, status, attempt, created_at, updated_at,"
@@ -122,28 +113,19 @@ _SQL: Final[dict[type[Any], str]] = {
 }
 
 
-def _by_run(write: Write | CreatedFinished) -> tuple[Any, ...]:
-    return (write.run_id,)
-
-
-def _with_keep(write: Write | CreatedFinished) -> tuple[Any, ...]:
-    assert isinstance(write, BeginBody)
-    return (write.run_id, write.keep)
-
-
 # Only a run that this CancelRun (or an earlier one) cancelled: a finished run's
 # streamed body is its result, and CancelRun leaves finished runs alone.
 _IF_CANCELLED: Final = (
     f"(SELECT run_id FROM runs WHERE run_id = ? AND status = '{RunStatus.CANCELLED}')"
 )
-_DROP_ALL_PENDING: Final = ("DELETE FROM pending WHERE run_id = ?", _by_run)
+_DROP_ALL_PENDING: Final = ("DELETE FROM pending WHERE run_id = ?", by_run)
 _Params = Callable[[Write | CreatedFinished], tuple[Any, ...]]
 
 
 def _drop_body(run: str) -> tuple[tuple[str, _Params], ...]:
     """Delete the streamed body (its chunks, then its head) of the run `run` selects."""
     tables = ("body_chunks", "bodies")
-    return tuple((f"DELETE FROM {table} WHERE run_id = {run}", _by_run) for table in tables)
+    return tuple((f"DELETE FROM {table} WHERE run_id = {run}", by_run) for table in tables)
 
 
 # Run after their kind's statement, in order, each with its rows built per write: a run
@@ -155,12 +137,12 @@ _ALSO: Final[dict[type[Any], tuple[tuple[str, _Params], ...]]] = {
     # Keep the first `keep` bytes: drop the chunks from there, then cut the one that
     # straddles it (substr counts bytes in a blob).
     BeginBody: (
-        ("DELETE FROM body_chunks WHERE run_id = ? AND pos >= ?", _with_keep),
+        ("DELETE FROM body_chunks WHERE run_id = ? AND pos >= ?", with_keep),
         (
             "UPDATE body_chunks SET data = substr(data, 1, ?2 - pos) WHERE run_id = ?1"
             " AND pos = (SELECT max(pos) FROM body_chunks WHERE run_id = ?1 AND pos < ?2)"
             " AND pos + length(data) > ?2",
-            _with_keep,
+            with_keep,
         ),
     ),
 }
@@ -169,12 +151,6 @@ _ALSO: Final[dict[type[Any], tuple[tuple[str, _Params], ...]]] = {
 _INSERT_KEY: Final = (
     "INSERT INTO idempotency_keys (route, idem_key, fingerprint, run_id, created_at)"
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (route, idem_key) DO NOTHING"
-)
-
-RUN_COLUMNS: Final = (
-    "run_id, route, status, attempt, created_at, updated_at, finished_at, wake_at,"
-    " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body,"
-    " owner, lease_until, resp_kept"
 )
 
 # Due runs first: no wake time (run now), then the earliest wake, then the oldest;
@@ -227,138 +203,6 @@ PURGE_EVENTS: Final = (
 )
 
 
-def _row(write: Write | CreatedFinished) -> tuple[Any, ...]:
-    """Statement parameters for one write, in `_SQL` order."""
-    match write:
-        case PutStep():
-            return (write.run_id, write.step_id, write.output, write.attempt, write.created_at)
-        case CreateRun(request=req):
-            return (
-                write.run_id,
-                write.route,
-                write.status,
-                write.attempt,
-                write.created_at,
-                write.created_at,
-                req.method,
-                req.path_qs,
-                encode_headers(req.headers),
-                req.body,
-                write.owner,
-                write.lease_until,
-            )
-        case CreatedFinished(create=create, finish=finish):
-            return (
-                create.run_id,
-                create.route,
-                finish.status,
-                create.attempt,
-                create.created_at,
-                finish.finished_at,
-                finish.finished_at,
-                create.request.method,
-                create.request.path_qs,
-                encode_headers(create.request.headers),
-                create.request.body,
-                finish.response.status,
-                encode_headers(finish.response.headers),
-                finish.response.body,
-                finish.response.kept,
-            )
-        case RecordStepError():
-            return (write.run_id, write.step_id, write.attempt, write.message, write.created_at)
-        case RecordAttempt():
-            return (
-                write.run_id,
-                write.attempt,
-                write.started_at,
-                write.ended_at,
-                write.outcome,
-                write.status,
-                write.detail,
-            )
-        case UpdateRun():
-            return (write.status, write.attempt, write.wake_at, write.updated_at, write.run_id)
-        case FinishRun(response=resp):
-            return (
-                write.status,
-                resp.status,
-                encode_headers(resp.headers),
-                resp.body,
-                resp.kept,
-                write.finished_at,
-                write.finished_at,
-                write.run_id,
-            )
-        case PutPending():
-            paths, match = None, write.match
-            if write.kind == "wait":
-                paths, match = wait_columns(write.match)
-            return (
-                write.run_id,
-                write.step_id,
-                write.kind,
-                write.wake_at,
-                write.event,
-                match,
-                write.created_at,
-                paths,
-            )
-        case DropPending():
-            return (write.run_id, write.step_id)
-        case SuspendRun():
-            return (write.attempt, write.wake_at, write.updated_at, write.run_id)
-        case CancelRun(response=resp):
-            return (
-                resp.status,
-                encode_headers(resp.headers),
-                resp.body,
-                resp.kept,
-                write.finished_at,
-                write.finished_at,
-                write.run_id,
-            )
-        case ResetRun():
-            return (
-                write.attempt,
-                write.updated_at,
-                write.owner,
-                write.lease_until,
-                write.run_id,
-            )
-        case BeginBody():
-            return (
-                write.run_id,
-                write.epoch,
-                write.attempt,
-                write.status,
-                encode_headers(write.headers),
-            )
-        case AppendBody():
-            return (write.run_id, write.offset, write.data)
-
-
-def run_row(row: Any) -> RunRow:
-    """A `runs` row selected as RUN_COLUMNS, as a record."""
-    response = None
-    if row[12] is not None:
-        response = StoredResponse(row[12], decode_headers(row[13]), bytes(row[14]), row[17])
-    return RunRow(
-        run_id=row[0],
-        route=row[1],
-        status=row[2],
-        attempt=row[3],
-        created_at=row[4],
-        updated_at=row[5],
-        finished_at=row[6],
-        wake_at=row[7],
-        request=StoredRequest(row[8], row[9], decode_headers(row[10]), bytes(row[11])),
-        response=response,
-        owner=row[15],
-        lease_until=row[16],
-    )
-
-
 # The size is the end of the last chunk: found through the primary key, and length()
 # of a blob reads its size, not its bytes.
 GET_BODY: Final = (
@@ -374,27 +218,6 @@ READ_BODY: Final = (
     "(SELECT max(pos) FROM body_chunks WHERE run_id = ?1 AND pos <= ?2), ?2)"
     " AND pos < ?2 + ?3 ORDER BY pos"
 )
-
-
-def body_row(row: Any) -> BodyRow:
-    """A `bodies` row selected by GET_BODY, as a record."""
-    return BodyRow(row[0], row[1], row[2], decode_headers(row[3]), row[4])
-
-
-def body_bytes(rows: Sequence[Any], offset: int, limit: int) -> bytes:
-    """Up to `limit` contiguous bytes from `offset` out of READ_BODY's (pos, data) rows;
-    stops at a gap, so bytes never splice across missing ones."""
-    parts: list[bytes] = []
-    at, need = offset, limit
-    for pos, data in rows:
-        if pos > at or need <= 0:
-            break
-        piece = bytes(data[at - pos : at - pos + need])
-        if piece:
-            parts.append(piece)
-            at += len(piece)
-            need -= len(piece)
-    return b"".join(parts)
 
 
 # A run whose first attempt was folded into its row (`folds_attempt`) has no attempt
@@ -468,17 +291,12 @@ def plan(writes: Sequence[Write]) -> list[tuple[str, list[tuple[Any, ...]]]]:
     pairs: list[tuple[str, list[tuple[Any, ...]]]] = []
     for group in group_writes(coalesce(writes)):
         kind = type(group[0])
-        pairs += multi_row(_SQL[kind], [_row(w) for w in group])
-        for sql, params in _ALSO.get(kind, ()):
-            pairs += multi_row(sql, [params(w) for w in group])
+        pairs += multi_row(_SQL[kind], [params(w) for w in group])
+        for sql, also in _ALSO.get(kind, ()):
+            pairs += multi_row(sql, [also(w) for w in group])
         if kind is not CreateRun and kind is not CreatedFinished:
             continue  # only a run's creation carries an idempotency key
-        creates = (w.create if isinstance(w, CreatedFinished) else w for w in group)
-        keys = [
-            (w.route, w.idempotency.key, w.idempotency.fingerprint, w.run_id, w.created_at)
-            for w in creates
-            if isinstance(w, CreateRun) and w.idempotency is not None
-        ]
+        keys = key_params(group)
         if keys:
             pairs += multi_row(_INSERT_KEY, keys)
     return pairs

@@ -8,12 +8,19 @@ pending sleeps, waits and events; `sqlite_listing.py` the admin reads.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any, final
 
 from gateway.config.storage_url import MEMORY
 from gateway.store.records import AttemptRow, BodyRow, KeyRow, RunRow, Write
+from gateway.store.rows import (
+    RUN_COLUMNS,
+    body_bytes,
+    body_row,
+    check_range,
+    leased,
+    run_row,
+)
 from gateway.store.sqlite.cluster import AloneCluster
 from gateway.store.sqlite.connection import describe_error, path_from_url
 from gateway.store.sqlite.listing import RunListing
@@ -31,12 +38,8 @@ from gateway.store.sqlite.sql import (
     READ_BODY,
     RELEASE,
     RENEW,
-    RUN_COLUMNS,
-    body_bytes,
-    body_row,
     multi_row,
     plan,
-    run_row,
 )
 from gateway.store.sqlite.suspensions import Suspensions
 
@@ -80,7 +83,7 @@ class SqliteStore(Suspensions, RunListing):
         rows = await self._claim(
             "claiming unfinished runs", sql, params, CLAIM_LEASE, (owner, until)
         )
-        return [dataclasses.replace(row, owner=owner, lease_until=until) for row in rows]
+        return leased(rows, owner, until)
 
     async def renew_leases(self, owner: str, until: float) -> int:
         return await self._update_leases(RENEW, (until, owner), "renewing leases")
@@ -130,9 +133,7 @@ class SqliteStore(Suspensions, RunListing):
         return None if row is None else body_row(row)
 
     async def read_body(self, run_id: str, offset: int, limit: int) -> bytes:
-        if offset < 0:
-            raise ValueError(f"read_body offset must be >= 0, not {offset}")
-        if limit <= 0:
+        if not check_range(offset, limit):
             return b""
         return body_bytes(await self._read_all(READ_BODY, run_id, offset, limit), offset, limit)
 

@@ -6,13 +6,11 @@ never completes one wait twice (check and write share one transaction).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Final
 
 import aiosqlite
-import orjson
 
-from gateway.store.match_keys import event_key, event_output
+from gateway.store.match_keys import RecordedEvent
 from gateway.store.records import (
     AddedEvent,
     CompletedWait,
@@ -21,12 +19,10 @@ from gateway.store.records import (
     RunRow,
     RunStatus,
 )
+from gateway.store.rows import PENDING_COLUMNS, RUN_COLUMNS, leased, pending_row
 from gateway.store.schema import SUSPENDED
 from gateway.store.sqlite.connection import SqliteConnections
-from gateway.store.sqlite.sql import RUN_COLUMNS, claim_updates, multi_row
-from step_protocol import wire
-
-PENDING_COLUMNS: Final = "run_id, step_id, kind, wake_at, event, match, created_at"
+from gateway.store.sqlite.sql import claim_updates, multi_row
 
 # Through runs_suspended_wake, named: without statistics the planner prefers the
 # listing index on (status, ...) and reads every suspended run (measured: 100k runs,
@@ -103,12 +99,6 @@ EVENTS_SINCE: Final = (
 )
 
 
-def pending_row(row: Any) -> PendingRow:
-    """A `pending` row selected as PENDING_COLUMNS, as a record."""
-    match = None if row[5] is None else bytes(row[5])
-    return PendingRow(row[0], row[1], row[2], row[3], row[4], match, row[6])
-
-
 class Suspensions(SqliteConnections):
     """The SuspensionStore Protocol on SQLite."""
 
@@ -122,17 +112,7 @@ class Suspensions(SqliteConnections):
         rows = await self._claim(
             "claiming due runs", DUE, (now, now, limit), CLAIM_DUE, (owner, until, now)
         )
-        return [
-            dataclasses.replace(
-                row,
-                status=RunStatus.RUNNING,
-                wake_at=None,
-                updated_at=now,
-                owner=owner,
-                lease_until=until,
-            )
-            for row in rows
-        ]
+        return leased(rows, owner, until, status=RunStatus.RUNNING, wake_at=None, updated_at=now)
 
     async def next_wake_at(self) -> float | None:
         row = await self._read_one(NEXT_WAKE)
@@ -177,14 +157,14 @@ class Suspensions(SqliteConnections):
             async with conn.execute(INSERT_EVENT, (event_id, name, data, ts)) as cur:
                 if cur.rowcount != 1:
                     return AddedEvent(False)
-            event = _Event(event_id, name, data, ts)
+            event = RecordedEvent(event_id, name, data, ts)
             completed: list[CompletedWait] = []
             after = ""  # sorts before every JSON array
             while True:
                 async with conn.execute(PATH_LISTS, (name, after, page)) as cur:
                     lists = [str(row[0]) for row in await cur.fetchall()]
                 for paths in lists:
-                    key = event_key(event.object, orjson.loads(paths))
+                    key = event.key(paths)
                     if key is not None:
                         completed += await _complete(conn, event, WAITS_BY_KEY, (paths, key), page)
                 if len(lists) < page:
@@ -211,33 +191,8 @@ class Suspensions(SqliteConnections):
         return [EventRow(row[0], row[1], bytes(row[2]), row[3]) for row in rows]
 
 
-class _Event:
-    """The event being recorded, decoded only once a wait of its name needs it."""
-
-    __slots__ = ("event_id", "name", "data", "ts", "_object", "_output")
-
-    def __init__(self, event_id: str, name: str, data: bytes, ts: float) -> None:
-        self.event_id, self.name, self.data, self.ts = event_id, name, data, ts
-        self._object: dict[str, Any] | None = None
-        self._output: bytes | None = None
-
-    @property
-    def object(self) -> dict[str, Any]:
-        """The event object waits match (`wire.event_output`)."""
-        if self._object is None:
-            data = orjson.loads(self.data)
-            self._object = wire.event_output(self.event_id, self.name, data, self.ts)
-        return self._object
-
-    @property
-    def output(self) -> bytes:
-        if self._output is None:
-            self._output = event_output(self.object)
-        return self._output
-
-
 async def _complete(
-    conn: aiosqlite.Connection, event: _Event, select: str, key: tuple[Any, ...], page: int
+    conn: aiosqlite.Connection, event: RecordedEvent, select: str, key: tuple[Any, ...], page: int
 ) -> list[CompletedWait]:
     """Complete the open waits `select` finds behind `key` (none: unindexed ones) that
     the event fits, a page at a time, in the caller's transaction: store the step,
@@ -253,7 +208,7 @@ async def _complete(
             return done
         last = rows[-1]
         cursor = (last[0], last[1]) if key else (last[3], last[0], last[1])
-        fits = rows if key else [r for r in rows if _fits(r[3], event)]
+        fits = rows if key else [r for r in rows if event.fits(r[3])]
         if fits:
             output, ts = event.output, event.ts
             steps = [(r[0], r[1], output, r[2], ts) for r in fits]
@@ -266,7 +221,3 @@ async def _complete(
             done += (CompletedWait(r[0], r[1], output) for r in fits)
         if len(rows) < page:
             return done
-
-
-def _fits(match: Any, event: _Event) -> bool:
-    return wire.event_matches(orjson.loads(match) if match else None, event.object)
