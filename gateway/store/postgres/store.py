@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, final
 
-from gateway.store.postgres.connection import affected
+from gateway.store.postgres.connection import Connection, affected
 from gateway.store.postgres.listing import RunListing
 from gateway.store.postgres.server import Server, describe_error
 from gateway.store.postgres.sql import (
@@ -33,6 +33,7 @@ from gateway.store.postgres.sql import (
     READ_BODY,
     RELEASE,
     RENEW,
+    Step,
     plan,
 )
 from gateway.store.postgres.suspensions import EVENTS_LOCK, SHARE_EVENTS_LOCK, Suspensions
@@ -40,6 +41,16 @@ from gateway.store.records import AttemptRow, BodyRow, KeyRow, RunRow, SuspendRu
 from gateway.store.rows import body_bytes, body_row, check_range, leased, run_row
 
 __all__ = ["PostgresStore", "Server", "describe_error"]
+
+
+async def execute(conn: Connection, steps: list[Step]) -> None:
+    """Run a batch's planned steps in order, in the caller's transaction: one execution
+    for a single parameter row (an array statement's is one), else an executemany."""
+    for sql, rows in steps:
+        if len(rows) == 1:
+            await conn.execute(sql, *rows[0])
+        else:
+            await conn.executemany(sql, rows)
 
 
 @final
@@ -63,11 +74,7 @@ class PostgresStore(Suspensions, RunListing):
         async with self._transaction(doing, refusals=True) as conn:
             if suspends:
                 await conn.execute(SHARE_EVENTS_LOCK, EVENTS_LOCK)
-            for sql, rows in steps:
-                if len(rows) == 1:
-                    await conn.execute(sql, *rows[0])
-                else:
-                    await conn.executemany(sql, rows)
+            await execute(conn, steps)
 
     async def claim_unfinished(
         self, owner: str, now: float, lease_ttl: float, limit: int = 1000, *, steal: bool = False
