@@ -76,6 +76,11 @@ class Gateway:
 
     def launch(self) -> None:
         """Start the gateway process on this config and wait for it to be healthy."""
+        self.spawn()
+        self.wait_healthy()
+
+    def spawn(self) -> None:
+        """Start the gateway process on this config; `wait_healthy` waits for it."""
         log = self.config_path.with_suffix(f".{self.starts}.log")
         self.proc = Proc(
             [
@@ -85,6 +90,8 @@ class Gateway:
             log,
             env=self.env,
         )
+
+    def wait_healthy(self) -> None:
         try:
             wait_http_ok(self.admin + "/healthz", proc=self.proc.popen)
         except (RuntimeError, TimeoutError) as exc:
@@ -125,7 +132,11 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         db: Path | None = None,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        url: str | None = None,
+        wait: bool = True,
     ) -> Gateway:
+        """`url` names another store than the SQLite file `db`; with `wait` False the
+        process is started and not waited for (`Gateway.wait_healthy`)."""
         ports = free_ports(3)
         db_path = db or tmp_path / "durable.db"
         config = (
@@ -136,7 +147,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
               admin: 127.0.0.1:{ports[2]}
               shutdown_grace: 5s
             storage:
-              url: sqlite:///{db_path}
+              url: {url or f"sqlite:///{db_path}"}
             """)
             + textwrap.indent(textwrap.dedent(storage).strip() + "\n" if storage else "", "  ")
             + textwrap.dedent(extra_yaml)
@@ -147,8 +158,10 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
         config_path.write_text(config)
         ingress, sidecar, admin = (f"http://127.0.0.1:{p}" for p in ports)
         gw = Gateway(ingress, sidecar, admin, config_path, db_path, env, args)
-        gw.launch()
+        gw.spawn()
         started.append(gw)
+        if wait:
+            gw.wait_healthy()
         return gw
 
     yield start
@@ -193,6 +206,46 @@ async def held() -> AsyncIterator[HeldBackend]:
     backend.url = str(server.make_url("")).rstrip("/")
     yield backend
     await server.close()
+
+
+@pytest.fixture
+async def pg_url(pg_server: postgres.PgServer) -> str:
+    """A fresh empty database on the session's PostgreSQL server."""
+    return await pg_server.create_database()
+
+
+ClusterFactory = Callable[..., list[Gateway]]
+
+
+@pytest.fixture
+def cluster_factory(gateway_factory: GatewayFactory, pg_url: str) -> ClusterFactory:
+    """Start `nodes` gateways on one fresh PostgreSQL database, all at once, with one
+    secret and node ids node-1, node-2, …; `lease` is `cluster.lease`."""
+
+    def start(
+        routes_yaml: str,
+        *,
+        nodes: int = 2,
+        lease: str = "10s",
+        storage: str = "",
+        extra_yaml: str = "",
+    ) -> list[Gateway]:
+        gateways = [
+            gateway_factory(
+                routes_yaml,
+                url=pg_url,
+                storage=storage,
+                extra_yaml=f"security:\n  secret: cluster-test-secret\n"
+                f"cluster:\n  node_id: node-{i}\n  lease: {lease}\n{extra_yaml}",
+                wait=False,
+            )
+            for i in range(1, nodes + 1)
+        ]
+        for gw in gateways:
+            gw.wait_healthy()
+        return gateways
+
+    return start
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,16 @@ import asyncpg
 from gateway.errors import StoreUnavailable
 from gateway.store.postgres.server import Server, mapped_errors
 from gateway.store.protocols import Notice, OnNotice
-from gateway.store.records import RunRow
+from gateway.store.records import (
+    CancelRun,
+    CreateRun,
+    FinishRun,
+    RunRow,
+    RunStatus,
+    SuspendRun,
+    UpdateRun,
+    Write,
+)
 from gateway.store.rows import RUN_COLUMNS, run_row
 from gateway.store.schema import ACTIVE
 from gateway.tasks import spawn
@@ -32,6 +41,7 @@ log = logging.getLogger("gateway.store.postgres")
 
 CHANNEL: Final = "durable_gateway"
 """The LISTEN/NOTIFY channel; payloads are `<notice>:<run id>`."""
+NOTIFY: Final = "SELECT pg_notify($1, n) FROM unnest($2::text[]) AS n"
 PING_EVERY: Final = 2.0
 """Seconds between checks that the connection still answers (a partition sends no FIN)."""
 CONNECT_TIMEOUT: Final = 5.0
@@ -61,6 +71,23 @@ _TAKE_OVER: Final = (
 _TAKEN: Final = (
     "SELECT run_id FROM runs WHERE run_id = ANY($1::text[]) AND owner IS NOT NULL AND owner <> $2"
 )
+
+
+def notices(writes: Sequence[Write]) -> list[str]:
+    """The notices a batch sends when it commits: a run that finished, parked or was
+    cancelled wakes its waiters on every node; a cancel also stops its attempt where it
+    runs. A run created in the same batch had no waiter anywhere yet."""
+    created = {w.run_id for w in writes if isinstance(w, CreateRun)}
+    heard: list[str] = []
+    for write in writes:
+        if isinstance(write, CancelRun):
+            heard.append(f"{Notice.CANCEL}:{write.run_id}")
+        elif isinstance(write, FinishRun | SuspendRun) or (
+            isinstance(write, UpdateRun) and write.status == RunStatus.PAUSED
+        ):
+            if write.run_id not in created:
+                heard.append(f"{Notice.RUN}:{write.run_id}")
+    return heard
 
 
 class PostgresCluster:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, final
 
+from gateway.store.postgres.cluster import CHANNEL, NOTIFY, notices
 from gateway.store.postgres.connection import Connection, affected
 from gateway.store.postgres.listing import RunListing
 from gateway.store.postgres.server import Server, describe_error
@@ -71,10 +72,13 @@ class PostgresStore(Suspensions, RunListing):
         steps = plan(writes)
         suspends = any(isinstance(write, SuspendRun) for write in writes)
         doing = f"writing {len(writes)} writes" if len(writes) > 1 else "writing 1 write"
+        heard = notices(writes)
         async with self._transaction(doing, refusals=True) as conn:
             if suspends:
                 await conn.execute(SHARE_EVENTS_LOCK, EVENTS_LOCK)
             await execute(conn, steps)
+            if heard:  # delivered on commit, never before: a notice never outruns its change
+                await conn.execute(NOTIFY, CHANNEL, heard)
 
     async def claim_unfinished(
         self, owner: str, now: float, lease_ttl: float, limit: int = 1000, *, steal: bool = False

@@ -1,0 +1,157 @@
+"""Several gateway processes on one PostgreSQL database: any node serves everything, a dead
+node's runs move, a silent node is fenced, wake-ups and timers cross nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import Backend, ClusterFactory, Gateway, durable_route
+from tests.helpers import accept, all_counts, assert_eventually, final, get_json, post_event
+
+
+def on(gw: Gateway, location: str, origin: Gateway) -> str:
+    """A result URL handed out by `origin`, asked of `gw` instead."""
+    return location.replace(origin.ingress, gw.ingress)
+
+
+async def owner_of(http: aiohttp.ClientSession, gw: Gateway, run_id: str) -> dict[str, Any]:
+    detail: dict[str, Any] = await get_json(http, f"{gw.admin}/v1/runs/{run_id}")
+    return detail
+
+
+async def test_any_node_answers_a_run_another_node_drives(
+    sync_backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster_factory(durable_route(sync_backend.url))
+    run_id, location = await accept(http, a.url("/demo/steps?n=2&pause_ms=300"))
+    status, body = await final(http, on(b, location, a), within=30)  # long-polled on b
+    assert (status, body["run_id"]) == (200, run_id)
+    assert (await final(http, location))[1] == body
+    for gw in (a, b):  # runs API on any node
+        assert (await owner_of(http, gw, run_id))["status"] == "succeeded"
+
+
+async def test_kill_9_of_the_owner_mid_attempt_moves_its_run(
+    sync_backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    """The run resumes on the other node well before the lease would expire, and no step
+    acknowledged before the kill runs again."""
+    a, b = cluster_factory(durable_route(sync_backend.url), lease="30s", storage="durability: sync")
+    run_id, location = await accept(http, a.url("/demo/steps?n=3&pause_ms=1500"))
+
+    async def past_step_1() -> None:
+        steps = [s["step_id"] for s in (await owner_of(http, b, run_id))["steps"]]
+        assert "step-1" in steps
+
+    await assert_eventually(past_step_1)
+    a.kill()
+    killed = time.monotonic()
+
+    async def resumed_on_b() -> None:
+        detail = await owner_of(http, b, run_id)
+        assert detail["attempt"] >= 2, detail
+
+    await assert_eventually(resumed_on_b, within=5.0)  # the contract: within 5 s
+    took = time.monotonic() - killed
+    status, body = await final(http, on(b, location, a), within=30)
+    assert status == 200 and body["attempt"] >= 2
+    assert (await all_counts(http, sync_backend))[run_id]["step-1"] == 1
+    async with http.get(sync_backend.url + "/_violations") as resp:
+        assert (await resp.json())["violations"] == []
+    assert "taking over a run (node_gone)" in b.logs(), f"took {took:.1f}s"
+
+
+async def test_an_event_posted_on_one_node_wakes_a_run_waiting_on_another(
+    backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster_factory(durable_route(backend.url))
+    run_id, location = await accept(http, a.url("/demo/wait?event=order.paid&order_id=7"))
+
+    async def suspended() -> None:
+        assert (await owner_of(http, b, run_id))["status"] == "suspended"
+
+    await assert_eventually(suspended)
+    await post_event(http, b, name="order.paid", data={"order_id": 7})
+    status, body = await final(http, on(b, location, a), within=15)
+    assert status == 200 and body["event"]["data"] == {"order_id": 7}
+
+
+async def test_cancel_on_one_node_stops_the_attempt_on_another(
+    backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster_factory(durable_route(backend.url))
+    run_id, location = await accept(http, a.url("/demo/steps?n=1&mode=hang&fail_at=1"))
+
+    async def in_attempt() -> None:
+        assert (await owner_of(http, b, run_id))["status"] == "running"
+
+    await assert_eventually(in_attempt)
+    async with http.post(f"{b.admin}/v1/runs/{run_id}/cancel") as resp:
+        assert resp.status == 200, await resp.text()
+    status, body = await final(http, location, within=10)  # a answers: its attempt stopped
+    assert status == 409 and body["type"].endswith("run-cancelled")
+
+    async def stopped_on_a() -> None:
+        assert "cancelled on another node" in a.logs()
+
+    await assert_eventually(stopped_on_a)
+
+
+async def test_timers_fire_once_across_the_cluster(
+    sync_backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    nodes = cluster_factory(durable_route(sync_backend.url, hold="0s"), nodes=3)
+    accepted = await asyncio.gather(
+        *(accept(http, nodes[i % 3].url(f"/demo/sleep?seconds=1&n=2&i={i}")) for i in range(30))
+    )
+    finals = await asyncio.gather(*(final(http, loc, within=60) for _, loc in accepted))
+    assert all(status == 200 for status, _ in finals)
+    counts = await all_counts(http, sync_backend)
+    for run_id, _ in accepted:
+        assert counts[run_id]["step-2"] == 1, counts[run_id]
+
+
+async def test_three_nodes_start_at_once_on_an_empty_database(
+    backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    nodes = cluster_factory(durable_route(backend.url), nodes=3)
+    for gw in nodes:
+        status, _ = await final(http, (await accept(http, gw.url("/demo/steps?n=1")))[1])
+        assert status == 200
+    applied = [gw for gw in nodes if "applied schema migrations" in gw.logs()]
+    assert len(applied) == 1  # one node migrated; the others found it done
+
+
+async def test_sigstop_past_the_lease_then_sigcont_finishes_nothing_twice(
+    sync_backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster_factory(durable_route(sync_backend.url), lease="2s", storage="durability: sync")
+    run_id, location = await accept(http, a.url("/demo/steps?n=3&pause_ms=1000"))
+
+    async def past_step_1() -> None:
+        steps = [s["step_id"] for s in (await owner_of(http, b, run_id))["steps"]]
+        assert "step-1" in steps
+
+    await assert_eventually(past_step_1)
+    a.proc.popen.send_signal(signal.SIGSTOP)
+    try:
+        status, body = await final(http, on(b, location, a), within=30)
+        assert status == 200
+        finished = (await owner_of(http, b, run_id))["finished_at"]
+    finally:
+        a.proc.popen.send_signal(signal.SIGCONT)
+
+    async def fenced() -> None:
+        assert "another node took this run over" in a.logs()
+
+    await assert_eventually(fenced)
+    detail = await owner_of(http, a, run_id)
+    assert detail["finished_at"] == finished and detail["attempt"] == body["attempt"]
+    assert (await final(http, location))[1] == body
+    async with http.get(sync_backend.url + "/_violations") as resp:
+        assert (await resp.json())["violations"] == []
