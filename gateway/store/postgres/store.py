@@ -3,7 +3,7 @@ gateway nodes share.
 
 Never commits part of a batch, never hands two nodes the same run from a claim. This
 module holds runs, steps, leases, keys and retention; `suspensions` the pending sleeps,
-waits and events; `listing` the admin reads.
+waits and events; the reads are the dialects' shared `gateway.store.reads`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, final
 
+from gateway.store.postgres import listing, suspensions
 from gateway.store.postgres.cluster import CHANNEL, NOTIFY, notices
 from gateway.store.postgres.connection import Connection, affected
-from gateway.store.postgres.listing import RunListing
 from gateway.store.postgres.server import Server, describe_error
 from gateway.store.postgres.sql import (
     CLAIM,
@@ -38,8 +38,9 @@ from gateway.store.postgres.sql import (
     plan,
 )
 from gateway.store.postgres.suspensions import EVENTS_LOCK, SHARE_EVENTS_LOCK, Suspensions
-from gateway.store.records import AttemptRow, BodyRow, KeyRow, RunRow, SuspendRun, Write
-from gateway.store.rows import body_bytes, body_row, check_range, leased, run_row
+from gateway.store.reads import Reads, ReadSql
+from gateway.store.records import RunRow, SuspendRun, Write
+from gateway.store.rows import leased
 
 __all__ = ["PostgresStore", "Server", "describe_error"]
 
@@ -55,13 +56,33 @@ async def execute(conn: Connection, steps: list[Step]) -> None:
 
 
 @final
-class PostgresStore(Suspensions, RunListing):
+class PostgresStore(Reads, Suspensions):
     """The FullStore Protocol on a PostgreSQL database shared by every gateway node.
 
     Open it with `await PostgresStore.open(dsn, pool=10)`.
     """
 
     __slots__ = ()
+
+    reads = ReadSql(
+        get_run=GET_RUN,
+        get_body=GET_BODY,
+        read_body=READ_BODY,
+        load_steps=LOAD_STEPS,
+        list_attempts=LIST_ATTEMPTS,
+        get_meta=GET_META,
+        find_key=FIND_KEY,
+        next_wake=suspensions.NEXT_WAKE,
+        count_timers=suspensions.COUNT_TIMERS,
+        count_suspends=suspensions.COUNT_SUSPENDS,
+        count_pending=suspensions.COUNT_PENDING,
+        get_pending=suspensions.GET_PENDING,
+        list_pending=suspensions.LIST_PENDING,
+        events_since=suspensions.EVENTS_SINCE,
+        list_steps=listing.STEPS,
+        list_step_errors=listing.STEP_ERRORS,
+        mark=lambda n: f"${n}",
+    )
 
     async def apply(self, writes: Sequence[Write]) -> None:
         """Commit all writes in one transaction; roll back and raise on failure:
@@ -105,10 +126,6 @@ class PostgresStore(Suspensions, RunListing):
         async with self._transaction(doing) as conn:
             return affected(await conn.execute(sql, *params))
 
-    async def find_idempotency(self, route: str, key: str) -> KeyRow | None:
-        row = await self._read_one(FIND_KEY, route, key)
-        return None if row is None else KeyRow(str(row[0]), str(row[1]))
-
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
         """Delete up to `limit` body chunks of runs finished before cutoff, then up to
         `limit` such runs with no chunk left and all that hangs off them, and up to
@@ -125,29 +142,6 @@ class PostgresStore(Suspensions, RunListing):
                     await conn.execute(sql, ids)
             events = affected(await conn.execute(PURGE_EVENTS, cutoff, limit))
         return max(len(ids), events, chunks)
-
-    async def get_run(self, run_id: str) -> RunRow | None:
-        row = await self._read_one(GET_RUN, run_id)
-        return None if row is None else run_row(row)
-
-    async def get_body(self, run_id: str) -> BodyRow | None:
-        row = await self._read_one(GET_BODY, run_id)
-        return None if row is None else body_row(row)
-
-    async def read_body(self, run_id: str, offset: int, limit: int) -> bytes:
-        if not check_range(offset, limit):
-            return b""
-        return body_bytes(await self._read_all(READ_BODY, run_id, offset, limit), offset, limit)
-
-    async def load_steps(self, run_id: str) -> dict[str, bytes]:
-        return {row[0]: bytes(row[1]) for row in await self._read_all(LOAD_STEPS, run_id)}
-
-    async def list_attempts(self, run_id: str) -> list[AttemptRow]:
-        return [AttemptRow(*row) for row in await self._read_all(LIST_ATTEMPTS, run_id)]
-
-    async def get_meta(self, key: str) -> str | None:
-        row = await self._read_one(GET_META, key)
-        return None if row is None else str(row[0])
 
     async def set_meta_if_absent(self, key: str, value: str) -> str:
         """Insert, then read back in a statement of its own: it sees a racing node's

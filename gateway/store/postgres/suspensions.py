@@ -14,12 +14,10 @@ from gateway.store.postgres.connection import Connection, PostgresConnections, a
 from gateway.store.records import (
     AddedEvent,
     CompletedWait,
-    EventRow,
-    PendingRow,
     RunRow,
     RunStatus,
 )
-from gateway.store.rows import PENDING_COLUMNS, RUN_COLUMNS, leased, pending_row
+from gateway.store.rows import PENDING_COLUMNS, RUN_COLUMNS, leased
 from gateway.store.schema import SUSPENDED
 
 EVENTS_LOCK: Final = int.from_bytes(b"dg:event", "big")
@@ -127,31 +125,6 @@ class Suspensions(PostgresConnections):
         )
         return leased(rows, owner, until, status=RunStatus.RUNNING, wake_at=None, updated_at=now)
 
-    async def next_wake_at(self) -> float | None:
-        row = await self._read_one(NEXT_WAKE)
-        return None if row is None or row[0] is None else float(row[0])
-
-    async def count_pending(self) -> dict[str, int]:
-        counts = {"sleep": 0, "wait": 0}
-        for kind, n in await self._read_all(COUNT_PENDING):
-            counts[str(kind)] = int(n)
-        return counts
-
-    async def count_timers(self) -> int:
-        row = await self._read_one(COUNT_TIMERS)
-        return 0 if row is None else int(row[0])
-
-    async def count_suspends(self, run_id: str) -> int:
-        row = await self._read_one(COUNT_SUSPENDS, run_id)
-        return 0 if row is None else int(row[0])
-
-    async def get_pending(self, run_id: str, step_id: str) -> PendingRow | None:
-        row = await self._read_one(GET_PENDING, run_id, step_id)
-        return None if row is None else pending_row(row)
-
-    async def list_pending(self, run_id: str) -> list[PendingRow]:
-        return [pending_row(row) for row in await self._read_all(LIST_PENDING, run_id)]
-
     async def add_event(
         self, event_id: str, name: str, data: bytes, ts: float, *, page: int = 500
     ) -> AddedEvent:
@@ -185,10 +158,6 @@ class Suspensions(PostgresConnections):
                 return False
             await conn.execute(COMPLETE, [run_id], [step_id], [found[0]], output, now)
         return True
-
-    async def events_since(self, name: str, since: float, limit: int = 1000) -> list[EventRow]:
-        rows = await self._read_all(EVENTS_SINCE, name, since, limit)
-        return [EventRow(row[0], row[1], bytes(row[2]), row[3]) for row in rows]
 
 
 async def _complete(

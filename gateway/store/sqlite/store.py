@@ -2,8 +2,8 @@
 
 Never commits part of a batch, never lets a read see a write that has not committed, and
 never lets two gateway processes use one file (an exclusive lock on `<file>.lock`).
-This module holds runs, steps, leases, keys and retention; `sqlite_suspensions.py` the
-pending sleeps, waits and events; `sqlite_listing.py` the admin reads.
+This module holds runs, steps, leases, keys and retention; `suspensions` the pending
+sleeps, waits and events; the reads are the dialects' shared `gateway.store.reads`.
 """
 
 from __future__ import annotations
@@ -12,18 +12,12 @@ from collections.abc import Sequence
 from typing import Any, final
 
 from gateway.config.storage_url import MEMORY
-from gateway.store.records import AttemptRow, BodyRow, KeyRow, RunRow, Write
-from gateway.store.rows import (
-    RUN_COLUMNS,
-    body_bytes,
-    body_row,
-    check_range,
-    leased,
-    run_row,
-)
+from gateway.store.reads import Reads, ReadSql
+from gateway.store.records import RunRow, Write
+from gateway.store.rows import RUN_COLUMNS, leased
+from gateway.store.sqlite import listing, suspensions
 from gateway.store.sqlite.cluster import AloneCluster
 from gateway.store.sqlite.connection import describe_error, path_from_url
-from gateway.store.sqlite.listing import RunListing
 from gateway.store.sqlite.sql import (
     CLAIM,
     CLAIM_LEASE,
@@ -47,7 +41,7 @@ __all__ = ["MEMORY", "SqliteStore", "describe_error", "path_from_url"]
 
 
 @final
-class SqliteStore(Suspensions, RunListing):
+class SqliteStore(Reads, Suspensions):
     """The FullStore Protocol on one SQLite file in WAL mode, used by one process at a time.
 
     Open it with `await SqliteStore.open(url)`.
@@ -57,6 +51,28 @@ class SqliteStore(Suspensions, RunListing):
 
     cluster = AloneCluster()
     """No other process shares the file (see `exclusive`)."""
+
+    reads = ReadSql(
+        get_run=f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?",
+        get_body=GET_BODY,
+        read_body=READ_BODY,
+        load_steps="SELECT step_id, output FROM steps WHERE run_id = ?",
+        list_attempts=LIST_ATTEMPTS,
+        get_meta="SELECT value FROM meta WHERE key = ?",
+        find_key=(
+            "SELECT fingerprint, run_id FROM idempotency_keys WHERE route = ? AND idem_key = ?"
+        ),
+        next_wake=suspensions.NEXT_WAKE,
+        count_timers=suspensions.COUNT_TIMERS,
+        count_suspends=suspensions.COUNT_SUSPENDS,
+        count_pending=suspensions.COUNT_PENDING,
+        get_pending=suspensions.GET_PENDING,
+        list_pending=suspensions.LIST_PENDING,
+        events_since=suspensions.EVENTS_SINCE,
+        list_steps=listing.STEPS,
+        list_step_errors=listing.STEP_ERRORS,
+        mark=lambda n: "?",
+    )
 
     async def apply(self, writes: Sequence[Write]) -> None:
         """Commit all writes in one transaction; roll back and raise on failure:
@@ -96,14 +112,6 @@ class SqliteStore(Suspensions, RunListing):
             async with conn.execute(sql, params) as cur:
                 return cur.rowcount
 
-    async def find_idempotency(self, route: str, key: str) -> KeyRow | None:
-        row = await self._read_one(
-            "SELECT fingerprint, run_id FROM idempotency_keys WHERE route = ? AND idem_key = ?",
-            route,
-            key,
-        )
-        return None if row is None else KeyRow(str(row[0]), str(row[1]))
-
     async def purge_before(self, cutoff: float, limit: int = 1000) -> int:
         """Delete up to `limit` body chunks of runs finished before cutoff, then up to
         `limit` such runs with no chunk left and all that hangs off them, and up to
@@ -123,31 +131,6 @@ class SqliteStore(Suspensions, RunListing):
             async with conn.execute(PURGE_EVENTS, (cutoff, limit)) as cur:
                 events = cur.rowcount
         return max(len(ids), events, chunks)
-
-    async def get_run(self, run_id: str) -> RunRow | None:
-        row = await self._read_one(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", run_id)
-        return None if row is None else run_row(row)
-
-    async def get_body(self, run_id: str) -> BodyRow | None:
-        row = await self._read_one(GET_BODY, run_id)
-        return None if row is None else body_row(row)
-
-    async def read_body(self, run_id: str, offset: int, limit: int) -> bytes:
-        if not check_range(offset, limit):
-            return b""
-        return body_bytes(await self._read_all(READ_BODY, run_id, offset, limit), offset, limit)
-
-    async def load_steps(self, run_id: str) -> dict[str, bytes]:
-        rows = await self._read_all("SELECT step_id, output FROM steps WHERE run_id = ?", run_id)
-        return {row[0]: bytes(row[1]) for row in rows}
-
-    async def list_attempts(self, run_id: str) -> list[AttemptRow]:
-        rows = await self._read_all(LIST_ATTEMPTS, run_id)
-        return [AttemptRow(*row) for row in rows]
-
-    async def get_meta(self, key: str) -> str | None:
-        row = await self._read_one("SELECT value FROM meta WHERE key = ?", key)
-        return None if row is None else str(row[0])
 
     async def set_meta_if_absent(self, key: str, value: str) -> str:
         """Insert and read back in one transaction, so racing processes agree on one value."""

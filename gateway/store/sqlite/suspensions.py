@@ -14,12 +14,10 @@ from gateway.store.match_keys import RecordedEvent
 from gateway.store.records import (
     AddedEvent,
     CompletedWait,
-    EventRow,
-    PendingRow,
     RunRow,
     RunStatus,
 )
-from gateway.store.rows import PENDING_COLUMNS, RUN_COLUMNS, leased, pending_row
+from gateway.store.rows import PENDING_COLUMNS, RUN_COLUMNS, leased
 from gateway.store.schema import SUSPENDED
 from gateway.store.sqlite.connection import SqliteConnections
 from gateway.store.sqlite.sql import claim_updates, multi_row
@@ -41,6 +39,10 @@ CLAIM_DUE: Final = (
 NEXT_WAKE: Final = f"SELECT min(wake_at) FROM {_WAKE_INDEX} WHERE {SUSPENDED}"
 COUNT_TIMERS: Final = (
     f"SELECT count(*) FROM {_WAKE_INDEX} WHERE {SUSPENDED} AND wake_at IS NOT NULL"
+)
+GET_PENDING: Final = f"SELECT {PENDING_COLUMNS} FROM pending WHERE run_id = ? AND step_id = ?"
+LIST_PENDING: Final = (
+    f"SELECT {PENDING_COLUMNS} FROM pending WHERE run_id = ? ORDER BY created_at, step_id"
 )
 # A range of the attempts primary key (run_id, attempt).
 COUNT_SUSPENDS: Final = "SELECT count(*) FROM attempts WHERE run_id = ? AND outcome = 'suspended'"
@@ -114,39 +116,6 @@ class Suspensions(SqliteConnections):
         )
         return leased(rows, owner, until, status=RunStatus.RUNNING, wake_at=None, updated_at=now)
 
-    async def next_wake_at(self) -> float | None:
-        row = await self._read_one(NEXT_WAKE)
-        return None if row is None or row[0] is None else float(row[0])
-
-    async def count_pending(self) -> dict[str, int]:
-        counts = {"sleep": 0, "wait": 0}
-        for kind, n in await self._read_all(COUNT_PENDING):
-            counts[str(kind)] = int(n)
-        return counts
-
-    async def count_timers(self) -> int:
-        row = await self._read_one(COUNT_TIMERS)
-        return 0 if row is None else int(row[0])
-
-    async def count_suspends(self, run_id: str) -> int:
-        row = await self._read_one(COUNT_SUSPENDS, run_id)
-        return 0 if row is None else int(row[0])
-
-    async def get_pending(self, run_id: str, step_id: str) -> PendingRow | None:
-        row = await self._read_one(
-            f"SELECT {PENDING_COLUMNS} FROM pending WHERE run_id = ? AND step_id = ?",
-            run_id,
-            step_id,
-        )
-        return None if row is None else pending_row(row)
-
-    async def list_pending(self, run_id: str) -> list[PendingRow]:
-        rows = await self._read_all(
-            f"SELECT {PENDING_COLUMNS} FROM pending WHERE run_id = ? ORDER BY created_at, step_id",
-            run_id,
-        )
-        return [pending_row(row) for row in rows]
-
     async def add_event(
         self, event_id: str, name: str, data: bytes, ts: float, *, page: int = 500
     ) -> AddedEvent:
@@ -185,10 +154,6 @@ class Suspensions(SqliteConnections):
             await conn.execute(DELETE_PENDING, (run_id, step_id))
             await conn.execute(MAKE_DUE, (now, run_id))
         return True
-
-    async def events_since(self, name: str, since: float, limit: int = 1000) -> list[EventRow]:
-        rows = await self._read_all(EVENTS_SINCE, name, since, limit)
-        return [EventRow(row[0], row[1], bytes(row[2]), row[3]) for row in rows]
 
 
 async def _complete(
