@@ -20,13 +20,16 @@ from collections.abc import Awaitable, Callable
 from gateway import metrics
 from gateway.engine.driver import Driver
 from gateway.errors import StoreUnavailable, Unavailable
-from gateway.store import Notice, RunRow
+from gateway.store import Notice, RunRow, RunStatus
 
 log = logging.getLogger("gateway.engine.leases")
 
 LOOK_EVERY = 1.0
 """Seconds between looks for dead nodes and expired leases on a shared store."""
 PAGE = 500
+_DRIVEN = frozenset({RunStatus.RUNNING, RunStatus.BACKOFF})
+"""A run in memory in these states is leased to this node in the store, once stored;
+in the others this node is not about to write its outcome."""
 
 
 class Leases:
@@ -87,7 +90,7 @@ class Leases:
         began = time.monotonic()
         owner = self.driver.owner
         await self.store.renew_leases(owner, time.time() + self.ttl)
-        live = [lv.run.run_id for lv in self.driver.registry if not lv.run.finished]
+        live = [lv.run.run_id for lv in self.driver.registry if lv.run.status in _DRIVEN]
         lost = await self.cluster.taken(owner, live) if live else []
         for run_id in lost:
             self.driver.lose(run_id)

@@ -235,7 +235,8 @@ class Cluster(Protocol):
         `claim_unfinished`), due ones first."""
 
     async def taken(self, owner: str, run_ids: Sequence[str]) -> list[str]:
-        """Those of `run_ids` now leased to another owner: this node lost them."""
+        """Those of `run_ids` (runs `owner` drives and has stored) no longer leased to
+        `owner`: another node took them, and may have finished or parked them since."""
 
     async def leave(self) -> None:
         """End this process's presence and stop hearing notices. Idempotent."""

@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.conftest import Backend, ClusterFactory, Gateway, durable_route
 from tests.helpers import accept, all_counts, assert_eventually, final, get_json, post_event
@@ -63,7 +65,7 @@ async def test_kill_9_of_the_owner_mid_attempt_moves_its_run(
     assert (await all_counts(http, sync_backend))[run_id]["step-1"] == 1
     async with http.get(sync_backend.url + "/_violations") as resp:
         assert (await resp.json())["violations"] == []
-    assert "taking over a run (node_gone)" in b.logs(), f"took {took:.1f}s"
+    assert "taking over a run (node gone)" in b.logs(), f"took {took:.1f}s"
 
 
 async def test_an_event_posted_on_one_node_wakes_a_run_waiting_on_another(
@@ -76,9 +78,9 @@ async def test_an_event_posted_on_one_node_wakes_a_run_waiting_on_another(
         assert (await owner_of(http, b, run_id))["status"] == "suspended"
 
     await assert_eventually(suspended)
-    await post_event(http, b, name="order.paid", data={"order_id": 7})
+    await post_event(http, b, name="order.paid", data={"order_id": "7"})
     status, body = await final(http, on(b, location, a), within=15)
-    assert status == 200 and body["event"]["data"] == {"order_id": 7}
+    assert status == 200 and body["event"]["data"] == {"order_id": "7"}
 
 
 async def test_cancel_on_one_node_stops_the_attempt_on_another(
@@ -155,3 +157,64 @@ async def test_sigstop_past_the_lease_then_sigcont_finishes_nothing_twice(
     assert (await final(http, location))[1] == body
     async with http.get(sync_backend.url + "/_violations") as resp:
         assert (await resp.json())["violations"] == []
+
+
+class AttemptsBackend:
+    """Answers each attempt `{"attempt": N}` once the test releases it; keeps its headers."""
+
+    def __init__(self) -> None:
+        self.seen: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        self.release: dict[int, asyncio.Event] = {}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        attempt = int(request.headers["Durable-Attempt"])
+        gate = self.release.setdefault(attempt, asyncio.Event())
+        await self.seen.put(dict(request.headers))
+        await gate.wait()
+        return web.json_response({"attempt": attempt})
+
+    def answer(self, attempt: int) -> None:
+        self.release.setdefault(attempt, asyncio.Event()).set()
+
+
+async def test_a_node_silent_past_its_lease_is_fenced(
+    cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    """Its old attempt's sidecar writes get 409, its response is discarded, and it
+    schedules no retry; the node that took the run over finishes it."""
+    backend = AttemptsBackend()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", backend.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        upstream = str(server.make_url("")).rstrip("/")
+        a, b = cluster_factory(durable_route(upstream), lease="2s")
+        run_id, location = await accept(http, a.url("/demo/x"))
+        first = await asyncio.wait_for(backend.seen.get(), 10)
+        a.proc.popen.send_signal(signal.SIGSTOP)
+        try:
+            second = await asyncio.wait_for(backend.seen.get(), 20)  # b took it over
+            assert second["Durable-Attempt"] == "2"
+            backend.answer(2)
+            status, body = await final(http, on(b, location, a), within=20)
+            assert (status, body) == (200, {"attempt": 2})
+        finally:
+            a.proc.popen.send_signal(signal.SIGCONT)
+        step = f"{first['Durable-Sidecar']}/steps/late"
+        headers = {"Authorization": f"Bearer {first['Durable-Token']}"}
+        async with http.put(step, json={"output": 1}, headers=headers) as resp:
+            assert resp.status == 409, await resp.text()
+        backend.answer(1)  # the old attempt's response comes back to a: discarded
+        assert (await final(http, location))[1] == {"attempt": 2}
+
+        async def counted_lost() -> None:
+            async with http.get(a.admin + "/metrics") as resp:
+                assert "durable_runs_lost_total 1.0" in await resp.text()
+
+        await assert_eventually(counted_lost)
+        detail = await owner_of(http, a, run_id)
+        assert [x["attempt"] for x in detail["attempts"]] == [1, 2] or detail["attempt"] == 2
+        assert backend.seen.empty()  # no third attempt from anyone
+    finally:
+        await server.close()

@@ -68,8 +68,9 @@ _TAKE_OVER: Final = (
     " UPDATE runs SET owner = $2, lease_until = $3"
     f" WHERE run_id IN (SELECT run_id FROM picked) RETURNING {RUN_COLUMNS}"
 )
+# Another owner, or none: taken, and maybe finished, parked or cancelled since.
 _TAKEN: Final = (
-    "SELECT run_id FROM runs WHERE run_id = ANY($1::text[]) AND owner IS NOT NULL AND owner <> $2"
+    "SELECT run_id FROM runs WHERE run_id = ANY($1::text[]) AND owner IS DISTINCT FROM $2"
 )
 
 
