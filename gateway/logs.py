@@ -52,3 +52,29 @@ def setup(level: str = "info", fmt: LogFormat = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class Burst:
+    """Logs a background task's failures once per burst: a warning when the first one
+    comes, a line when it works again. A loop retrying every second while the database
+    is down would otherwise write a warning a second."""
+
+    __slots__ = ("_log", "_what", "_since", "_count")
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self._log = log
+        self._what = what
+        self._since: float | None = None
+        self._count = 0
+
+    def failed(self, error: object) -> None:
+        self._count += 1
+        if self._since is None:
+            self._since = time.monotonic()
+            self._log.warning("%s failing, retrying: %s", self._what, error)
+
+    def ok(self) -> None:
+        if self._since is not None:
+            took = time.monotonic() - self._since
+            self._log.info("%s recovered after %.1f s, %d failures", self._what, took, self._count)
+            self._since, self._count = None, 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -50,16 +51,19 @@ def wait_http_ok(
     import urllib.request
 
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
+    last = ""
+    parts = urlsplit(url)
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
-        try:
+        try:  # a refused connect first, on a socket closed here: urllib's would leak
+            with socket.create_connection((parts.hostname, parts.port or 80), timeout=1):
+                pass
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError) as exc:
-            last = exc
+            last = str(exc)  # not the exception: its traceback would keep the socket
         time.sleep(0.05)
     raise TimeoutError(f"{url} not up after {timeout}s: {last}")
 

@@ -66,6 +66,19 @@ class PgServer:
         finally:
             await conn.close()
 
+    async def password_user(self, user: str, password: str) -> None:
+        """A role that must log in with `password` over TCP (everyone else is trusted)."""
+        hba = self.data / "pg_hba.conf"
+        rule = f"host all {user} 127.0.0.1/32 scram-sha-256\n"
+        if rule not in hba.read_text():
+            hba.write_text(rule + hba.read_text())  # the first matching line wins
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
     def stop(self) -> None:
         """Shut the server down (fast: sessions are ended), keeping its files."""
         _run([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"], "stop")

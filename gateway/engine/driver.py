@@ -35,6 +35,7 @@ from gateway.store import (
     CreateRun,
     DropPending,
     IdempotencyKey,
+    KeyRow,
     Notice,
     PutPending,
     PutStep,
@@ -110,26 +111,55 @@ class Driver:
         An Idempotency-Key is stored with the run in one transaction, and indexed here
         so a concurrent duplicate attaches at once.
         """
+        run, write = self._new_run(route, request, limit_key, idempotency)
+        live = LiveRun(run, idempotency=idempotency)
+        live.created = self.writer.submit(write)
+        self._start(live, resumed=False)
+        return live
+
+    async def admit_keyed(
+        self,
+        route: RouteConfig,
+        request: StoredRequest,
+        idempotency: IdempotencyKey,
+        *,
+        limit_key: str = "",
+    ) -> LiveRun | KeyRow:
+        """`admit` on a store nodes share: the run and its key are committed first, so a
+        duplicate on another node finds one or the other, never two runs. The key's row
+        when another request took it first (nothing is created then)."""
+        run, write = self._new_run(route, request, limit_key, idempotency)
+        taken = await self.store.create_keyed(write)
+        if taken is not None:
+            return taken
+        live = LiveRun(run, idempotency=idempotency)
+        live.created = asyncio.get_running_loop().create_future()
+        live.created.set_result(None)
+        self._start(live, resumed=False)
+        return live
+
+    def _new_run(
+        self,
+        route: RouteConfig,
+        request: StoredRequest,
+        limit_key: str,
+        idempotency: IdempotencyKey | None,
+    ) -> tuple[Run, CreateRun]:
         if not self.accepting:
             raise Unavailable("the gateway is shutting down")
         now = time.time()
         run = Run(new_run_id(), route, request, now, attempt=1, limit_key=limit_key)
-        live = LiveRun(run)
-        live.created = self.writer.submit(
-            CreateRun(
-                run.run_id,
-                route.name,
-                request,
-                now,
-                attempt=1,
-                owner=self.owner,
-                lease_until=now + self.lease,
-                idempotency=idempotency,
-            )
+        write = CreateRun(
+            run.run_id,
+            route.name,
+            request,
+            now,
+            attempt=1,
+            owner=self.owner,
+            lease_until=now + self.lease,
+            idempotency=idempotency,
         )
-        live.idempotency = idempotency
-        self._start(live, resumed=False)
-        return live
+        return run, write
 
     def adopt(self, run: Run) -> LiveRun:
         """Drive a run taken from the store (recovered, due, retried) from its next attempt.

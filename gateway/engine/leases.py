@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from gateway import metrics
 from gateway.engine.driver import Driver
 from gateway.errors import StoreUnavailable, Unavailable
+from gateway.logs import Burst
 from gateway.store import Notice, RunRow, RunStatus
 
 log = logging.getLogger("gateway.engine.leases")
@@ -98,21 +99,27 @@ class Leases:
 
     async def renew_forever(self) -> None:
         """Renew every `ttl / 3` seconds; a failed renewal is retried at the next period."""
+        trouble = Burst(log, "lease renewal")
         while True:
             await asyncio.sleep(self.ttl / 3)
             try:
                 await self.renew()
             except StoreUnavailable as exc:
-                log.warning("lease renewal failed: %s", exc)
+                trouble.failed(exc)
+            else:
+                trouble.ok()
 
     async def take_over_forever(self) -> None:
         """On a shared store: resume the runs of dead nodes and of expired leases."""
+        trouble = Burst(log, "looking for runs to take over")
         while True:
             await asyncio.sleep(LOOK_EVERY)
             try:
                 await self.take_over()
             except StoreUnavailable as exc:
-                log.warning("cannot look for runs to take over: %s", exc)
+                trouble.failed(exc)
+            else:
+                trouble.ok()
 
     async def take_over(self) -> int:
         """One look: an owner seen absent twice in a row (a second apart, so a node

@@ -13,6 +13,7 @@ import time
 
 from gateway.engine.driver import Driver
 from gateway.errors import StoreUnavailable
+from gateway.logs import Burst
 from gateway.store import FullStore
 
 log = logging.getLogger("gateway.engine.scheduler")
@@ -28,13 +29,16 @@ class Scheduler:
         self.driver = driver
 
     async def run_forever(self) -> None:
+        trouble = Burst(log, "reading timers")
         while True:
             self.driver.timers_changed.clear()
             try:
                 delay = await self._fire_due()
             except StoreUnavailable as exc:
-                log.warning("scheduler cannot read timers: %s", exc)
+                trouble.failed(exc)
                 delay = 1.0
+            else:
+                trouble.ok()
             if delay > 0:
                 try:
                     async with asyncio.timeout(delay):

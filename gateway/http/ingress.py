@@ -91,7 +91,16 @@ async def handle(request: web.BaseRequest, services: Services) -> web.StreamResp
     key = ""
     if route.concurrency is not None:
         key = limit_key(route.concurrency.key, request.headers, request.query, request.remote)
-    live = services.driver.admit(route, stored, limit_key=key, idempotency=idem)
+    if idem is not None and not services.store.exclusive:
+        admitted = await services.driver.admit_keyed(route, stored, idem, limit_key=key)
+        if not isinstance(admitted, LiveRun):  # a duplicate on another node won the key
+            existing = await _existing_run(request, services, route, idem)
+            if existing is None:  # purged in between: extremely unlikely, but say so
+                raise Unavailable("the idempotency key's run just went; retry", retry_after=1)
+            return existing
+        live = admitted
+    else:
+        live = services.driver.admit(route, stored, limit_key=key, idempotency=idem)
     metrics.child(metrics.OVERHEAD, route.name).observe(time.perf_counter() - start)
     return await _answer(request, services, route, live)
 
@@ -230,10 +239,24 @@ async def _hold(
         await until_changed(live.changed(), budget - elapsed)
 
 
+COMMIT_WAIT = 5.0
+"""Longest a client waits for its run's record to commit before a result URL; past it
+(the database is down) a 503 instead of a connection that hangs until it is back."""
+
+
 async def _committed(live: LiveRun) -> None:
     """A result URL is a promise: hand one out only once the run's record is committed."""
-    if live.created is not None:
-        await asyncio.shield(live.created)
+    if live.created is None or live.created.done():
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(live.created), COMMIT_WAIT)
+    except TimeoutError:
+        raise Unavailable(
+            f"storage did not commit the run within {COMMIT_WAIT:g}s; it runs once storage"
+            " is back: retry with the same Idempotency-Key to attach to it",
+            retry_after=1,
+            run_id=live.run.run_id,
+        ) from None
 
 
 def _to_result(

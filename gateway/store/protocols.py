@@ -14,6 +14,7 @@ from gateway.store.records import (
     AddedEvent,
     AttemptRow,
     BodyRow,
+    CreateRun,
     EventRow,
     KeyRow,
     PendingRow,
@@ -87,6 +88,15 @@ class Store(Protocol):
 
     async def release_leases(self, owner: str) -> int:
         """Graceful stop: end owner's leases at once (owner kept) so others take the runs."""
+
+    async def create_keyed(self, write: CreateRun) -> KeyRow | None:
+        """Commit a run's creation with its idempotency key at once, unless the key is
+        taken on its route: then nothing is written and the key's row comes back.
+
+        For a store nodes share, where two duplicates may arrive on two nodes at once:
+        the first key wins in the database, and the other request attaches to its run,
+        which exists by the time anyone reads the key.
+        """
 
     async def find_idempotency(self, route: str, key: str) -> KeyRow | None:
         """The run an idempotency key on a route is bound to, with its fingerprint."""

@@ -182,6 +182,14 @@ def key_params(group: Iterable[Write | CreatedFinished]) -> list[tuple[Any, ...]
     ]
 
 
+def keyed_params(write: CreateRun) -> tuple[Any, ...]:
+    """The key row of a keyed creation (see Store.create_keyed); ValueError without one."""
+    rows = key_params([write])
+    if not rows:
+        raise ValueError("create_keyed needs a run with an idempotency key")
+    return rows[0]
+
+
 RUN_COLUMNS: Final = (
     "run_id, route, status, attempt, created_at, updated_at, finished_at, wake_at,"
     " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body,"

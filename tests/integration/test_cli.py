@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import ROOT, counts, free_ports, python
+from tests.helpers import ROOT, counts, free_port, free_ports, python
+from tests.postgres import PgServer
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -161,3 +164,42 @@ def test_a_store_that_cannot_be_opened_is_one_line_and_exit_1(
         assert "Traceback" not in result.stderr
         errors = [entry for entry in result.stderr.splitlines() if " ERROR " in entry]
         assert len(errors) == 1 and line in errors[0], result.stderr
+
+
+async def test_a_database_refusing_the_password_exits_1_at_once_without_echoing_it(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    await pg_server.password_user("dg_test", "right-one")
+    url = f"postgresql://dg_test:Wr0ngPassw0rd@127.0.0.1:{pg_server.port}/postgres"
+    config = config_with_storage(tmp_path, url)
+    assert run_cli("check", "--config", str(config)).returncode == 0
+    began = time.monotonic()
+    result = run_cli("--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - began < 20  # not the start-up wait: a password never fixes itself
+    assert "Wr0ngPassw0rd" not in result.stderr and "Traceback" not in result.stderr
+    errors = [entry for entry in result.stderr.splitlines() if " ERROR " in entry]
+    assert len(errors) == 1, result.stderr
+    assert 'cannot start: postgresql: authentication failed for user "dg_test"' in errors[0]
+
+
+def test_an_unreachable_database_is_waited_for_then_exit_1_naming_the_cause(
+    tmp_path: Path,
+) -> None:
+    url = f"postgresql://dg:s3cret@127.0.0.1:{free_port()}/durable"
+    config = config_with_storage(tmp_path, url)
+    result = subprocess.run(
+        [python(), "-m", "gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "DURABLE_START_WAIT": "2"},
+    )
+    assert result.returncode == 1, result.stderr
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+    waits = [line for line in result.stderr.splitlines() if "waiting for the database" in line]
+    assert waits and "connection refused" in waits[0], result.stderr
+    errors = [entry for entry in result.stderr.splitlines() if " ERROR " in entry]
+    assert len(errors) == 1 and "connection refused" in errors[0], result.stderr
+    assert "gave up after 2s" in errors[0]

@@ -218,3 +218,25 @@ async def test_a_node_silent_past_its_lease_is_fenced(
         assert backend.seen.empty()  # no third attempt from anyone
     finally:
         await server.close()
+
+
+async def test_concurrent_duplicates_on_two_nodes_attach_to_one_run(
+    backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster_factory(durable_route(backend.url, idempotency="required"))
+
+    async def send(gw: Gateway, key: str) -> tuple[str, int, Any]:
+        url = gw.url(f"/demo/steps?n=1&delay_ms=200&key={key}")
+        async with http.post(url, headers={"Idempotency-Key": key}) as resp:
+            return resp.headers["Durable-Run-Id"], resp.status, await resp.json()
+
+    for n in range(10):
+        key = f"order-{n}"
+        (id_a, status_a, body_a), (id_b, status_b, body_b) = await asyncio.gather(
+            send(a, key), send(b, key)
+        )
+        assert id_a == id_b, key  # one run, whichever node each duplicate entered
+        assert (status_a, status_b) == (200, 200)
+        assert body_a == body_b
+    counts = await all_counts(http, backend)
+    assert len(counts) == 10 and all(c["step-1"] == 1 for c in counts.values()), counts

@@ -393,6 +393,45 @@ async def test_idempotency_key_conflict_keeps_the_first(store: Store) -> None:
     assert await store.get_run("r2") is not None
 
 
+async def test_create_keyed_writes_nothing_when_the_key_is_taken(store: Store) -> None:
+    first = CreateRun("r1", "chat", REQUEST, 100.0, idempotency=IdempotencyKey("k", "fp-1"))
+    assert await store.create_keyed(first) is None
+    assert (await store.get_run("r1")) is not None  # committed on return
+    again = CreateRun("r2", "chat", REQUEST, 101.0, idempotency=IdempotencyKey("k", "fp-2"))
+    assert await store.create_keyed(again) == KeyRow("fp-1", "r1")
+    assert await store.get_run("r2") is None
+    other = CreateRun("r3", "admin", REQUEST, 102.0, idempotency=IdempotencyKey("k", "fp-3"))
+    assert await store.create_keyed(other) is None  # keys are per route
+    with pytest.raises(ValueError, match="idempotency key"):
+        await store.create_keyed(CreateRun("r4", "chat", REQUEST, 103.0))
+
+
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)  # SQLite: one process
+async def test_create_keyed_from_two_stores_at_once_creates_one_run(
+    database: Database,
+) -> None:
+    """Two nodes admitting duplicates at the same moment: one run, both agree on it."""
+    stores = [await database.open() for _ in range(2)]
+    try:
+        for n in range(20):
+            writes = [
+                CreateRun(
+                    f"r{n}-{i}", "chat", REQUEST, 100.0, idempotency=IdempotencyKey(f"k{n}", "fp")
+                )
+                for i in range(2)
+            ]
+            found = await asyncio.gather(
+                *(s.create_keyed(w) for s, w in zip(stores, writes, strict=True))
+            )
+            winners = [w.run_id for w, f in zip(writes, found, strict=True) if f is None]
+            assert len(winners) == 1, found
+            assert {f.run_id for f in found if f is not None} == set(winners)
+            assert [await stores[0].get_run(w.run_id) is not None for w in writes].count(True) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_idempotency_key_is_never_stored_without_its_run(
     store: Store, database: Database
 ) -> None:

@@ -62,6 +62,9 @@ class FlakyProbe:
     async def get_run(self, run_id: str) -> RunRow | None:
         return await self.store.get_run(run_id)
 
+    async def create_keyed(self, write: CreateRun) -> KeyRow | None:
+        return await self.store.create_keyed(write)
+
     async def load_steps(self, run_id: str) -> dict[str, bytes]:
         return await self.store.load_steps(run_id)
 

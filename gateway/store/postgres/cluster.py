@@ -21,6 +21,7 @@ from typing import Any, Final
 import asyncpg
 
 from gateway.errors import StoreUnavailable
+from gateway.logs import Burst
 from gateway.store.postgres.server import Server, mapped_errors
 from gateway.store.protocols import Notice, OnNotice
 from gateway.store.records import (
@@ -139,18 +140,20 @@ class PostgresCluster:
                 continue
             self._dropped.clear()
             self._close_quietly()
-            delay = 0.2
+            trouble = Burst(log, "the cluster connection")
+            trouble.failed("it dropped; re-establishing it")
+            delay = 0.1
             while not self._left:
                 try:
                     self._conn = await self._connect()
                     break
                 except StoreUnavailable as exc:
-                    log.warning("cluster connection lost; retrying in %.1fs: %s", delay, exc)
+                    trouble.failed(exc)
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    delay = min(delay * 2, 0.5)
             else:
                 return
-            log.info("cluster connection re-established")
+            trouble.ok()
             if self._on_notice is not None:
                 self._on_notice(Notice.RESYNC, "")
 

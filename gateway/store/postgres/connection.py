@@ -62,9 +62,10 @@ class PostgresConnections:
         wait = DEFAULT_LOCK_WAIT if lock_wait is None else lock_wait
         settings = {"lock_timeout": str(max(1, round(wait * 1000))), "application_name": "gateway"}
         async with mapped_errors(server, "opening"):
-            # min_size 1: a node opens the rest as load asks for them.
+            # min_size 0: connections open as load asks for them, and no background task
+            # re-opens a floor (with a traceback a second) while the server is down.
             connections = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool, server_settings=settings
+                dsn, min_size=0, max_size=pool, server_settings=settings
             )
             try:
                 async with connections.acquire() as conn:

@@ -239,6 +239,12 @@ INSERT_KEY: Final = _insert(
     "ON CONFLICT (route, idem_key) DO NOTHING",
 )
 
+# A keyed creation's first statement: the key, or nothing when it is taken.
+CLAIM_KEY: Final = (
+    "INSERT INTO idempotency_keys (route, idem_key, fingerprint, run_id, created_at)"
+    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (route, idem_key) DO NOTHING RETURNING run_id"
+)
+
 # Measured (bench/pg_batch.py, batches of 1, 50 and 500 on this 2-core machine): one
 # unnest statement commits narrow rows 10-35% faster than executemany at 50-500 writes
 # and costs about as much client CPU; for rows of large byte values (run creations with

@@ -17,6 +17,7 @@ from gateway.store.postgres.connection import Connection, affected
 from gateway.store.postgres.server import Server, describe_error
 from gateway.store.postgres.sql import (
     CLAIM,
+    CLAIM_KEY,
     CLAIM_LEASE,
     EXPIRED,
     FIND_KEY,
@@ -39,8 +40,8 @@ from gateway.store.postgres.sql import (
 )
 from gateway.store.postgres.suspensions import EVENTS_LOCK, SHARE_EVENTS_LOCK, Suspensions
 from gateway.store.reads import Reads, ReadSql
-from gateway.store.records import RunRow, SuspendRun, Write
-from gateway.store.rows import leased
+from gateway.store.records import CreateRun, KeyRow, RunRow, SuspendRun, Write
+from gateway.store.rows import keyed_params, leased
 
 __all__ = ["PostgresStore", "Server", "describe_error"]
 
@@ -100,6 +101,19 @@ class PostgresStore(Reads, Suspensions):
             await execute(conn, steps)
             if heard:  # delivered on commit, never before: a notice never outruns its change
                 await conn.execute(NOTIFY, CHANNEL, heard)
+
+    async def create_keyed(self, write: CreateRun) -> KeyRow | None:
+        """See Store.create_keyed: the key first, so a taken one writes nothing; a
+        duplicate's insert waits for the first one's transaction, then finds its key."""
+        claim = keyed_params(write)
+        self._check_open()
+        async with self._transaction("creating a keyed run", refusals=True) as conn:
+            if await conn.fetchval(CLAIM_KEY, *claim) is None:
+                row = await conn.fetchrow(FIND_KEY, *claim[:2])
+                assert row is not None  # the conflict was with it, committed
+                return KeyRow(str(row[0]), str(row[1]))
+            await execute(conn, plan([write]))
+        return None
 
     async def claim_unfinished(
         self, owner: str, now: float, lease_ttl: float, limit: int = 1000, *, steal: bool = False

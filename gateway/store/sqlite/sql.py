@@ -153,6 +153,12 @@ _INSERT_KEY: Final = (
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (route, idem_key) DO NOTHING"
 )
 
+# A keyed creation's first statement: the key, or nothing when it is taken.
+CLAIM_KEY: Final = _INSERT_KEY + " RETURNING run_id"
+FIND_KEY: Final = (
+    "SELECT fingerprint, run_id FROM idempotency_keys WHERE route = ? AND idem_key = ?"
+)
+
 # Due runs first: no wake time (run now), then the earliest wake, then the oldest;
 # run_id only makes the order total, so pages never depend on how ties fall.
 CLAIM: Final = (

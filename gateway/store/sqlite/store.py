@@ -13,15 +13,17 @@ from typing import Any, final
 
 from gateway.config.storage_url import MEMORY
 from gateway.store.reads import Reads, ReadSql
-from gateway.store.records import RunRow, Write
-from gateway.store.rows import RUN_COLUMNS, leased
+from gateway.store.records import CreateRun, KeyRow, RunRow, Write
+from gateway.store.rows import RUN_COLUMNS, keyed_params, leased
 from gateway.store.sqlite import listing, suspensions
 from gateway.store.sqlite.cluster import AloneCluster
 from gateway.store.sqlite.connection import describe_error, path_from_url
 from gateway.store.sqlite.sql import (
     CLAIM,
+    CLAIM_KEY,
     CLAIM_LEASE,
     EXPIRED,
+    FIND_KEY,
     GET_BODY,
     LIST_ATTEMPTS,
     NOT_MINE,
@@ -59,9 +61,7 @@ class SqliteStore(Reads, Suspensions):
         load_steps="SELECT step_id, output FROM steps WHERE run_id = ?",
         list_attempts=LIST_ATTEMPTS,
         get_meta="SELECT value FROM meta WHERE key = ?",
-        find_key=(
-            "SELECT fingerprint, run_id FROM idempotency_keys WHERE route = ? AND idem_key = ?"
-        ),
+        find_key=FIND_KEY,
         next_wake=suspensions.NEXT_WAKE,
         count_timers=suspensions.COUNT_TIMERS,
         count_suspends=suspensions.COUNT_SUSPENDS,
@@ -85,6 +85,22 @@ class SqliteStore(Reads, Suspensions):
         async with self._transaction(doing, refusals=True) as conn:
             for sql, rows in statements:
                 await conn.executemany(sql, rows)
+
+    async def create_keyed(self, write: CreateRun) -> KeyRow | None:
+        """See Store.create_keyed: the key first, so a taken one writes nothing."""
+        claim = keyed_params(write)
+        self._check_open()
+        async with self._transaction("creating a keyed run", refusals=True) as conn:
+            async with conn.execute(CLAIM_KEY, claim) as cur:
+                won = await cur.fetchone()
+            if won is None:
+                async with conn.execute(FIND_KEY, claim[:2]) as cur:
+                    row = await cur.fetchone()
+                assert row is not None  # the conflict was with it, in this transaction
+                return KeyRow(str(row[0]), str(row[1]))
+            for sql, rows in plan([write]):
+                await conn.executemany(sql, rows)
+        return None
 
     async def claim_unfinished(
         self, owner: str, now: float, lease_ttl: float, limit: int = 1000, *, steal: bool = False
