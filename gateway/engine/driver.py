@@ -22,6 +22,7 @@ from gateway import metrics
 from gateway.config import RouteConfig
 from gateway.engine import suspensions, waits
 from gateway.engine.live import LiveRun
+from gateway.engine.mirror import Mirrors
 from gateway.engine.runner import Runner
 from gateway.engine.runs import Pending, PendingKind, Run, StepResult, stored_problem
 from gateway.engine.stream import Ended, Stream
@@ -91,6 +92,8 @@ class Driver:
         """Owner name of this process's leases (one per process start)."""
         self.lease = lease
         """Seconds a lease lasts unless renewed (`cluster.lease`)."""
+        self.mirrors = Mirrors(self.store, self.writer)
+        """Streams of runs other nodes drive, for this node's late joiners."""
         self.lost: OrderedDict[str, None] = OrderedDict()
         """Runs another node took from this one, newest last (bounded): their old
         attempts' sidecar writes get 409, not 404."""

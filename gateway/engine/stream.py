@@ -308,6 +308,25 @@ class Stream:
         self._store_up_to(self.size)
         return StoredResponse(self.status, self.headers, b"", kept=self.size)
 
+    # --- a stream another node feeds (see `mirror.py`) ----------------------------------
+
+    def mirror(self, row: BodyRow, *, streaming: bool) -> None:
+        """Catch up with the store, where another node's attempt writes this body: a new
+        epoch (its retry diverged) starts over from the prefix kept, more bytes extend it.
+        Nothing is held in memory: readers read every byte from the store."""
+        if row.epoch != self.epoch:
+            self.epoch, self.attempt = row.epoch, row.attempt
+            self._set_head(row.status, row.headers)
+            self.size = -1  # forces the move below, even to a shorter prefix
+        if row.size != self.size:
+            self.size = self.base = self.committed = self.queued = row.size
+        self.live = streaming
+        if streaming:
+            self.stalled_since = None
+        elif self.stalled_since is None:
+            self.stalled_since = time.monotonic()
+        self._notify()
+
     # --- the attempt's side ----------------------------------------------------------------
 
     def open(self, attempt: int, status: int, headers: Headers) -> None:

@@ -159,6 +159,10 @@ async def get_result(
             return _pending(request, run_id, prefer, state.status)
         if services.driver.get(run_id) is not None:
             continue  # resumed while the store was read
+        if state.status == RunStatus.RUNNING.value and not services.store.exclusive:
+            mirrored = await _join_elsewhere(request, services, state.route, run_id, wait)
+            if mirrored is not None:
+                return mirrored
         resumed = services.driver.watch(run_id)  # suspended in the store: wait until due
         try:
             async with asyncio.timeout(remaining):
@@ -191,6 +195,37 @@ async def _join(
         return await held.follow(request, stream, how)
     finally:
         services.driver.release(live)
+
+
+async def _join_elsewhere(
+    request: web.BaseRequest, services: Services, route_name: str, run_id: str, wait: float
+) -> web.StreamResponse | None:
+    """A late joiner of a run streaming on another node: followed through the store
+    (`engine/mirror.py`); None when no body began streaming yet."""
+    route = services.driver.routes.get(route_name)
+    if route is None:
+        return None
+    mirrors = services.driver.mirrors
+    stream = await mirrors.follow(run_id, route.settings.max_response)
+    if stream is None:
+        return None
+    try:
+        if stream.over_cap:
+            raise ResponseNotKept(
+                "the response streaming now passed its route's max_response: what came "
+                "first is not kept for a client that joins late",
+                run_id=run_id,
+            )
+        how = Follow(
+            route_name,
+            run_id,
+            result_url(request, services, run_id),
+            hold=wait,
+            last_event_id=request.headers.get("Last-Event-ID"),
+        )
+        return await held.follow(request, stream, how)
+    finally:
+        mirrors.leave(run_id)
 
 
 async def delete_result(request: web.BaseRequest, services: Services, run_id: str) -> web.Response:

@@ -209,7 +209,8 @@ class Notice(StrEnum):
     """What a node hears of another node's committed changes (`Cluster.join`)."""
 
     RUN = "run"
-    """A run changed state (finished, cancelled, suspended, paused): wake its waiters."""
+    """A run changed state (finished, cancelled, suspended, paused, began streaming):
+    wake its waiters."""
     CANCEL = "cancel"
     """A run was cancelled: the node driving it stops its attempt."""
     RESYNC = "resync"

@@ -9,9 +9,11 @@ import time
 from typing import Any
 
 import aiohttp
+import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.tasks import spawn
 from tests.conftest import Backend, ClusterFactory, Gateway, durable_route
 from tests.helpers import accept, all_counts, assert_eventually, final, get_json, post_event
 
@@ -240,3 +242,67 @@ async def test_concurrent_duplicates_on_two_nodes_attach_to_one_run(
         assert body_a == body_b
     counts = await all_counts(http, backend)
     assert len(counts) == 10 and all(c["step-1"] == 1 for c in counts.values()), counts
+
+
+async def test_a_result_url_on_another_node_follows_a_streaming_run(
+    backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    """Joined mid-stream on the node that does not drive the run: the bytes so far, then
+    the rest as it is stored, ending exactly as the stored result."""
+    a, b = cluster_factory(durable_route(backend.url))
+    path = "/demo/stream?chunks=30&interval_ms=100&size=8192"
+    async with http.get(a.url(path), headers={"Prefer": "respond-async"}) as resp:
+        assert resp.status == 202, await resp.text()
+        run_id, location = resp.headers["Durable-Run-Id"], resp.headers["Location"]
+
+    async def streaming() -> None:  # on a, which drives it: some bytes, not all
+        stream = (await owner_of(http, a, run_id))["stream"]
+        assert stream is not None and 100_000 < stream["bytes"] < 200_000, stream
+
+    await assert_eventually(streaming)
+    async with http.get(on(b, location, a)) as resp:
+        assert resp.status == 200
+        first = await resp.content.readany()
+        first_at = time.time()
+        joined = first + await resp.read()
+    detail = await owner_of(http, b, run_id)
+    assert detail["status"] == "succeeded"
+    assert first_at < detail["finished_at"] - 0.5  # it streamed, not answered at the end
+    async with http.get(location) as resp:  # finished now: the stored result, from a
+        assert resp.status == 200
+        whole = await resp.read()
+    assert len(whole) == 30 * 8192 and joined == whole
+
+
+async def test_notices_missed_while_the_connection_is_down_are_not_missed(
+    backend: Backend, cluster_factory: ClusterFactory, pg_url: str, http: aiohttp.ClientSession
+) -> None:
+    """The connection a node hears notices on (and holds its presence on) is cut, and
+    stays down while the run it long-polls finishes on another node: once back, the node
+    re-reads what its waiters wait for, and the long-poll answers then, not at its end."""
+    a, b = cluster_factory(durable_route(backend.url))
+    run_id, location = await accept(http, a.url("/demo/steps?n=1&pause_ms=1000"))
+    poll = spawn(final(http, on(b, location, a), wait=30, within=40), name="long-poll")
+    database = pg_url.rsplit("/", 1)[-1]
+    admin = await asyncpg.connect(pg_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+        cut = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'gateway node-2:%'"
+        )
+        assert cut == 1
+
+        async def finished_on_a() -> None:
+            assert (await owner_of(http, a, run_id))["status"] == "succeeded"
+
+        await assert_eventually(finished_on_a)  # its notice went out; b was not listening
+        assert not poll.done()
+    finally:
+        await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+        await admin.close()
+    began = time.monotonic()
+    status, body = await poll
+    assert status == 200 and body["run_id"] == run_id
+    assert time.monotonic() - began < 15  # re-read on reconnecting, not at wait=30
+    assert "the cluster connection recovered" in b.logs()

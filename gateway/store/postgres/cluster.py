@@ -25,6 +25,7 @@ from gateway.logs import Burst
 from gateway.store.postgres.server import Server, mapped_errors
 from gateway.store.protocols import Notice, OnNotice
 from gateway.store.records import (
+    BeginBody,
     CancelRun,
     CreateRun,
     FinishRun,
@@ -76,15 +77,16 @@ _TAKEN: Final = (
 
 
 def notices(writes: Sequence[Write]) -> list[str]:
-    """The notices a batch sends when it commits: a run that finished, parked or was
-    cancelled wakes its waiters on every node; a cancel also stops its attempt where it
-    runs. A run created in the same batch had no waiter anywhere yet."""
+    """The notices a batch sends when it commits: a run that finished, parked, began
+    streaming a body or was cancelled wakes its waiters on every node; a cancel also
+    stops its attempt where it runs. A run created in the same batch had no waiter
+    anywhere yet."""
     created = {w.run_id for w in writes if isinstance(w, CreateRun)}
     heard: list[str] = []
     for write in writes:
         if isinstance(write, CancelRun):
             heard.append(f"{Notice.CANCEL}:{write.run_id}")
-        elif isinstance(write, FinishRun | SuspendRun) or (
+        elif isinstance(write, FinishRun | SuspendRun | BeginBody) or (
             isinstance(write, UpdateRun) and write.status == RunStatus.PAUSED
         ):
             if write.run_id not in created:
@@ -116,7 +118,8 @@ class PostgresCluster:
             conn: asyncpg.Connection = await asyncpg.connect(
                 self._dsn,
                 timeout=CONNECT_TIMEOUT,
-                server_settings={"application_name": "gateway-presence"},
+                # pg_stat_activity shows which node a presence session is
+                server_settings={"application_name": f"gateway {self._owner}"[:63]},
             )
             try:
                 await conn.execute(_LOCK, self._owner)
