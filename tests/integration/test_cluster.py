@@ -306,3 +306,17 @@ async def test_notices_missed_while_the_connection_is_down_are_not_missed(
     assert status == 200 and body["run_id"] == run_id
     assert time.monotonic() - began < 15  # re-read on reconnecting, not at wait=30
     assert "the cluster connection recovered" in b.logs()
+
+
+async def test_retry_on_one_node_of_a_run_that_failed_on_another(
+    backend: Backend, cluster_factory: ClusterFactory, http: aiohttp.ClientSession
+) -> None:
+    a, b = cluster_factory(durable_route(backend.url, retry="{max_attempts: 1}"))
+    run_id, location = await accept(http, a.url("/demo/steps?n=2&fail_at=2&fail_times=1"))
+    status, _ = await final(http, location)
+    assert status == 500
+    async with http.post(f"{b.admin}/v1/runs/{run_id}/retry") as resp:
+        assert resp.status == 200, await resp.text()
+    status, body = await final(http, location, expect=200)  # asked of a, run on b
+    assert body["attempt"] == 2
+    assert (await all_counts(http, backend))[run_id]["step-1"] == 1  # its step came back
