@@ -150,7 +150,8 @@ class RecordAttempt:
 
 @dataclass(slots=True)
 class UpdateRun:
-    """A run's state between attempts: status, attempt number, when it wakes."""
+    """A run's state between attempts: status, attempt number, when it wakes. A no-op on
+    a finished run: a final result is never undone."""
 
     run_id: str
     status: str
@@ -163,7 +164,8 @@ class UpdateRun:
 class FinishRun:
     """A run's final response; also releases its lease (owner and lease_until cleared)
     and deletes its pending sleeps and waits. Keeps its streamed body: with
-    `response.kept` set, that body is the result."""
+    `response.kept` set, that body is the result. A no-op on a run finished already
+    (by another node that took it over, or cancelled): the first final result stays."""
 
     run_id: str
     status: str

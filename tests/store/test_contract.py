@@ -231,14 +231,26 @@ async def test_a_batch_keeps_each_runs_order(store: Store) -> None:
     a, b, c = [await store.get_run(r) for r in ("a", "b", "c")]
     assert a is not None and b is not None and c is not None
     assert (a.status, a.attempt, a.wake_at, a.finished_at) == ("failed", 2, None, 106.0)
-    # The UpdateRun after FinishRun applies last, as submitted.
-    assert (b.status, b.wake_at, b.updated_at, b.finished_at) == (
-        "bogus-after-finish",
-        5.0,
-        105.0,
-        103.0,
-    )
+    # An UpdateRun after the FinishRun changes nothing: a final result is never undone
+    # (a node that lost the run may still have such a write queued).
+    assert (b.status, b.wake_at, b.updated_at, b.finished_at) == ("succeeded", None, 103.0, 103.0)
     assert c.status == "running"
+
+
+async def test_a_finished_run_is_never_finished_again(store: Store) -> None:
+    first, second = StoredResponse(200, [], b"first"), StoredResponse(500, [], b"second")
+    await store.apply([create("r"), FinishRun("r", "succeeded", first, 2.0)])
+    await store.apply(
+        [FinishRun("r", "failed", second, 3.0), UpdateRun("r", "backoff", 2, 9.0, 3.0)]
+    )
+    run = await store.get_run("r")
+    assert run is not None and run.response is not None
+    assert (run.status, run.response.body, run.finished_at, run.attempt) == (
+        "succeeded",
+        b"first",
+        2.0,
+        1,
+    )
 
 
 async def test_meta_set_if_absent_returns_the_first_value(store: Store) -> None:

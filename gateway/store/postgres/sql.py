@@ -131,10 +131,16 @@ STATEMENTS: Final[dict[type[Any], Statement]] = {
         " status = excluded.status, detail = excluded.detail",
         key="run_id attempt",
     ),
-    UpdateRun: _update("status text, attempt int4, wake_at float8, updated_at float8, run_id text"),
+    # Guarded, as a node's stale write may land after another node finished the run
+    # (fencing stops the node first; this keeps a write queued before it noticed out).
+    UpdateRun: _update(
+        "status text, attempt int4, wake_at float8, updated_at float8, run_id text",
+        guard=f"runs.{UNFINISHED}",
+    ),
     FinishRun: _update(
         f"status text, {_RESPONSE}, finished_at float8, updated_at float8, run_id text",
         also=_CLEARED,
+        guard=f"runs.{UNFINISHED}",
     ),
     # Guarded: a suspension that lost a race with a final write must not revive the run.
     SuspendRun: _update(

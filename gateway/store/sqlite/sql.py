@@ -65,13 +65,15 @@ _SQL: Final[dict[type[Any], str]] = {
         " started_at = excluded.started_at, ended_at = excluded.ended_at,"
         " outcome = excluded.outcome, status = excluded.status, detail = excluded.detail"
     ),
+    # Guarded: a final result is never overwritten (the same guard as PostgreSQL's).
     UpdateRun: (
         "UPDATE runs SET status = ?, attempt = ?, wake_at = ?, updated_at = ? WHERE run_id = ?"
+        f" AND {UNFINISHED}"
     ),
     FinishRun: (
         "UPDATE runs SET status = ?, resp_status = ?, resp_headers = ?, resp_body = ?,"
         " resp_kept = ?, finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL,"
-        " lease_until = NULL WHERE run_id = ?"
+        f" lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
     ),
     # A wait's match goes in canonical, with its path list: the match index's key.
     PutPending: (
