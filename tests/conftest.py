@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -249,8 +250,12 @@ def cluster_factory(gateway_factory: GatewayFactory, pg_url: str) -> ClusterFact
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres.PgServer]:
+def pg_server() -> Iterator[postgres.PgServer]:
     """One PostgreSQL server for the whole session; `create_database()` gives each test a
-    fresh empty database. Fails (never skips) when the server binaries are missing."""
-    with postgres.pg_server(tmp_path_factory.mktemp("pg")) as server:
-        yield server
+    fresh empty database. Fails (never skips) when the server binaries are missing.
+
+    Its files live outside pytest's numbered temporary directories, which a second
+    pytest session on the machine may delete from under a running server."""
+    with tempfile.TemporaryDirectory(prefix="durable-pg-") as base:
+        with postgres.pg_server(Path(base) / "pg") as server:
+            yield server
