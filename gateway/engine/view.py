@@ -38,6 +38,8 @@ class RunState:
     request: StoredRequest
     response: StoredResponse | None
     live: LiveRun | None
+    owner: str | None = None
+    """The lease owner driving it (a node id and a per-start part), while one does."""
 
     @property
     def finished(self) -> bool:
@@ -71,7 +73,7 @@ class RunView:
             live = self._driver.get(run_id)  # it may have become live during the read
         if live is None:
             return None if row is None else _from_row(row)
-        return _from_live(live, row)
+        return _from_live(live, row, self._driver.owner)
 
     def overlay(self, summary: RunSummary) -> RunSummary:
         """A listed run with its live status, attempt and wake time, when it is live here."""
@@ -126,10 +128,11 @@ def _from_row(row: RunRow) -> RunState:
         row.request,
         row.response,
         None,
+        row.owner if row.status not in FINAL_STATUSES else None,
     )
 
 
-def _from_live(live: LiveRun, row: RunRow | None) -> RunState:
+def _from_live(live: LiveRun, row: RunRow | None, owner: str) -> RunState:
     run = live.run
     response = run.response
     if response is None and row is not None:
@@ -146,4 +149,5 @@ def _from_live(live: LiveRun, row: RunRow | None) -> RunState:
         run.request,
         response,
         live,
+        None if run.finished else owner,
     )

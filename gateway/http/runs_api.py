@@ -99,6 +99,7 @@ async def get_run(request: web.Request) -> web.Response:
         "updated_at": state.updated_at,
         "finished_at": state.finished_at,
         "wake_at": state.wake_at,
+        "owner": state.owner,
         "request": {
             "method": state.request.method,
             "path": state.request.path_qs,

@@ -56,9 +56,11 @@ async def test_kill_9_of_the_owner_mid_attempt_moves_its_run(
     a.kill()
     killed = time.monotonic()
 
+    assert (await owner_of(http, b, run_id))["owner"].startswith("node-1:")  # a drives it
+
     async def resumed_on_b() -> None:
         detail = await owner_of(http, b, run_id)
-        assert detail["attempt"] >= 2, detail
+        assert detail["attempt"] >= 2 and detail["owner"].startswith("node-2:"), detail
 
     await assert_eventually(resumed_on_b, within=5.0)  # the contract: within 5 s
     took = time.monotonic() - killed
