@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -24,7 +24,9 @@ from bench.loadgen import Loadgen
 from bench.processes import Gateway, Lab, Service, poll, scrape
 from bench.scale import routes as durable_routes
 from bench.sizes import Sizes
-from tests.postgres import PgServer, pg_server
+
+if TYPE_CHECKING:
+    from tests.postgres import PgServer
 
 log = logging.getLogger("bench")
 
@@ -41,6 +43,8 @@ TAKEOVER_ROUTES = """\
 
 
 async def measure(lab: Lab, backend: Service, loadgen: Loadgen, sizes: Sizes) -> dict[str, Any]:
+    from tests.postgres import pg_server  # the tests' server, needed by this section only
+
     base = Path(tempfile.mkdtemp(prefix="pg-", dir=lab.workdir))
     log.info("postgres: starting a throwaway server (fsync on) in %s", base)
     with pg_server(base, durable=True) as server:
