@@ -83,12 +83,24 @@ async def sleep(request: web.Request) -> web.Response:
 
 
 async def park(request: web.Request) -> web.Response:
-    """Hold the attempt open and publish its sidecar URL and token (store check)."""
+    """Hold the attempt open and publish its sidecar URL and token (store check), its
+    attempt number and when it arrived (`time.monotonic()`, one clock for every process
+    of the machine: the takeover check compares it with when it killed the first node).
+    `?step=1`: record one step through the sidecar first (memoized on later attempts)."""
+    arrived = time.monotonic()
     info = parse_headers(request.headers)
     if info is None:
         return web.json_response({"error": "only behind the gateway"}, status=400)
+    if request.query.get("step") == "1":
+        await request.app[STEPS].context(request.headers).step("before", _step(0, 0))
     request.app[PARKED].append(
-        {"run_id": info.run_id, "sidecar": info.sidecar, "token": info.token}
+        {
+            "run_id": info.run_id,
+            "sidecar": info.sidecar,
+            "token": info.token,
+            "attempt": info.attempt,
+            "arrived": arrived,
+        }
     )
     await request.app[RELEASE].wait()
     return web.json_response({"ok": True})

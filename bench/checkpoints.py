@@ -78,9 +78,20 @@ async def put_latency(gateway: Gateway, samples: int, sync: bool) -> dict[str, f
 
 
 async def measure_mode(
-    lab: Lab, backend: Service, loadgen: Loadgen, sizes: Sizes, mode: str
+    lab: Lab,
+    backend: Service,
+    loadgen: Loadgen,
+    sizes: Sizes,
+    mode: str,
+    *,
+    store_url: str | None = None,
+    name: str = "store",
 ) -> dict[str, Any]:
-    gateway = await lab.gateway(f"store-{mode}", routes(backend.url), durability=mode)
+    """One fresh gateway with `durability: mode` on its own SQLite file, or on
+    `store_url` (a fresh database) when given."""
+    gateway = await lab.gateway(
+        f"{name}-{mode}", routes(backend.url), durability=mode, store_url=store_url
+    )
     try:
         parked = await park(gateway, backend, sizes.store_runs)
         shots = tuple(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -57,6 +58,8 @@ class Figures:
     """Gateway only: share of the c=32 load's wall time its store writer spent committing."""
     writer_backlog: float | None = None
     """Gateway only: writes queued and not committed when the c=32 load ended."""
+    store_server_cpu_ms: float | None = None
+    """The database server's CPU per request (PostgreSQL), when one was given to count."""
 
     @property
     def system_cpu_ms(self) -> float | None:
@@ -91,11 +94,14 @@ async def measure_one(
     *,
     latency: bool = True,
     throughput: bool = True,
+    store_server: Callable[[], float] | None = None,
 ) -> Figures:
-    """Warm up, time sequential requests; warm up, load at c=32 with CPU counted around it."""
+    """Warm up, time sequential requests; warm up, load at c=32 with CPU counted around it
+    (also `store_server()`'s CPU seconds, a database server's, when given)."""
     plan = Plan(hop.base, (Shot(hop.prefix + endpoint),))
     c1 = load = None
     hop_cpu = hop_rss = backend_cpu = backend_rss = writer_busy = writer_backlog = None
+    server_cpu = None
     if latency:
         await loadgen.run(plan, 1, sizes.warmup)
         c1 = await loadgen.run(plan, 1, sizes.latency)
@@ -107,9 +113,11 @@ async def measure_one(
         metrics_before = await scrape(gateway) if gateway else {}
         hop_before = hop.service.usage() if hop.service else None
         backend_before = backend.usage()
+        server_before = store_server() if store_server else 0.0
         load = await loadgen.run(plan, sizes.connections, sizes.throughput)
         hop_after = hop.service.usage() if hop.service else None
         backend_after = backend.usage()
+        server_after = store_server() if store_server else 0.0
         if gateway is not None:
             writer_busy, writer_backlog = _writer(metrics_before, await scrape(gateway), load)
             await drained(gateway)  # the next load must not share the CPU with this backlog
@@ -119,6 +127,8 @@ async def measure_one(
             hop_rss = hop_after.peak_rss_bytes / MB
         backend_cpu = (backend_after.cpu_seconds - backend_before.cpu_seconds) * per_request
         backend_rss = backend_after.peak_rss_bytes / MB
+        if store_server is not None:
+            server_cpu = (server_after - server_before) * per_request
     _check(hop, endpoint, c1, load)
     return Figures(
         c1_p50_ms=c1.p50_ms if c1 else None,
@@ -136,6 +146,7 @@ async def measure_one(
         backend_peak_rss_mb=backend_rss,
         writer_busy=writer_busy,
         writer_backlog=writer_backlog,
+        store_server_cpu_ms=server_cpu,
     )
 
 

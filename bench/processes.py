@@ -65,6 +65,12 @@ class Service:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown, nothing flushed; returns once it is gone."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait()
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
@@ -154,13 +160,23 @@ class Lab:
         return service
 
     async def gateway(
-        self, name: str, routes_yaml: str, *, durability: str = "async", db_path: Path | None = None
+        self,
+        name: str,
+        routes_yaml: str,
+        *,
+        durability: str = "async",
+        db_path: Path | None = None,
+        store_url: str | None = None,
+        extra_yaml: str = "",
     ) -> Gateway:
-        """A gateway on three free ports and its own SQLite file (fresh unless given)."""
+        """A gateway on three free ports and its own SQLite file (fresh unless given), or
+        on `store_url` (a PostgreSQL database) with `extra_yaml` (its `cluster:`) added."""
         ingress, sidecar, admin = free_ports(3)
         db = db_path or self.workdir / f"{name}.db"
+        url = store_url or f"sqlite:///{db}"
         config = self.workdir / f"{name}.yaml"
-        config.write_text(gateway_config(ingress, sidecar, admin, db, durability, routes_yaml))
+        text = gateway_config(ingress, sidecar, admin, url, durability, routes_yaml, extra_yaml)
+        config.write_text(text)
         args = [sys.executable, "-m", "gateway", "--config", str(config), "--log-level", "warning"]
         args += ["--loop", self.gateway_loop]
         popen, log = self._spawn(name, args)
@@ -192,19 +208,27 @@ class Lab:
 
 
 def gateway_config(
-    ingress: int, sidecar: int, admin: int, db: Path, durability: str, routes_yaml: str
+    ingress: int,
+    sidecar: int,
+    admin: int,
+    url: str,
+    durability: str,
+    routes_yaml: str,
+    extra_yaml: str = "",
 ) -> str:
-    return textwrap.dedent(f"""\
+    head = textwrap.dedent(f"""\
         server:
           ingress: 127.0.0.1:{ingress}
           sidecar: 127.0.0.1:{sidecar}
           admin: 127.0.0.1:{admin}
           shutdown_grace: 2s
         storage:
-          url: {json.dumps(f"sqlite:///{db}")}
+          url: {json.dumps(url)}
           durability: {durability}
-        routes:
-        """) + textwrap.indent(textwrap.dedent(routes_yaml).strip() + "\n", "  ")
+        """)
+    extra = textwrap.dedent(extra_yaml).strip()
+    routes = textwrap.indent(textwrap.dedent(routes_yaml).strip() + "\n", "  ")
+    return head + (extra + "\n" if extra else "") + "routes:\n" + routes
 
 
 def nginx_config(prefix: Path, port: int, upstream: str) -> str:

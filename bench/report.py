@@ -26,7 +26,7 @@ RATIO_FIGURES: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One target of issue 6 or 14 against what this run measured."""
+    """One target of issue 6, 14 or 15 against what this run measured."""
 
     name: str
     value: float | None
@@ -73,6 +73,11 @@ def _maybe(fn: Callable[[], float]) -> float | None:
 
 
 def checks(results: dict[str, Any]) -> list[Check]:
+    return [*_single_node_checks(results), *_postgres_checks(results.get("postgres", {}))]
+
+
+def _single_node_checks(results: dict[str, Any]) -> list[Check]:
+    """Issues 6 and 14."""
     hops: dict[str, Any] = results.get("hops", {})
     h0: dict[str, Any] = hops.get("/0", {})
     h3: dict[str, Any] = hops.get("/3", {})
@@ -170,6 +175,56 @@ def checks(results: dict[str, Any]) -> list[Check]:
             big_durable.get("rss_growth_mb"),
             64,
             "MB",
+            at_least=False,
+        ),
+    ]
+
+
+def _postgres_checks(pg: dict[str, Any]) -> list[Check]:
+    """Issue 15: PostgreSQL against SQLite, and a dead node's runs moving."""
+    cpu: dict[str, Any] = pg.get("cpu_3step", {})
+    takeover: dict[str, Any] = pg.get("takeover", {})
+    trials = takeover.get("trials", "N")
+    return [
+        Check(
+            "postgres: checkpoints/s per node through the sidecar, async (group commit)",
+            _get(pg, "checkpoints", "async", "postgresql", "checkpoints_per_s"),
+            10_000,
+            "/s",
+            at_least=True,
+            note=_maybe_text(
+                lambda: (
+                    f"{pg['checkpoints']['async']['ratio']:.2f}× SQLite's"
+                    f" {pg['checkpoints']['async']['sqlite']['checkpoints_per_s']:,.0f}/s"
+                )
+            ),
+        ),
+        Check(
+            "postgres: 3-step gateway CPU per durable request, PostgreSQL / SQLite (c=32)",
+            cpu.get("ratio"),
+            1.5,
+            "×",
+            at_least=False,
+            note=_maybe_text(
+                lambda: (
+                    f"{cpu['postgresql']['hop_cpu_ms']:.3f} against"
+                    f" {cpu['sqlite']['hop_cpu_ms']:.3f} ms; with the database server's CPU"
+                    f" {cpu['ratio_with_server']:.2f}×"
+                )
+            ),
+        ),
+        Check(
+            f"postgres: takeover after kill -9, p50 of {trials} trials",
+            takeover.get("p50_s"),
+            3,
+            "s",
+            at_least=False,
+        ),
+        Check(
+            f"postgres: takeover after kill -9, max of {trials} trials",
+            takeover.get("max_s"),
+            5,
+            "s",
             at_least=False,
         ),
     ]
@@ -307,6 +362,8 @@ def markdown(results: dict[str, Any]) -> str:
             f" {_num(m['peak_rss_mb'], 1)} | {_num(m['baseline_rss_mb'], 1)} |",
             "",
         ]
+    if "postgres" in results:
+        out += _postgres_tables(results["postgres"])
     if "sse_ttfb" in results:
         out += _sse_table(results["sse_ttfb"])
     if "big_body" in results:
@@ -331,6 +388,80 @@ def _ratio_cell(value: float | None, base: float | None, digits: int = 3) -> str
     if value is not None and base:
         text += f" ({value / base:.2f}×)"
     return text
+
+
+def _postgres_tables(pg: dict[str, Any]) -> list[str]:
+    server = pg["server"]
+    out = [
+        "## PostgreSQL beside SQLite",
+        "",
+        f"A throwaway PostgreSQL {server['server_version']} server started by the harness"
+        f" on loopback, fsync={server['fsync']},"
+        f" synchronous_commit={server['synchronous_commit']},"
+        f" full_page_writes={server['full_page_writes']}: every commit reaches the disk, as"
+        " SQLite's do. Each PostgreSQL figure was measured next to its SQLite counterpart;"
+        " ratios are PostgreSQL / SQLite.",
+        "",
+        "### Checkpoints through the sidecar, one node",
+        "",
+        "| durability | store | checkpoints/s | c=32 p50 ms | c=32 p99 ms"
+        " | gateway CPU µs/checkpoint | PUT c=1 p50 ms | errors | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for mode, pair in pg["checkpoints"].items():
+        for store in ("sqlite", "postgresql"):
+            s = pair[store]
+            rate = _num(s["checkpoints_per_s"], 0)
+            if store == "postgresql" and pair.get("ratio") is not None:
+                rate += f" ({pair['ratio']:.2f}×)"
+            target = "≥ 10,000/s" if (mode, store) == ("async", "postgresql") else ""
+            out.append(
+                f"| {mode} | {store} | {rate} | {_num(s['c32_p50_ms'])} |"
+                f" {_num(s['c32_p99_ms'])} | {_num(s['gateway_cpu_us_per_checkpoint'], 1)} |"
+                f" {_num(s['put_c1_p50_ms'])} | {s['errors']:.0f} | {target} |"
+            )
+    cpu = pg["cpu_3step"]
+    out += [
+        "",
+        "### CPU per durable 3-step request (c=32, `durability: async`)",
+        "",
+        "Milliseconds of CPU per request, medians of the rounds; the gateway's own process"
+        " (all threads), and on PostgreSQL also the database server's processes.",
+        "",
+        "| store | c=32 req/s | gateway CPU ms | database server CPU ms | backend CPU ms"
+        " | store writer busy | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for store in ("sqlite", "postgresql"):
+        f = cpu[store]
+        out.append(
+            f"| {store} | {_num(f['rps'], 0)} | {_num(f['hop_cpu_ms'])} |"
+            f" {_num(f['store_server_cpu_ms'])} | {_num(f['backend_cpu_ms'])} |"
+            f" {_percent(f['writer_busy'])} | {f['errors']:.0f} |"
+        )
+    out += [
+        "",
+        f"Gateway CPU, PostgreSQL / SQLite: {_num(cpu['ratio'])}× (target < 1.5×);"
+        f" gateway + database server / SQLite's gateway: {_num(cpu['ratio_with_server'])}×.",
+        "",
+    ]
+    t = pg["takeover"]
+    each = ", ".join(f"{v:.2f}" for v in t["seconds"])
+    out += [
+        "### Takeover after kill -9",
+        "",
+        "Two nodes on one database; node A drives a run (one step recorded, its attempt"
+        " open in the backend) and is killed with SIGKILL; the time is until the run's next"
+        " attempt arrives in the backend from node B (the backend's monotonic clock against"
+        " the harness's, one clock on Linux).",
+        "",
+        "| trials | p50 s | max s | min s | counted by node B | each trial s |",
+        "|---:|---:|---:|---:|---:|---|",
+        f"| {t['trials']} | {_num(t['p50_s'])} (target < 3) | {_num(t['max_s'])}"
+        f" (target < 5) | {_num(t['min_s'])} | {t['taken_over_counted']:.0f} | {each} |",
+        "",
+    ]
+    return out
 
 
 def _sse_table(sse: dict[str, Any]) -> list[str]:

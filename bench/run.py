@@ -2,7 +2,8 @@
 turn, prints a Markdown table and writes it with the JSON.
 
     python -m bench.run [--quick] [--duration S] [--rounds N] [--out FILE.json]
-                        [--only latency,throughput,store,scale,memory,sse_ttfb,big_body]
+                        [--only latency,throughput,store,postgres,scale,memory,sse_ttfb,
+                                big_body]
                         [--loadgen wrk|python] [--big-body-mib N]
 
 Never runs two loads at once, and stops every process it started, whatever happens.
@@ -28,13 +29,22 @@ from typing import Any
 
 import aiohttp
 
-from bench import checkpoints, hops, memory, profile, report, scale, streams
+from bench import checkpoints, hops, memory, postgres, profile, report, scale, streams
 from bench.hops import Hop
 from bench.loadgen import Loadgen, LoadgenName, Plan, Shot, pick
 from bench.processes import HOP_ROUTES, ROOT, Lab, Service
 from bench.sizes import Sizes, choose
 
-SECTIONS = ("latency", "throughput", "store", "scale", "memory", "sse_ttfb", "big_body")
+SECTIONS = (
+    "latency",
+    "throughput",
+    "store",
+    "postgres",
+    "scale",
+    "memory",
+    "sse_ttfb",
+    "big_body",
+)
 log = logging.getLogger("bench")
 
 
@@ -189,6 +199,8 @@ async def run(args: argparse.Namespace) -> int:
                     lab.stop(target.service)
         if "store" in only:
             results["store"] = await checkpoints.measure(lab, backend, loadgen, sizes)
+        if "postgres" in only:
+            results["postgres"] = await postgres.measure(lab, backend, loadgen, sizes)
         if "scale" in only:
             results["scale"] = await scale.measure(lab, backend, loadgen, sizes)
         if "memory" in only:

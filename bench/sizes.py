@@ -35,6 +35,8 @@ class Sizes:
     """Milliseconds between the events of one SSE response after the first."""
     big_body_mib: int
     """MiB of the big streamed body, through each target once per round."""
+    takeover_trials: int
+    """Times a node is killed (-9) with a run in flight, for the takeover time."""
 
 
 FULL = Sizes(
@@ -51,6 +53,7 @@ FULL = Sizes(
     sse_warmup=100,
     sse_gap_ms=2.0,
     big_body_mib=1024,
+    takeover_trials=10,
 )
 
 QUICK = Sizes(
@@ -67,6 +70,7 @@ QUICK = Sizes(
     sse_warmup=5,
     sse_gap_ms=1.0,
     big_body_mib=16,
+    takeover_trials=2,
 )
 
 

@@ -19,11 +19,11 @@ from tests.helpers import ROOT
 HOPS = ("direct", "proxy", "gateway", "gateway-plain")
 
 
-def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+def run_bench(tmp_path: Path, *args: str, within: float = 100) -> tuple[dict[str, Any], str]:
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), *args]
     cmd += ["--workdir", str(tmp_path / "work")]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=100)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=within)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}"
     data: dict[str, Any] = orjson.loads(out.read_bytes())
     return data, out.with_suffix(".md").read_text()
@@ -35,9 +35,9 @@ def positive(figures: dict[str, Any], *keys: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(190)
 def test_quick_run_with_the_python_load_generator(tmp_path: Path) -> None:
-    data, text = run_bench(tmp_path, "--loadgen", "python")
+    data, text = run_bench(tmp_path, "--loadgen", "python", within=170)
     assert data["meta"]["loadgen"] == "python"
     for endpoint in ("/0", "/3"):
         hops = data["hops"][endpoint]
@@ -69,17 +69,47 @@ def test_quick_run_with_the_python_load_generator(tmp_path: Path) -> None:
     positive(memory, "rss_mb", "peak_rss_mb", "baseline_rss_mb")
 
     streamed(data, mib=16)
+    on_postgres(data["postgres"], trials=2)
 
     assert {t["name"].split(":")[0] for t in data["targets"]} >= {
         "0-step",
         "3-step",
         "store",
+        "postgres",
         "SSE",
         "big body",
     }
     assert all(t["value"] is not None for t in data["targets"])
     assert "| `/3` | gateway |" in text and "## Targets" in text
     assert "## Streaming: a 16 MiB body" in text
+    assert "## PostgreSQL beside SQLite" in text and "| async | postgresql |" in text
+
+
+def on_postgres(pg: dict[str, Any], trials: int) -> None:
+    """Every PostgreSQL figure came back beside its SQLite one, from a server that
+    syncs its commits, and every killed node's run moved to the other node."""
+    assert pg["server"]["fsync"] == pg["server"]["synchronous_commit"] == "on"
+    for mode in ("async", "sync"):
+        for store in ("sqlite", "postgresql"):
+            checkpoints = pg["checkpoints"][mode][store]
+            positive(checkpoints, "checkpoints_per_s", "put_c1_p50_ms")
+            assert checkpoints["errors"] == 0
+            assert checkpoints["recorded"] >= checkpoints["checkpoints"] > 0
+        positive(pg["checkpoints"][mode], "ratio")
+    cpu = pg["cpu_3step"]
+    for store in ("sqlite", "postgresql"):
+        positive(cpu[store], "rps", "hop_cpu_ms", "backend_cpu_ms")
+        assert cpu[store]["errors"] == 0
+    positive(cpu["postgresql"], "store_server_cpu_ms")  # the server's processes were found
+    assert cpu["sqlite"]["store_server_cpu_ms"] is None
+    assert cpu["ratio"] == pytest.approx(
+        cpu["postgresql"]["hop_cpu_ms"] / cpu["sqlite"]["hop_cpu_ms"]
+    )
+    assert cpu["ratio_with_server"] > cpu["ratio"]
+    takeover = pg["takeover"]
+    assert takeover["trials"] == len(takeover["seconds"]) == trials
+    assert takeover["taken_over_counted"] == trials  # by node B, as a dead node's runs
+    assert 0 < takeover["min_s"] <= takeover["p50_s"] <= takeover["max_s"]
 
 
 def streamed(data: dict[str, Any], mib: int) -> None:
