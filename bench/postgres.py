@@ -9,6 +9,7 @@ database on it. Touches no other server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import statistics
 import tempfile
@@ -52,6 +53,7 @@ async def measure(lab: Lab, backend: Service, loadgen: Loadgen, sizes: Sizes) ->
         out["checkpoints"] = await _checkpoints(lab, backend, loadgen, sizes, server)
         out["cpu_3step"] = await _cpu(lab, backend, loadgen, sizes, server)
         out["takeover"] = await _takeover(lab, backend, sizes, server)
+        out["wake"] = await _wake(lab, backend, sizes, server)
     return out
 
 
@@ -229,3 +231,62 @@ async def _trial(a: Gateway, b: Gateway, backend: Service) -> float:
             failure=lambda r: f"takeover: the run did not finish on node B: {r}",
         )
     return float(arrived - killed)
+
+
+async def _wake(lab: Lab, backend: Service, sizes: Sizes, server: PgServer) -> dict[str, Any]:
+    """A result URL long-polled on one node while the run finishes on another: seconds
+    from the backend's answer until the long-poll answers, on the other node (through
+    the store's notice) and, for comparison, on the node that drove the run."""
+    routes = TAKEOVER_ROUTES.format(upstream=backend.url)
+    url = await server.create_database()
+    a = await lab.gateway("pg-wake-a", routes, store_url=url, extra_yaml=_cluster("wake-a"))
+    b = await lab.gateway("pg-wake-b", routes, store_url=url, extra_yaml=_cluster("wake-b"))
+    found: dict[str, list[float]] = {"other_node": [], "same_node": []}
+    try:
+        for trial in range(sizes.takeover_trials):
+            for where, poller in (("other_node", b), ("same_node", a)):
+                found[where].append(await _wake_trial(a, poller, backend))
+            log.info(
+                "postgres: wake %d/%d: %.3f s on the other node, %.3f s on the same",
+                trial + 1,
+                sizes.takeover_trials,
+                found["other_node"][-1],
+                found["same_node"][-1],
+            )
+    finally:
+        lab.stop(a)
+        lab.stop(b)
+    return {
+        where: {"p50_s": statistics.median(v), "max_s": max(v), "seconds": v}
+        for where, v in found.items()
+    }
+
+
+async def _wake_trial(a: Gateway, poller: Gateway, backend: Service) -> float:
+    """One run parked on `a`; `poller` long-polls its result URL; the run is released."""
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        headers = {"Prefer": "respond-async"}
+        async with http.post(a.url + "/park", data=b"{}", headers=headers) as resp:
+            if resp.status != 202:
+                raise RuntimeError(f"wake: node A answered {resp.status}: {await resp.text()}")
+            location = resp.headers["Location"].replace(a.url, poller.url)
+
+        async def parked() -> list[dict[str, Any]]:
+            async with http.get(backend.url + "/_parked") as resp:
+                return list((await resp.json())["parked"])
+
+        await poll(parked, bool, within=30, interval=0.02, failure=lambda _: "wake: not parked")
+
+        async def long_poll() -> float:
+            async with http.get(location, headers={"Prefer": "wait=30"}) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"wake: the long-poll answered {resp.status}")
+            return time.monotonic()
+
+        answered = asyncio.ensure_future(long_poll())
+        await asyncio.sleep(0.2)  # the long-poll is waiting
+        released = time.monotonic()
+        await checkpoints.release(backend)
+        return await answered - released

@@ -227,6 +227,19 @@ def _postgres_checks(pg: dict[str, Any]) -> list[Check]:
             "s",
             at_least=False,
         ),
+        Check(
+            "postgres: a long-poll on another node answers after the run ends, max",
+            _get(pg, "wake", "other_node", "max_s"),
+            1,
+            "s",
+            at_least=False,
+            note=_maybe_text(
+                lambda: (
+                    f"p50 {pg['wake']['other_node']['p50_s']:.3f} s; on the node that drove"
+                    f" the run {pg['wake']['same_node']['p50_s']:.3f} s"
+                )
+            ),
+        ),
     ]
 
 
@@ -461,6 +474,23 @@ def _postgres_tables(pg: dict[str, Any]) -> list[str]:
         f" (target < 5) | {_num(t['min_s'])} | {t['taken_over_counted']:.0f} | {each} |",
         "",
     ]
+    w = pg.get("wake")
+    if w:
+        out += [
+            "### Wake-ups across nodes",
+            "",
+            "A run parked on node A is released while its result URL is long-polled; the"
+            " time is from the release until the long-poll answers, on node B (the notice"
+            " sent in A's committing transaction) and on A itself.",
+            "",
+            "| long-poll on | p50 s | max s |",
+            "|---|---:|---:|",
+            f"| the other node | {_num(w['other_node']['p50_s'])} |"
+            f" {_num(w['other_node']['max_s'])} (target < 1) |",
+            f"| the same node | {_num(w['same_node']['p50_s'])} |"
+            f" {_num(w['same_node']['max_s'])} |",
+            "",
+        ]
     return out
 
 
