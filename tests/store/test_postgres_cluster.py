@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
 from gateway.store import (
@@ -91,3 +92,30 @@ def test_which_writes_send_notices() -> None:
         PutStep("old", "s", b"1", 1, 2.0),
     ]
     assert notices(writes) == ["run:old", "cancel:gone", "run:nap", "run:paused", "run:sse"]
+
+
+async def test_joining_again_ends_this_nodes_stale_session(dsn: str) -> None:
+    """A session of this node the server has not seen die (a partition sends no FIN)
+    still holds its lock: joining ends it rather than waiting for it forever."""
+    stale = await asyncpg.connect(dsn)
+    await stale.execute("SELECT pg_advisory_lock(hashtextextended('node-a:1', 0))")
+    store = await PostgresStore.open(dsn)
+    try:
+        await asyncio.wait_for(store.cluster.join("node-a:1", lambda n, r: None), 10)
+
+        async def ended() -> None:
+            assert stale.is_closed() or not await _answers(stale)
+
+        await assert_eventually(ended)
+        assert await store.cluster.absent("other", 0.0) == []
+    finally:
+        await store.close()
+        stale.terminate()
+
+
+async def _answers(conn: asyncpg.Connection) -> bool:
+    try:
+        await conn.fetchval("SELECT 1")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return False
+    return True
