@@ -21,7 +21,7 @@ from gateway import metrics
 from gateway.engine.driver import Driver
 from gateway.errors import StoreUnavailable, Unavailable
 from gateway.logs import Burst
-from gateway.store import Notice, RunRow, RunStatus
+from gateway.store import RunRow, RunStatus
 
 log = logging.getLogger("gateway.engine.leases")
 
@@ -51,7 +51,7 @@ class Leases:
 
     async def join(self) -> None:
         """Announce this node to the others sharing the store, and hear their notices."""
-        await self.cluster.join(self.driver.owner, self._heard)
+        await self.cluster.join(self.driver.owner, self.driver.heard)
 
     def fresh(self) -> bool:
         return not self.shared or time.monotonic() < self.valid_until
@@ -153,6 +153,3 @@ class Leases:
                 resumed += await self.driver.resume(row) is not None
             if len(rows) < PAGE:
                 return resumed
-
-    def _heard(self, notice: Notice, run_id: str) -> None:
-        self.driver.heard(notice, run_id)
