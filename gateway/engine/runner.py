@@ -38,6 +38,7 @@ from gateway.store import (
     FullStore,
     PutStep,
     RecordAttempt,
+    ReplaceResult,
     RunStatus,
     StoredResponse,
     SuspendRun,
@@ -420,15 +421,17 @@ class Runner:
         self._store_final(live)
         live.notify()
 
-    def _store_final(self, live: LiveRun) -> None:
+    def _store_final(self, live: LiveRun, *, replacing: bool = False) -> None:
         """Queue the run's final response. `live.final_commit` resolves once the response
         the run holds is committed, and the run leaves memory then: a problem that
-        replaced a refused response (`store_refused`) is what waiters get, not an error.
+        replaced a refused response (`store_refused`, `replacing`: the first may have
+        committed without its refused part) is what waiters get, not an error.
         """
         run = live.run
         assert run.response is not None
+        kind = ReplaceResult if replacing else FinishRun
         committed = self.writer.submit(
-            FinishRun(run.run_id, run.status.value, run.response, time.time())
+            kind(run.run_id, run.status.value, run.response, time.time())
         )
         committed.add_done_callback(functools.partial(self._final_settled, live, run.response))
 
@@ -486,7 +489,7 @@ class Runner:
             if run.response is not None and run.response.body.startswith(_NOT_STORED):
                 return  # the problem itself was refused: `_final_settled` gives up
             run.status, run.response = RunStatus.FAILED, problem
-            self._store_final(live)
+            self._store_final(live, replacing=True)
             live.notify()
         elif not run.finished:
             self.finish(live, problem)

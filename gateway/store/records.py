@@ -175,6 +175,13 @@ class FinishRun:
 
 
 @dataclass(slots=True)
+class ReplaceResult(FinishRun):
+    """A finished run's result replaced by the node that finished it, because the store
+    refused part of the first one (a chunk of its streamed body): unlike FinishRun it
+    overwrites a final result."""
+
+
+@dataclass(slots=True)
 class PutPending:
     """A sleep or wait a run is parked on. First write wins: the first call of a step
     fixes its wake time, event and match for every later attempt."""

@@ -25,6 +25,7 @@ from gateway.store import (
     KeyRow,
     PutStep,
     RecordAttempt,
+    ReplaceResult,
     Store,
     StoredRequest,
     StoredResponse,
@@ -251,6 +252,17 @@ async def test_a_finished_run_is_never_finished_again(store: Store) -> None:
         2.0,
         1,
     )
+
+
+async def test_a_replaced_result_overwrites_the_first(store: Store) -> None:
+    """The node that finished a run replaces its result when the store refused part of
+    it (a chunk of its streamed body): the one write allowed over a final result."""
+    first, problem = StoredResponse(200, [], b"", kept=70_000), StoredResponse(500, [], b"p")
+    await store.apply([create("r"), FinishRun("r", "succeeded", first, 2.0)])
+    await store.apply([ReplaceResult("r", "failed", problem, 3.0)])
+    run = await store.get_run("r")
+    assert run is not None and run.response is not None
+    assert (run.status, run.response.body, run.finished_at) == ("failed", b"p", 3.0)
 
 
 async def test_meta_set_if_absent_returns_the_first_value(store: Store) -> None:

@@ -26,6 +26,7 @@ from gateway.store.records import (
     PutStep,
     RecordAttempt,
     RecordStepError,
+    ReplaceResult,
     ResetRun,
     RunStatus,
     SuspendRun,
@@ -104,6 +105,7 @@ _RUN: Final = (
 )
 _RESPONSE: Final = "resp_status int4, resp_headers bytea, resp_body bytea, resp_kept int8"
 _CLEARED: Final = "wake_at = NULL, owner = NULL, lease_until = NULL"
+_FINISH: Final = f"status text, {_RESPONSE}, finished_at float8, updated_at float8, run_id text"
 
 # One template per kind of write. Parameters come from `rows.params` in the same order.
 STATEMENTS: Final[dict[type[Any], Statement]] = {
@@ -137,11 +139,8 @@ STATEMENTS: Final[dict[type[Any], Statement]] = {
         "status text, attempt int4, wake_at float8, updated_at float8, run_id text",
         guard=f"runs.{UNFINISHED}",
     ),
-    FinishRun: _update(
-        f"status text, {_RESPONSE}, finished_at float8, updated_at float8, run_id text",
-        also=_CLEARED,
-        guard=f"runs.{UNFINISHED}",
-    ),
+    FinishRun: _update(_FINISH, also=_CLEARED, guard=f"runs.{UNFINISHED}"),
+    ReplaceResult: _update(_FINISH, also=_CLEARED),
     # Guarded: a suspension that lost a race with a final write must not revive the run.
     SuspendRun: _update(
         "attempt int4, wake_at float8, updated_at float8, run_id text",
@@ -210,6 +209,7 @@ _DROP_BODY: Final = (_delete("body_chunks"), _delete("bodies"))
 # that ends leaves no pending sleep or wait behind; a cancelled or reset run no body.
 _ALSO: Final[dict[type[Any], tuple[tuple[Statement, _Params], ...]]] = {
     FinishRun: ((_delete("pending"), by_run),),
+    ReplaceResult: ((_delete("pending"), by_run),),
     CancelRun: (
         (_delete("pending"), by_run),
         (_delete("body_chunks", _IF_CANCELLED), by_run),

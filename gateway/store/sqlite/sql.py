@@ -26,6 +26,7 @@ from gateway.store.records import (
     PutStep,
     RecordAttempt,
     RecordStepError,
+    ReplaceResult,
     ResetRun,
     RunStatus,
     SuspendRun,
@@ -34,6 +35,12 @@ from gateway.store.records import (
 )
 from gateway.store.rows import RUN_COLUMNS, by_run, key_params, params, with_keep
 from gateway.store.schema import ACTIVE, UNFINISHED
+
+_FINISH: Final = (
+    "UPDATE runs SET status = ?, resp_status = ?, resp_headers = ?, resp_body = ?,"
+    " resp_kept = ?, finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL,"
+    " lease_until = NULL WHERE run_id = ?"
+)
 
 # One statement per kind of write. Parameters come from `rows.params` in the same order.
 _SQL: Final[dict[type[Any], str]] = {
@@ -70,11 +77,8 @@ _SQL: Final[dict[type[Any], str]] = {
         "UPDATE runs SET status = ?, attempt = ?, wake_at = ?, updated_at = ? WHERE run_id = ?"
         f" AND {UNFINISHED}"
     ),
-    FinishRun: (
-        "UPDATE runs SET status = ?, resp_status = ?, resp_headers = ?, resp_body = ?,"
-        " resp_kept = ?, finished_at = ?, updated_at = ?, wake_at = NULL, owner = NULL,"
-        f" lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
-    ),
+    FinishRun: _FINISH + f" AND {UNFINISHED}",
+    ReplaceResult: _FINISH,
     # A wait's match goes in canonical, with its path list: the match index's key.
     PutPending: (
         "INSERT INTO pending (run_id, step_id, kind, wake_at, event, match, created_at, paths)"
@@ -134,6 +138,7 @@ def _drop_body(run: str) -> tuple[tuple[str, _Params], ...]:
 # that ends leaves no pending sleep or wait behind; a cancelled or reset run no body.
 _ALSO: Final[dict[type[Any], tuple[tuple[str, _Params], ...]]] = {
     FinishRun: (_DROP_ALL_PENDING,),
+    ReplaceResult: (_DROP_ALL_PENDING,),
     CancelRun: (_DROP_ALL_PENDING, *_drop_body(_IF_CANCELLED)),
     ResetRun: _drop_body("?"),
     # Keep the first `keep` bytes: drop the chunks from there, then cut the one that
