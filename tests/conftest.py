@@ -120,10 +120,37 @@ class Gateway:
 GatewayFactory = Callable[..., Gateway]
 
 
+STORES = ("sqlite", "postgres")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test (or module) marked `both_stores` runs once per store: every gateway it starts
+    without `url=` is on SQLite, then on PostgreSQL (test ids `[sqlite]`, `[postgres]`)."""
+    if metafunc.definition.get_closest_marker("both_stores") is None:
+        return
+    if "gateway_store" in metafunc.fixturenames:
+        metafunc.parametrize("gateway_store", STORES, indirect=True)
+
+
 @pytest.fixture
-def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
-    """Start gateways from a routes YAML snippet; all are stopped at the end."""
+def gateway_store(request: pytest.FixtureRequest) -> str:
+    """The store of `gateway_factory`'s gateways: SQLite unless the test is `both_stores`."""
+    store: str = getattr(request, "param", "sqlite")
+    return store
+
+
+@pytest.fixture
+def gateway_factory(
+    tmp_path: Path, gateway_store: str, request: pytest.FixtureRequest
+) -> Iterator[GatewayFactory]:
+    """Start gateways from a routes YAML snippet; all are stopped at the end.
+
+    On PostgreSQL every gateway of the test shares one fresh database (`pg_url`), as they
+    share `tmp_path/durable.db` on SQLite: a restarted gateway finds its store again."""
     started: list[Gateway] = []
+    shared_url: str | None = None
+    if gateway_store == "postgres":
+        shared_url = request.getfixturevalue("pg_url")
 
     def start(
         routes_yaml: str,
@@ -138,8 +165,11 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
     ) -> Gateway:
         """`url` names another store than the SQLite file `db`; with `wait` False the
         process is started and not waited for (`Gateway.wait_healthy`)."""
+        if shared_url is not None and db is not None:
+            pytest.fail("a both_stores test names another store with url=, not db=")
         ports = free_ports(3)
         db_path = db or tmp_path / "durable.db"
+        url = url or shared_url or f"sqlite:///{db_path}"
         config = (
             textwrap.dedent(f"""\
             server:
@@ -148,7 +178,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
               admin: 127.0.0.1:{ports[2]}
               shutdown_grace: 5s
             storage:
-              url: {url or f"sqlite:///{db_path}"}
+              url: {url}
             """)
             + textwrap.indent(textwrap.dedent(storage).strip() + "\n" if storage else "", "  ")
             + textwrap.dedent(extra_yaml)

@@ -126,6 +126,7 @@ def test_the_example_config_is_valid() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.both_stores
 async def test_the_answer_streams_as_sse_events_after_two_steps_recorded_once(
     gw: Gateway, chat_backend: Backend, http: aiohttp.ClientSession
 ) -> None:
@@ -174,6 +175,7 @@ async def test_a_broken_stream_is_retried_into_the_result_of_an_unbroken_one(
     assert await counts(http, chat_backend, run_id) == {"retrieve": 1, "plan": 1}
 
 
+@pytest.mark.both_stores
 async def test_a_sampled_answer_streams_again_from_its_memoized_steps(
     gw: Gateway, chat_backend: Backend, http: aiohttp.ClientSession
 ) -> None:

@@ -6,9 +6,12 @@ import asyncio
 import random
 
 import aiohttp
+import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
 from tests.helpers import all_counts
+
+pytestmark = pytest.mark.both_stores
 
 REQUESTS = 200
 

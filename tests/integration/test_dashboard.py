@@ -190,6 +190,7 @@ def colour_pixels(image: Image.Image, rgb: tuple[int, int, int], tolerance: int 
 
 
 @needs_chromium
+@pytest.mark.both_stores
 async def test_dashboard_renders_runs_and_timeline(
     gateway_factory: GatewayFactory, backend: Backend, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

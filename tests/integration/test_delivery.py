@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
 
 SLOW_RETRY = "{max_attempts: 3, initial_backoff: 1500ms, max_backoff: 1500ms, jitter: 0}"
 
 
+@pytest.mark.both_stores
 async def test_hold_then_303_to_the_result_url(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -53,6 +55,7 @@ async def test_browser_style_client_follows_the_303(
         assert (await resp.json())["attempt"] == 2
 
 
+@pytest.mark.both_stores
 async def test_prefer_respond_async_gives_202_then_poll(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -86,6 +89,7 @@ async def test_prefer_wait_bounds_the_hold(
         assert resp.headers["Preference-Applied"] == "wait=1"
 
 
+@pytest.mark.both_stores
 async def test_result_long_poll_answers_202_after_the_wait(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -103,6 +107,7 @@ async def test_result_long_poll_answers_202_after_the_wait(
         assert resp.headers["Preference-Applied"] == "wait=1"
 
 
+@pytest.mark.both_stores
 async def test_wrong_token_is_404(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
 from tests.helpers import all_counts, counts
+
+pytestmark = pytest.mark.both_stores
 
 
 async def test_same_key_replays_the_stored_response(

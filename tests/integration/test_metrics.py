@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Backend, GatewayFactory, durable_route
+
+pytestmark = pytest.mark.both_stores
 
 EXPECTED = {
     "durable_requests",

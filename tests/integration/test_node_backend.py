@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import Backend, GatewayFactory, durable_route, start_backend
 from tests.helpers import accept, counts, post_event, until_status
 
+pytestmark = pytest.mark.both_stores
+
 
 @pytest.fixture
 def node_backend(tmp_path: Path) -> Iterator[Backend]:

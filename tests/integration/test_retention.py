@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
 from tests.helpers import accept, assert_eventually
+
+pytestmark = pytest.mark.both_stores
 
 
 async def test_finished_runs_and_keys_are_purged(

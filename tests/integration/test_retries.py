@@ -13,6 +13,7 @@ from tests.helpers import counts
 FAST_RETRY = "{max_attempts: 4, initial_backoff: 50ms, max_backoff: 200ms}"
 
 
+@pytest.mark.both_stores
 @pytest.mark.parametrize("mode", ["500", "drop", "503"])
 async def test_failure_at_step_2_resumes_with_step_1_run_once(
     mode: str, backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
@@ -36,6 +37,7 @@ async def test_attempt_timeout_resumes(
     assert await counts(http, backend, body["run_id"]) == {"step-1": 1, "step-2": 1, "step-3": 1}
 
 
+@pytest.mark.both_stores
 async def test_retry_after_is_honoured(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -68,6 +70,7 @@ async def test_durable_retry_no_is_final(
         assert resp.headers["Durable-Run-Id"]
 
 
+@pytest.mark.both_stores
 async def test_attempts_exhausted_gives_the_last_response(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -6,9 +6,12 @@ import asyncio
 import signal
 
 import aiohttp
+import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
 from tests.helpers import all_counts, assert_eventually, counts
+
+pytestmark = pytest.mark.both_stores
 
 
 async def test_sigterm_lets_the_in_flight_attempt_finish(

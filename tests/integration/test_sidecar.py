@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+import pytest
 from yarl import URL
 
 from tests.conftest import GatewayFactory, HeldBackend, durable_route
@@ -27,6 +28,7 @@ def bearer(headers: dict[str, str]) -> dict[str, str]:
     return {"Authorization": "Bearer " + headers["Durable-Token"]}
 
 
+@pytest.mark.both_stores
 async def test_step_writes_first_write_wins(
     gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
 ) -> None:
@@ -55,6 +57,7 @@ async def test_step_writes_first_write_wins(
     (await request).release()
 
 
+@pytest.mark.both_stores
 async def test_retry_gets_completed_steps_and_old_token_is_stale(
     gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
 ) -> None:
@@ -126,6 +129,7 @@ async def test_sidecar_rejects_bad_input_and_oversize(
     (await request).release()
 
 
+@pytest.mark.both_stores
 async def test_large_steps_are_fetched_not_inlined(
     gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
 ) -> None:

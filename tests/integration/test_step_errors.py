@@ -10,10 +10,13 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from gateway.store.records import MAX_ERROR_MESSAGE, STEP_ERRORS_KEPT
 from tests.conftest import Backend, Gateway, GatewayFactory, HeldBackend, durable_route
 from tests.helpers import assert_eventually, counts, run_status
+
+pytestmark = pytest.mark.both_stores
 
 WORK_MS = 40
 """How long each step's function takes in the example backend (`work_ms`)."""

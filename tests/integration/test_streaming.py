@@ -90,6 +90,7 @@ def route(streamer: Streamer, **settings: str) -> str:
     return durable_route(streamer.url, name="s", path="/s/*", retry=FAST_RETRY, **settings)
 
 
+@pytest.mark.both_stores
 @pytest.mark.parametrize("kind", ["sse", "text"])
 @pytest.mark.parametrize(
     "break_at",
@@ -121,6 +122,7 @@ async def test_a_stream_broken_mid_body_resumes_without_a_seam(
         assert resumed in await resp.text()
 
 
+@pytest.mark.both_stores
 async def test_a_divergent_sse_retry_resets_the_stream_and_streams_the_new_body(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -138,6 +140,7 @@ async def test_a_divergent_sse_retry_resets_the_stream_and_streams_the_new_body(
     assert "attempt 2 diverged from the 30 bytes streamed before" in gw.logs()
 
 
+@pytest.mark.both_stores
 async def test_a_divergent_retry_of_another_type_aborts_the_response(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -150,6 +153,7 @@ async def test_a_divergent_retry_of_another_type_aborts_the_response(
         assert await resp.read() == text_body(10, version=2)
 
 
+@pytest.mark.both_stores
 async def test_an_sse_retry_with_another_status_resets_and_ends_the_stream(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -164,6 +168,7 @@ async def test_an_sse_retry_with_another_status_resets_and_ends_the_stream(
         assert await resp.read() == b"other"
 
 
+@pytest.mark.both_stores
 async def test_late_joiners_get_the_bytes_so_far_then_follow_live(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -190,6 +195,7 @@ async def test_late_joiners_get_the_bytes_so_far_then_follow_live(
     assert after_12 == expected[expected.index(b"id: 13\n") :]
 
 
+@pytest.mark.both_stores
 async def test_a_finished_result_honours_range(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -215,6 +221,7 @@ async def test_a_finished_result_honours_range(
             assert await resp.read() == expected
 
 
+@pytest.mark.both_stores
 async def test_delete_on_the_result_url_stops_the_generation(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -240,6 +247,7 @@ async def test_delete_on_the_result_url_stops_the_generation(
         assert resp.status == 404
 
 
+@pytest.mark.both_stores
 async def test_past_max_response_the_body_streams_but_is_not_kept(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -273,6 +281,7 @@ async def test_an_sse_stream_waiting_on_a_retry_gets_heartbeats_then_the_result_
     assert body.count(b": keep-alive\n\n") >= 3  # 2 s of silence at 0.3 s
 
 
+@pytest.mark.both_stores
 async def test_a_stream_follows_the_run_across_a_gateway_kill(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -295,6 +304,7 @@ async def test_a_stream_follows_the_run_across_a_gateway_kill(
         assert await resp.read() == expected
 
 
+@pytest.mark.both_stores
 async def test_an_idempotent_duplicate_gets_the_streamed_result(
     streamer: Streamer, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -23,6 +23,8 @@ from tests.helpers import (
     until_status,
 )
 
+pytestmark = pytest.mark.both_stores
+
 
 async def until_committed_suspended(http: aiohttp.ClientSession, gw: Gateway, run_id: str) -> None:
     """Suspended and out of memory: a run leaves memory only once its suspension commits,
