@@ -97,25 +97,23 @@ def test_which_writes_send_notices() -> None:
 async def test_joining_again_ends_this_nodes_stale_session(dsn: str) -> None:
     """A session of this node the server has not seen die (a partition sends no FIN)
     still holds its lock: joining ends it rather than waiting for it forever."""
-    stale = await asyncpg.connect(dsn)
+    stale, probe = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
     await stale.execute("SELECT pg_advisory_lock(hashtextextended('node-a:1', 0))")
+    stale_pid = stale.get_server_pid()
     store = await PostgresStore.open(dsn)
     try:
         await asyncio.wait_for(store.cluster.join("node-a:1", lambda n, r: None), 10)
 
         async def ended() -> None:
-            assert stale.is_closed() or not await _answers(stale)
+            gone = await store.cluster.absent("other", 0.0)  # a query on the new session
+            assert gone == []
+            alive = await probe.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", stale_pid
+            )
+            assert alive == 0
 
         await assert_eventually(ended)
-        assert await store.cluster.absent("other", 0.0) == []
     finally:
         await store.close()
         stale.terminate()
-
-
-async def _answers(conn: asyncpg.Connection) -> bool:
-    try:
-        await conn.fetchval("SELECT 1")
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        return False
-    return True
+        await probe.close()
