@@ -474,9 +474,13 @@ def _cluster(at: _At) -> ClusterConfig:
 
 def _security(at: _At) -> SecurityConfig:
     f = _fields(at, ["secret", "admin_token"])
+    admin_token = _text(f["admin_token"], optional=True) if "admin_token" in f else None
+    if admin_token is not None and admin_token != admin_token.strip():
+        # The header's value is read without surrounding spaces: it could never match.
+        raise f["admin_token"].error("must not be blank or begin or end with whitespace")
     return SecurityConfig(
         secret=_text(f["secret"], optional=True) if "secret" in f else None,
-        admin_token=_text(f["admin_token"], optional=True) if "admin_token" in f else None,
+        admin_token=admin_token,
     )
 
 

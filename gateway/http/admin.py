@@ -26,8 +26,11 @@ _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 async def admin_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = request.app[SERVICES].config.security.admin_token
     if token and request.path not in _OPEN_PATHS and not request.path.startswith("/static/"):
-        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(sent.encode(), token.encode()):
+        scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
+        # RFC 9110: the scheme is case-insensitive; a bare token is not a credential.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            sent.strip().encode(), token.encode()
+        ):
             raise Unauthorized("the admin API needs `Authorization: Bearer <admin_token>`")
     return await handler(request)
 

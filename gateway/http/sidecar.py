@@ -20,6 +20,7 @@ from gateway.errors import (
     BodyTooLarge,
     Forbidden,
     NotFound,
+    StaleAttempt,
     StepConflict,
     Unauthorized,
 )
@@ -60,7 +61,15 @@ def listener(services: Services) -> listeners.Handler:
             raise web.HTTPMethodNotAllowed(request.method, sorted(methods))
         if not leases.fresh():  # paused past its lease: it may have lost the run
             await leases.confirm()
-        return await handler(request, services, run_id, step_id)
+        try:
+            return await handler(request, services, run_id, step_id)
+        except NotFound:
+            if request.method == "GET" or await services.store.get_run(run_id) is None:
+                raise
+            # SPEC §5: once the run finished (or parked), its attempts' writes are stale.
+            raise StaleAttempt(
+                "the run is not running: it finished or is suspended", run_id=run_id
+            ) from None
 
     return listeners.guard(serve)
 

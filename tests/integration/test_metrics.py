@@ -54,3 +54,26 @@ async def test_health_endpoints(
     for path in ("/healthz", "/readyz"):
         async with http.get(gw.admin + path) as resp:
             assert resp.status == 200
+
+
+async def test_the_admin_token_is_a_bearer_credential(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`Bearer` in any case (RFC 9110: schemes are case-insensitive); a bare token, another
+    scheme or another token is refused; health checks stay open."""
+    gw = gateway_factory(durable_route(backend.url), extra_yaml="security:\n  admin_token: s3\n")
+    cases = {
+        "Bearer s3": 200,
+        "bearer s3": 200,
+        "BEARER  s3 ": 200,
+        "s3": 401,
+        "Basic s3": 401,
+        "Bearer s4": 401,
+        "Bearer": 401,
+        "": 401,
+    }
+    for header, status in cases.items():
+        async with http.get(gw.admin + "/v1/runs", headers={"Authorization": header}) as resp:
+            assert resp.status == status, header
+    async with http.get(gw.admin + "/healthz") as resp:
+        assert resp.status == 200

@@ -9,13 +9,13 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from tests.conftest import GatewayFactory, HeldBackend, durable_route
-from tests.helpers import send_after_continue, send_head
+from tests.conftest import Gateway, GatewayFactory, HeldBackend, durable_route
+from tests.helpers import assert_eventually, send_after_continue, send_head
 
 
 async def start_run(
     gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession, **route: str
-) -> tuple[str, dict[str, str], asyncio.Task[aiohttp.ClientResponse], object]:
+) -> tuple[str, dict[str, str], asyncio.Task[aiohttp.ClientResponse], Gateway]:
     gw = gateway_factory(
         durable_route(held.url, retry="{max_attempts: 3, initial_backoff: 10ms}", **route)
     )
@@ -61,7 +61,7 @@ async def test_step_writes_first_write_wins(
 async def test_retry_gets_completed_steps_and_old_token_is_stale(
     gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
 ) -> None:
-    base, first, request, _ = await start_run(gateway_factory, held, http)
+    base, first, request, gw = await start_run(gateway_factory, held, http)
     async with http.put(f"{base}/steps/one", json={"output": "done"}, headers=bearer(first)) as r:
         assert r.status == 201
     await held.answers.put(500)
@@ -80,6 +80,16 @@ async def test_retry_gets_completed_steps_and_old_token_is_stale(
     await held.answers.put(200)
     async with await request as resp:
         assert resp.status == 200
+
+    async def out_of_memory() -> None:
+        async with http.get(gw.admin + "/metrics") as r:
+            assert "durable_runs_in_flight 0.0" in await r.text()
+
+    await assert_eventually(out_of_memory)  # finished, committed, known to the store alone
+    put = http.put(f"{base}/steps/three", json={"output": 3}, headers=bearer(second))
+    async with put as r:  # SPEC §5: "or the run has finished"
+        assert r.status == 409, r.status
+        assert (await r.json())["type"].endswith("stale-attempt")
 
 
 async def test_sidecar_auth(

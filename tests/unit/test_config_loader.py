@@ -324,6 +324,14 @@ def test_unset_optional_security_value_is_none(key: str) -> None:
     assert getattr(cfg.security, key) == "v"
 
 
+@pytest.mark.parametrize("token", ['"   "', '" adm"', '"adm "'])
+def test_an_admin_token_that_could_never_match_is_refused(token: str) -> None:
+    message = error_of(f"security:\n  admin_token: {token}\n" + ROUTE)
+    assert message == (
+        "cfg.yaml:2 security.admin_token: must not be blank or begin or end with whitespace"
+    )
+
+
 @pytest.mark.parametrize("key", ["public_url", "sidecar_url"])
 def test_unset_optional_url_is_none(key: str) -> None:
     cfg = load(f"server:\n  {key}: ${{UNSET_VAR}}\n" + ROUTE)
