@@ -174,25 +174,10 @@ async def get_result(
 async def _join(
     request: web.BaseRequest, services: Services, live: LiveRun, stream: Stream, wait: float
 ) -> web.StreamResponse:
-    """A late joiner of a run whose response is streaming: the bytes so far at once, then
-    live to the end; `Last-Event-ID` starts after that event (SSE)."""
-    run_id = live.run.run_id
-    if stream.over_cap:
-        raise ResponseNotKept(
-            "the response streaming now passed its route's max_response: what came first "
-            "is not kept for a client that joins late",
-            run_id=run_id,
-        )
-    how = Follow(
-        live.run.route.name,
-        run_id,
-        result_url(request, services, run_id),
-        hold=wait,
-        last_event_id=request.headers.get("Last-Event-ID"),
-    )
+    """A late joiner of a run whose response is streaming here."""
     services.driver.hold(live)
     try:
-        return await held.follow(request, stream, how)
+        return await _follow_late(request, services, live.run.route.name, stream, wait)
     finally:
         services.driver.release(live)
 
@@ -210,22 +195,31 @@ async def _join_elsewhere(
     if stream is None:
         return None
     try:
-        if stream.over_cap:
-            raise ResponseNotKept(
-                "the response streaming now passed its route's max_response: what came "
-                "first is not kept for a client that joins late",
-                run_id=run_id,
-            )
-        how = Follow(
-            route_name,
-            run_id,
-            result_url(request, services, run_id),
-            hold=wait,
-            last_event_id=request.headers.get("Last-Event-ID"),
-        )
-        return await held.follow(request, stream, how)
+        return await _follow_late(request, services, route_name, stream, wait)
     finally:
         mirrors.leave(run_id)
+
+
+async def _follow_late(
+    request: web.BaseRequest, services: Services, route: str, stream: Stream, wait: float
+) -> web.StreamResponse:
+    """The bytes so far at once, then live to the end; `Last-Event-ID` starts after that
+    event (SSE). 410 when what came first was not kept."""
+    run_id = stream.run_id
+    if stream.over_cap:
+        raise ResponseNotKept(
+            "the response streaming now passed its route's max_response: what came first "
+            "is not kept for a client that joins late",
+            run_id=run_id,
+        )
+    how = Follow(
+        route,
+        run_id,
+        result_url(request, services, run_id),
+        hold=wait,
+        last_event_id=request.headers.get("Last-Event-ID"),
+    )
+    return await held.follow(request, stream, how)
 
 
 async def delete_result(request: web.BaseRequest, services: Services, run_id: str) -> web.Response:
