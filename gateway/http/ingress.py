@@ -31,6 +31,8 @@ from step_protocol import wire
 
 _RESULT_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 """What a result URL answers: reads, and DELETE, which stops its run."""
+_STATUS_METHODS = frozenset({"GET", "HEAD"})
+"""What a status URL answers."""
 
 
 def listener(services: Services) -> listeners.Handler:
@@ -42,17 +44,17 @@ def listener(services: Services) -> listeners.Handler:
     """
 
     async def serve(request: web.BaseRequest) -> web.StreamResponse:
-        if request.method in _RESULT_METHODS:
-            found = results.target(listeners.segments(request, results.PREFIX))
-            if found is not None:
-                run_id, whole = found
-                if request.method == "DELETE":
-                    if whole:
-                        return await results.delete_result(request, services, run_id)
-                elif whole:
-                    return await results.get_result(request, services, run_id)
-                else:
-                    return await results.get_status(request, services, run_id)
+        found = results.target(listeners.segments(request, results.PREFIX))
+        if found is not None:
+            run_id, whole = found
+            allowed = _RESULT_METHODS if whole else _STATUS_METHODS
+            if request.method not in allowed:  # e.g. `curl -L -X POST` after a 303
+                raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+            if request.method == "DELETE":
+                return await results.delete_result(request, services, run_id)
+            if whole:
+                return await results.get_result(request, services, run_id)
+            return await results.get_status(request, services, run_id)
         return await handle(request, services)
 
     return listeners.guard(serve)

@@ -55,6 +55,27 @@ async def test_browser_style_client_follows_the_303(
         assert (await resp.json())["attempt"] == 2
 
 
+async def test_a_result_url_refuses_other_methods_with_405_and_allow(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`curl -L -X POST` re-POSTs to the 303's Location: it gets 405, not a 404."""
+    gw = gateway_factory(durable_route(backend.url, retry=SLOW_RETRY, hold="0s"))
+    async with http.post(gw.url("/demo/steps?n=1"), allow_redirects=False) as resp:
+        assert resp.status == 303
+        location = resp.headers["Location"]
+    async with http.post(location) as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "DELETE,GET,HEAD"
+        assert resp.content_type == "application/problem+json"
+    status_url = location.replace("/result?", "?")
+    async with http.delete(status_url) as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "GET,HEAD"
+    async with http.get(location) as resp:  # the POSTs changed nothing
+        assert resp.status == 200
+        assert (await resp.json())["attempt"] == 1
+
+
 @pytest.mark.both_stores
 async def test_prefer_respond_async_gives_202_then_poll(
     backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
