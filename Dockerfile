@@ -6,8 +6,11 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY step_protocol ./step_protocol
 RUN pip install --no-cache-dir '.[postgres]' && rm -rf build ./*.egg-info
-COPY config.example.yaml /etc/durable-gateway/config.yaml
 VOLUME /data
 EXPOSE 8080 8081 8082
 ENTRYPOINT ["durable-gateway"]
-CMD ["--config", "/etc/durable-gateway/config.yaml"]
+# As shipped, the image shows the demo: `docker run --rm -p 8080:8080 -p 8082:8082 IMAGE`.
+# In production, mount a configuration and run it:
+#   docker run -v "$PWD/gateway.yaml:/etc/durable-gateway/gateway.yaml:ro" IMAGE \
+#     --config /etc/durable-gateway/gateway.yaml
+CMD ["demo", "--host", "0.0.0.0"]

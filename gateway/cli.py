@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from gateway import __version__, logs
+from gateway import __version__, demo, logs
 from gateway.errors import ConfigError, StoreUnavailable
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -45,12 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the configuration and exit")
     check.add_argument("--config", "-c", metavar="FILE", dest="check_config")
     sub.add_parser("run", help="run the gateway in the foreground (the default)")
+    demo.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        return demo.run(args, args.loop)
     config_path = getattr(args, "check_config", None) or args.config
     if not config_path:
         parser.print_usage(sys.stderr)

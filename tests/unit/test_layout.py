@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "gateway.http": 5,
     "gateway.app": 6,
     "gateway.cli": 7,
+    "gateway.demo": 6,
     "gateway.__main__": 8,
 }
 SIBLINGS_APART = {frozenset({"gateway.upstream", "gateway.store"})}
