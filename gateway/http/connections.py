@@ -181,6 +181,7 @@ class Connection(RequestHandler):
             return
         self._admitted = True
         super().connection_made(transport)
+        self.keep_alive(True)  # cancels aiohttp's idle timer: the header deadline governs
         now = self._loop.time()
         self._headers_since = self._progress = now
         self._watch(now + self._edge.policy.header_timeout)
