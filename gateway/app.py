@@ -26,7 +26,7 @@ from gateway.engine.scheduler import Scheduler
 from gateway.engine.tokens import Tokens, new_secret
 from gateway.engine.view import RunView
 from gateway.errors import StoreUnavailable
-from gateway.http import admin, dashboard, ingress, proxy, runs_api, sidecar
+from gateway.http import admin, connections, dashboard, ingress, proxy, runs_api, sidecar
 from gateway.http.problems import problems_middleware
 from gateway.http.routes import RouteTable
 from gateway.http.services import SERVICES, Services
@@ -95,10 +95,23 @@ async def build_services(config: GatewayConfig) -> Services:
     )
 
 
-def build_apps(services: Services) -> tuple[web.Server, web.Server, web.Application]:
+def build_apps(
+    services: Services, budget: connections.Budget
+) -> tuple[web.Server, web.Server, web.Application]:
     """The ingress's and the sidecar's low-level servers, and the admin application."""
-    ingress_server = web.Server(ingress.listener(services), access_log=None)
-    sidecar_server = web.Server(sidecar.listener(services), access_log=None)
+    server = services.config.server
+    ingress_server = connections.Server(
+        ingress.listener(services),
+        policy=connections.Policy.of("ingress", server),
+        budget=budget,
+        access_log=None,
+    )
+    sidecar_server = connections.Server(
+        sidecar.listener(services),
+        policy=connections.Policy.of("sidecar", server),
+        budget=budget,
+        access_log=None,
+    )
     admin_app = web.Application(middlewares=[problems_middleware, admin.admin_auth])
     admin_app.add_routes(admin.routes())
     admin_app.add_routes(runs_api.routes())
@@ -113,13 +126,21 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    budget = connections.raise_fd_limit(3, config.server.max_connections)
     services = await build_services(config)
-    ingress_server, sidecar_server, admin_app = build_apps(services)
+    ingress_server, sidecar_server, admin_app = build_apps(services, budget)
     grace = config.server.shutdown_grace
     planned: list[web.BaseRunner] = [
         web.ServerRunner(ingress_server, handle_signals=False, shutdown_timeout=grace),
         web.ServerRunner(sidecar_server, handle_signals=False, shutdown_timeout=grace),
-        web.AppRunner(admin_app, access_log=None, handle_signals=False, shutdown_timeout=grace),
+        connections.AppRunner(
+            admin_app,
+            policy=connections.Policy.of("admin", config.server),
+            budget=budget,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=grace,
+        ),
     ]
     addresses = (config.server.ingress, config.server.sidecar, config.server.admin)
     runners: list[web.BaseRunner] = []

@@ -59,11 +59,12 @@ class Burst:
     comes, a line when it works again. A loop retrying every second while the database
     is down would otherwise write a warning a second."""
 
-    __slots__ = ("_log", "_what", "_since", "_count")
+    __slots__ = ("_log", "_what", "_failing", "_since", "_count")
 
-    def __init__(self, log: logging.Logger, what: str) -> None:
+    def __init__(self, log: logging.Logger, what: str, failing: str = "failing, retrying") -> None:
         self._log = log
         self._what = what
+        self._failing = failing
         self._since: float | None = None
         self._count = 0
 
@@ -71,10 +72,39 @@ class Burst:
         self._count += 1
         if self._since is None:
             self._since = time.monotonic()
-            self._log.warning("%s failing, retrying: %s", self._what, error)
+            self._log.warning("%s %s: %s", self._what, self._failing, error)
 
     def ok(self) -> None:
         if self._since is not None:
             took = time.monotonic() - self._since
             self._log.info("%s recovered after %.1f s, %d failures", self._what, took, self._count)
             self._since, self._count = None, 0
+
+
+class Throttle:
+    """Info lines about what clients do wrong, at most `per_second` a second (in bursts of
+    as many): a client sending garbage on purpose must not flood the log. Lines over the
+    rate are counted, and the next line that passes says how many."""
+
+    __slots__ = ("_log", "_rate", "_tokens", "_at", "_dropped")
+
+    def __init__(self, log: logging.Logger, per_second: float = 10.0) -> None:
+        self._log = log
+        self._rate = per_second
+        self._tokens = per_second
+        self._at = time.monotonic()
+        self._dropped = 0
+
+    def info(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            self._dropped += 1
+            return
+        self._tokens -= 1
+        if self._dropped:
+            msg += " (%d more like it not logged)"
+            args = (*args, self._dropped)
+            self._dropped = 0
+        self._log.info(msg, *args)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +158,7 @@ def gateway_factory(
         *,
         extra_yaml: str = "",
         storage: str = "",
+        server: str = "",
         db: Path | None = None,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
@@ -164,7 +166,8 @@ def gateway_factory(
         wait: bool = True,
     ) -> Gateway:
         """`url` names another store than the SQLite file `db`; with `wait` False the
-        process is started and not waited for (`Gateway.wait_healthy`)."""
+        process is started and not waited for (`Gateway.wait_healthy`). `storage` and
+        `server` are YAML lines added to those sections."""
         if shared_url is not None and db is not None:
             pytest.fail("a both_stores test names another store with url=, not db=")
         ports = free_ports(3)
@@ -177,9 +180,9 @@ def gateway_factory(
               sidecar: 127.0.0.1:{ports[1]}
               admin: 127.0.0.1:{ports[2]}
               shutdown_grace: 5s
-            storage:
-              url: {url}
             """)
+            + textwrap.indent(textwrap.dedent(server).strip() + "\n" if server else "", "  ")
+            + f"storage:\n  url: {url}\n"
             + textwrap.indent(textwrap.dedent(storage).strip() + "\n" if storage else "", "  ")
             + textwrap.dedent(extra_yaml)
             + "routes:\n"
@@ -227,16 +230,26 @@ class HeldBackend:
         return web.json_response({"status": status}, status=status)
 
 
+@contextlib.asynccontextmanager
+async def catch_all(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """An in-process backend answering every method and path with `handle`; its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def held() -> AsyncIterator[HeldBackend]:
     backend = HeldBackend()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", backend.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    backend.url = str(server.make_url("")).rstrip("/")
-    yield backend
-    await server.close()
+    async with catch_all(backend.handle) as backend.url:
+        yield backend
 
 
 @pytest.fixture

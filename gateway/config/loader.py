@@ -329,6 +329,15 @@ def _key(at: _At) -> str:
     raise at.error("must be 'ip', 'header:NAME' or 'query:NAME'")
 
 
+def _keys(at: _At) -> tuple[str, ...]:
+    """A list of limiter keys, each once, in the order given."""
+    keys = [_key(item) for item in _items(at)]
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise _items(at)[i].error(f"repeats '{key}'")
+    return tuple(keys)
+
+
 # ── sections ────────────────────────────────────────────────────────────────────
 
 
@@ -385,6 +394,7 @@ _SETTING_READERS: dict[str, Callable[[_At], object]] = {
     "max_run_state": lambda at: _size(at, positive=True),
     "max_steps": lambda at: _int(at, 1),
     "idempotency": lambda at: _choice(at, ("off", "optional", "required")),
+    "idempotency_scope": _keys,
     "on_exhausted": lambda at: _choice(at, ("fail", "pause")),
 }
 _SETTING_KEYS = frozenset(f.name for f in dataclasses.fields(RouteSettings))
@@ -412,11 +422,21 @@ def _server(at: _At) -> ServerConfig:
                 blame, other = (b, a) if b in f else (a, b)
                 raise f[blame].error(f"uses the same port as server.{other}")
     grace = _duration(f["shutdown_grace"]) if "shutdown_grace" in f else base.shutdown_grace
+    timeouts: dict[str, float] = {
+        k: _duration(f[k], positive=True) if k in f else getattr(base, k)
+        for k in ("header_timeout", "body_timeout", "keepalive_timeout")
+    }
     return ServerConfig(
         **bound,
         public_url=_optional_url(f, "public_url"),
         sidecar_url=_optional_url(f, "sidecar_url"),
         shutdown_grace=grace,
+        header_timeout=timeouts["header_timeout"],
+        body_timeout=timeouts["body_timeout"],
+        keepalive_timeout=timeouts["keepalive_timeout"],
+        max_connections=(
+            _int(f["max_connections"], 1) if "max_connections" in f else base.max_connections
+        ),
     )
 
 

@@ -30,6 +30,16 @@ class ServerConfig:
     """Base URL backends are told to call; default: `http://` + the sidecar address."""
     shutdown_grace: float = 10.0
     """How long SIGTERM waits for in-flight attempts before closing."""
+    header_timeout: float = 10.0
+    """Longest a request's headers may take: from the connection's start, or on a
+    kept-alive connection from the first byte of the next request."""
+    body_timeout: float = 30.0
+    """Longest silence while the gateway waits for more of a request body."""
+    keepalive_timeout: float = 75.0
+    """An idle kept-alive connection is closed after this (longer than the idle timeout
+    of a load balancer in front, so it never reuses a connection being closed)."""
+    max_connections: int = 1000
+    """Open connections per listener; past it a new connection is closed at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +143,10 @@ class RouteSettings:
     """Steps per run."""
     idempotency: Idempotency = "optional"
     """`off`, `optional` or `required` use of `Idempotency-Key`."""
+    idempotency_scope: tuple[str, ...] = ("header:authorization",)
+    """What identifies a caller, whose keys are its own: `header:NAME`, `query:NAME`,
+    `ip`. Callers that send none of them share one anonymous scope; `[]`, one scope for
+    everyone (keys of all callers collide)."""
     on_exhausted: OnExhausted = "fail"
     """`fail`: the last response is final; `pause`: wait for an operator's retry."""
 

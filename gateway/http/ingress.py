@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NamedTuple
 
 from aiohttp import web
 
@@ -22,7 +23,7 @@ from gateway.errors import (
     RouteNotFound,
     Unavailable,
 )
-from gateway.http import delivery, held, idempotency, listeners, proxy, results
+from gateway.http import delivery, held, idempotency, listeners, paths, proxy, results
 from gateway.http.delivery import Delivery, Prefer
 from gateway.http.results import replay, result_url
 from gateway.http.services import Services
@@ -44,7 +45,8 @@ def listener(services: Services) -> listeners.Handler:
     """
 
     async def serve(request: web.BaseRequest) -> web.StreamResponse:
-        found = results.target(listeners.segments(request, results.PREFIX))
+        target = Target.of(request)
+        found = results.target(listeners.segments(request, results.PREFIX, target.path))
         if found is not None:
             run_id, whole = found
             allowed = _RESULT_METHODS if whole else _STATUS_METHODS
@@ -55,27 +57,46 @@ def listener(services: Services) -> listeners.Handler:
             if whole:
                 return await results.get_result(request, services, run_id)
             return await results.get_status(request, services, run_id)
-        return await handle(request, services)
+        return await handle(request, services, target)
 
     return listeners.guard(serve)
 
 
-async def handle(request: web.BaseRequest, services: Services) -> web.StreamResponse:
+class Target(NamedTuple):
+    """A request's path as the ingress matches it and sends it upstream (`paths.clean`)."""
+
+    path_qs: str
+    """The path without dot segments, still percent-encoded, and the query as it came."""
+    path: str
+    """That path decoded but for `%2F`: what routes are matched against."""
+
+    @classmethod
+    def of(cls, request: web.BaseRequest) -> Target:
+        url = request.rel_url
+        forwarded, matched = paths.clean(url.raw_path)
+        query = url.raw_query_string
+        return cls(f"{forwarded}?{query}" if query else forwarded, matched)
+
+
+async def handle(
+    request: web.BaseRequest, services: Services, target: Target
+) -> web.StreamResponse:
     """Every ingress request that is not a result URL."""
     start = time.perf_counter()
     table = services.routes
-    route = table.match(request.method, request.path)
+    path = target.path
+    route = table.match(request.method, path)
     if route is None:
-        allowed = table.allowed_methods(request.path)
+        allowed = table.allowed_methods(path)
         if allowed:
             raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
-        raise RouteNotFound(f"no route matches {request.method} {request.path}")
+        raise RouteNotFound(f"no route matches {request.method} {path}")
     limits = services.limits
     _check_rate(request, route, limits)
     if not route.durable:
         metrics.child(metrics.REQUESTS, route.name, "plain").inc()
         await listeners.expect_continue(request)
-        return await proxy.forward(request, route, services.session)
+        return await proxy.forward(request, route, services.session, target.path_qs)
     metrics.child(metrics.REQUESTS, route.name, "durable").inc()
     writer = services.writer
     if not writer.healthy or writer.saturated:
@@ -84,12 +105,12 @@ async def handle(request: web.BaseRequest, services: Services) -> web.StreamResp
             retry_after=1,
         )
     body = await listeners.read_whole(request, route.settings.max_body, "max_body")
-    idem = _idempotency(request, route, body)
+    idem = _idempotency(request, route, target.path_qs, body)
     if idem is not None:
         existing = await _existing_run(request, services, route, idem)
         if existing is not None:
             return existing
-    stored = StoredRequest(request.method, request.path_qs, proxy.upstream_headers(request), body)
+    stored = StoredRequest(request.method, target.path_qs, proxy.upstream_headers(request), body)
     key = ""
     if route.concurrency is not None:
         key = limit_key(route.concurrency.key, request.headers, request.query, request.remote)
@@ -108,9 +129,10 @@ async def handle(request: web.BaseRequest, services: Services) -> web.StreamResp
 
 
 def _idempotency(
-    request: web.BaseRequest, route: RouteConfig, body: bytes
+    request: web.BaseRequest, route: RouteConfig, path_qs: str, body: bytes
 ) -> IdempotencyKey | None:
-    """The request's key and fingerprint, when the route uses Idempotency-Key."""
+    """The request's key in its caller's scope, and its fingerprint, when the route uses
+    Idempotency-Key."""
     mode = route.settings.idempotency
     if mode == "off":
         return None
@@ -120,7 +142,11 @@ def _idempotency(
             raise BadRequest(f"route {route.name!r} requires an {idempotency.HEADER} header")
         return None
     key = idempotency.parse_key(raw)
-    return IdempotencyKey(key, idempotency.fingerprint(request.method, request.path_qs, body))
+    scope = idempotency.scope(
+        route.settings.idempotency_scope, request.headers, request.query, request.remote
+    )
+    fingerprint = idempotency.fingerprint(request.method, path_qs, body)
+    return IdempotencyKey(idempotency.scoped(scope, key), fingerprint)
 
 
 async def _existing_run(
@@ -131,7 +157,7 @@ async def _existing_run(
     if keyed is None:
         return None
     if keyed.fingerprint is not None and keyed.fingerprint != idem.fingerprint:
-        raise _mismatch(idem.key, keyed.run_id)
+        raise _mismatch(idempotency.unscoped(idem.key), keyed.run_id)
     if keyed.live is not None:
         return await _answer(request, services, route, keyed.live, attached=True)
     if keyed.response is None:  # unfinished, owned elsewhere: its result URL waits

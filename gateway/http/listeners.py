@@ -30,10 +30,12 @@ def guard(handler: Handler) -> Handler:
     return guarded
 
 
-def segments(request: web.BaseRequest, prefix: str) -> list[str] | None:
+def segments(request: web.BaseRequest, prefix: str, path: str | None = None) -> list[str] | None:
     """The path's segments after `prefix`, decoded as aiohttp's router decodes a match
-    (`%2F` stays inside its segment); None when the path does not start with `prefix`."""
-    path = request.rel_url.path_safe
+    (`%2F` stays inside its segment); None when the path does not start with `prefix`.
+    `path` is the request's, so decoded, when the caller has cleaned it (`paths.clean`)."""
+    if path is None:
+        path = request.rel_url.path_safe
     if not path.startswith(prefix):
         return None
     parts = path[len(prefix) :].split("/")

@@ -9,6 +9,7 @@ import asyncio
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway.config import RouteConfig
 from gateway.engine.tokens import random_bytes
@@ -43,15 +44,16 @@ def upstream_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
 
 
 async def forward(
-    request: web.BaseRequest, route: RouteConfig, session: aiohttp.ClientSession
+    request: web.BaseRequest, route: RouteConfig, session: aiohttp.ClientSession, path_qs: str
 ) -> web.StreamResponse:
+    """Stream the request to `route`'s upstream at `path_qs` (the ingress's cleaned path)."""
     headers = upstream_headers(request)
     timeout = route.settings.attempt_timeout
     try:
         async with asyncio.timeout(timeout):
             upstream = await session.request(
                 request.method,
-                route.upstream + request.path_qs,
+                URL(route.upstream + path_qs, encoded=True),  # as cleaned: yarl adds nothing
                 headers=headers,
                 data=request.content if request.body_exists else None,
                 allow_redirects=False,

@@ -105,3 +105,49 @@ async def test_key_survives_a_restart(
         async with fresh.post(gw.url("/demo/steps?n=1"), headers=headers) as resp:
             assert resp.headers["Idempotent-Replayed"] == "true"
             assert await resp.json() == first
+
+
+async def test_keys_are_scoped_to_the_caller(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Two callers sending one key with one request get a run each, and each its own
+    response; a caller repeating itself gets its stored one."""
+    gw = gateway_factory(durable_route(backend.url))
+
+    async def post(token: str | None) -> tuple[str, str | None, str | None]:
+        headers = {"Idempotency-Key": "shared-key"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with http.post(gw.url("/demo/echo"), data=b"{}", headers=headers) as resp:
+            assert resp.status == 200
+            echo = await resp.json()
+            seen = {k.lower(): v for k, v in echo["headers"].items()}.get("authorization")
+            return resp.headers["Durable-Run-Id"], seen, resp.headers.get("Idempotent-Replayed")
+
+    alice, seen, replayed = await post("alice")
+    assert (seen, replayed) == ("Bearer alice", None)
+    bob, seen, replayed = await post("bob")
+    assert bob != alice
+    assert (seen, replayed) == ("Bearer bob", None)  # never alice's response
+    anonymous, seen, replayed = await post(None)
+    assert anonymous not in (alice, bob)
+    assert (seen, replayed) == (None, None)
+    for token, run_id in (("alice", alice), ("bob", bob), (None, anonymous)):
+        again, seen, replayed = await post(token)
+        assert (again, replayed) == (run_id, "true")
+        assert seen == (None if token is None else f"Bearer {token}")
+
+
+async def test_scope_names_what_else_identifies_a_caller(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = gateway_factory(
+        durable_route(backend.url, idempotency_scope="[header:authorization, header:x-tenant]")
+    )
+    run_ids = []
+    for tenant in ("a", "b", "a"):
+        headers = {"Idempotency-Key": "k", "Authorization": "Bearer same", "X-Tenant": tenant}
+        async with http.post(gw.url("/demo/echo"), headers=headers) as resp:
+            assert resp.status == 200
+            run_ids.append(resp.headers["Durable-Run-Id"])
+    assert run_ids[0] != run_ids[1] and run_ids[2] == run_ids[0]

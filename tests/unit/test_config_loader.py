@@ -263,15 +263,36 @@ defaults:
   max_run_state: 2KiB
   max_steps: 3
   idempotency: "off"
+  idempotency_scope: [header:X-Tenant, ip]
   on_exhausted: pause
 """
         + ROUTE
     )
+    assert cfg.defaults.idempotency_scope == ("header:x-tenant", "ip")
     for name in [f.name for f in dataclasses.fields(RouteSettings)]:
         assert getattr(cfg.defaults, name) != getattr(RouteSettings(), name), name
     for name in [f.name for f in dataclasses.fields(RetryPolicy)]:
         assert getattr(cfg.defaults.retry, name) != getattr(RetryPolicy(), name), name
     assert cfg.routes[0].settings == cfg.defaults
+
+
+def test_connection_settings_are_read() -> None:
+    cfg = load(
+        "server:\n  header_timeout: 2s\n  body_timeout: 3s\n  keepalive_timeout: 4s\n"
+        "  max_connections: 20\n" + ROUTE
+    )
+    server = cfg.server
+    assert (server.header_timeout, server.body_timeout, server.keepalive_timeout) == (2, 3, 4)
+    assert server.max_connections == 20
+
+
+def test_idempotency_scope_may_be_empty_and_is_per_route() -> None:
+    cfg = load(
+        "defaults: {idempotency_scope: []}\nroutes:\n"
+        "  - {name: a, match: /a, upstream: http://h}\n"
+        "  - {name: b, match: /b, upstream: http://h, idempotency_scope: [query:user]}\n"
+    )
+    assert [r.settings.idempotency_scope for r in cfg.routes] == [(), ("query:user",)]
 
 
 def test_rate_limit_burst_defaults_to_rate_rounded_up() -> None:
@@ -387,6 +408,20 @@ def test_env_errors_name_the_key(text: str, line: int, path: str, message: str) 
         ("server: 8080\n", 1, "server", "must be a mapping of key: value"),
         ("server:\n  admin: 1\n  admin: 2\n", 3, "server.admin", "duplicate key 'admin'"),
         ("server:\n  zzz: 1\n", 2, "server.zzz", "unknown key"),
+        ("server:\n  header_timeout: 0s\n", 2, "server.header_timeout", "must be > 0"),
+        ("server:\n  max_connections: 0\n", 2, "server.max_connections", "must be >= 1"),
+        (
+            "defaults:\n  idempotency_scope: [ip, cookie]\n",
+            2,
+            "defaults.idempotency_scope[1]",
+            "must be 'ip', 'header:NAME' or 'query:NAME'",
+        ),
+        (
+            "defaults:\n  idempotency_scope:\n    - header:A\n    - header:a\n",
+            4,
+            "defaults.idempotency_scope[1]",
+            "repeats 'header:a'",
+        ),
         # server
         (
             "server:\n  ingress: nowhere\n",
