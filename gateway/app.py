@@ -18,6 +18,7 @@ from gateway import metrics, upstream
 from gateway.config import GatewayConfig
 from gateway.config.storage_url import shown_url
 from gateway.engine import recovery, retention
+from gateway.engine.credentials import Credentials
 from gateway.engine.driver import Driver, new_owner
 from gateway.engine.leases import Leases
 from gateway.engine.limits import Limits
@@ -52,8 +53,16 @@ def default_sidecar_url(config: GatewayConfig) -> str:
 
 async def build_services(config: GatewayConfig) -> Services:
     store = await open_store(config.storage.url, pool=config.storage.pool)
-    secret = config.security.secret or await store.set_meta_if_absent("secret", new_secret())
-    tokens = Tokens.from_text(secret)
+    security = config.security
+    secret = security.secret or await store.set_meta_if_absent("secret", new_secret())
+    if security.secret is None:
+        log.info(
+            "security.secret is not set: using the one kept in the store (set it in production)"
+        )
+    tokens = Tokens.from_text(secret, security.previous_secrets)
+    credentials = Credentials.from_text(
+        secret, security.previous_secrets, security.sensitive_headers
+    )
     writer = Writer(store)
     writer.on_commit = metrics.observe_commit
     writer.start()
@@ -70,6 +79,7 @@ async def build_services(config: GatewayConfig) -> Services:
     )
     driver = Driver(
         runner=runner,
+        credentials=credentials,
         sync_steps=config.storage.durability == "sync",
         routes=config.routes,
         owner=new_owner(config.cluster.node_id),

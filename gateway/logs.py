@@ -52,6 +52,8 @@ def setup(level: str = "info", fmt: LogFormat = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Its debug lines carry every statement's parameters: request bodies, step outputs.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 class Burst:

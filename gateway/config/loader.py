@@ -58,6 +58,8 @@ _SIZE_UNITS = {"b": 1} | {
     f"{p}{i}b": (1024 if i else 1000) ** n for n, p in enumerate("kmgt", start=1) for i in ("", "i")
 }
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An RFC 9110 field name (a token)."""
 
 
 def parse_duration(text: str | float) -> float:
@@ -322,7 +324,7 @@ def _key(at: _At) -> str:
     kind, _, name = value.partition(":")
     if value == "ip":
         return value
-    if kind == "header" and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+    if kind == "header" and _HEADER_NAME.fullmatch(name):
         return f"header:{name.lower()}"
     if kind == "query" and name:
         return value
@@ -493,14 +495,33 @@ def _cluster(at: _At) -> ClusterConfig:
 
 
 def _security(at: _At) -> SecurityConfig:
-    f = _fields(at, ["secret", "admin_token"])
+    f = _fields(at, ["secret", "admin_token", "previous_secrets", "sensitive_headers"])
     admin_token = _text(f["admin_token"], optional=True) if "admin_token" in f else None
     if admin_token is not None and admin_token != admin_token.strip():
         # The header's value is read without surrounding spaces: it could never match.
         raise f["admin_token"].error("must not be blank or begin or end with whitespace")
+    secret = _text(f["secret"], optional=True) if "secret" in f else None
+    previous: list[str] = []
+    for item in _items(f["previous_secrets"]) if "previous_secrets" in f else ():
+        text = _text(item, optional=True)
+        if text is None or not text.strip():
+            raise item.error("must not be blank")
+        previous.append(text)
+    if previous and secret is None:
+        raise f["previous_secrets"].error(
+            "needs security.secret: the current secret signs, previous ones only verify"
+        )
+    sensitive: set[str] = set()
+    for item in _items(f["sensitive_headers"]) if "sensitive_headers" in f else ():
+        name = _string(item)
+        if not _HEADER_NAME.fullmatch(name):
+            raise item.error("must be an HTTP header name such as X-Api-Key")
+        sensitive.add(name.lower())
     return SecurityConfig(
-        secret=_text(f["secret"], optional=True) if "secret" in f else None,
+        secret=secret,
         admin_token=admin_token,
+        previous_secrets=tuple(previous),
+        sensitive_headers=frozenset(sensitive),
     )
 
 

@@ -69,6 +69,12 @@ class SecurityConfig:
     """Signs run and result tokens; generated and kept in the store when absent."""
     admin_token: str | None = None
     """Bearer token the admin API requires; none means open (bind it to loopback)."""
+    previous_secrets: tuple[str, ...] = ()
+    """Earlier secrets still accepted while rotating `secret`: the tokens and result URLs
+    they signed stay valid and the credentials they sealed still open. Needs `secret`."""
+    sensitive_headers: frozenset[str] = frozenset()
+    """Request headers (lower-case names) stored encrypted and shown redacted, besides
+    Authorization, Cookie and Proxy-Authorization, which always are."""
 
 
 @dataclass(frozen=True, slots=True)

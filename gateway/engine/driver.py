@@ -21,6 +21,7 @@ from typing import Any
 from gateway import metrics
 from gateway.config import RouteConfig
 from gateway.engine import suspensions, waits
+from gateway.engine.credentials import Credentials
 from gateway.engine.live import LiveRun
 from gateway.engine.mirror import Mirrors
 from gateway.engine.runner import Runner
@@ -71,12 +72,15 @@ class Driver:
         self,
         *,
         runner: Runner,
+        credentials: Credentials,
         sync_steps: bool,
         routes: Iterable[RouteConfig] = (),
         owner: str | None = None,
         lease: float = LEASE_TTL,
     ) -> None:
         self.runner = runner
+        self.credentials = credentials
+        """Seals the sensitive headers of each request it stores; opens them to replay."""
         self.store = runner.store
         self.writer = runner.writer
         self.registry = runner.registry
@@ -155,7 +159,7 @@ class Driver:
         write = CreateRun(
             run.run_id,
             route.name,
-            request,
+            self.credentials.seal(run.run_id, request),
             now,
             attempt=1,
             owner=self.owner,
@@ -207,6 +211,15 @@ class Driver:
                 extra={"run_id": row.run_id},
             )
             return None
+        request, unreadable = self.credentials.open(row.run_id, row.request)
+        if unreadable:
+            log.warning(
+                "stored credentials %s do not open under the configured secrets: replayed"
+                " without them (add the secret they were written under to"
+                " security.previous_secrets)",
+                ", ".join(sorted(set(unreadable))),
+                extra={"run_id": row.run_id},
+            )
         steps = await self.store.load_steps(row.run_id)
         pending = {
             p.step_id: Pending(
@@ -217,7 +230,7 @@ class Driver:
         return Run(
             row.run_id,
             route,
-            row.request,
+            request,
             row.created_at,
             attempt=row.attempt,
             status=RunStatus(row.status),

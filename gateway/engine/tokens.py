@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Final, final
 
 _MILLIS_MASK: Final = (1 << 48) - 1
@@ -76,37 +77,51 @@ def new_secret() -> str:
 
 @final
 class Tokens:
-    """Makes and checks tokens under one secret.
+    """Makes and checks tokens under one secret, and checks them under earlier ones too.
 
     Each kind of token MACs a distinct label first (`attempt\\0`, `result\\0`), so a
-    token of one kind is never valid as another.
+    token of one kind is never valid as another. Tokens are made under the current
+    secret only; `previous` secrets (`security.previous_secrets`) keep the tokens and
+    result URLs they signed valid while an operator rotates the secret.
     """
 
-    __slots__ = ("_keyed",)
+    __slots__ = ("_keyed", "_accepted")
 
-    def __init__(self, secret: bytes) -> None:
-        if not secret:
+    def __init__(self, secret: bytes, previous: Sequence[bytes] = ()) -> None:
+        if not secret or not all(previous):
             raise ValueError("token secret must not be empty")
         # Keyed once: copying it skips the key schedule each token would otherwise redo
         # (2.2 against 3.1 µs a MAC), and every durable request makes or checks several.
         self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
+        self._accepted = (self._keyed, *(hmac.new(s, digestmod=hashlib.sha256) for s in previous))
+        """The current secret's MAC, then those of the previous secrets."""
 
     @classmethod
-    def from_text(cls, secret: str) -> Tokens:
-        """Tokens under a secret as configured (`security.secret`): its UTF-8 bytes."""
-        return cls(secret.encode("utf-8"))
+    def from_text(cls, secret: str, previous: Sequence[str] = ()) -> Tokens:
+        """Tokens under secrets as configured (`security.secret`, then
+        `security.previous_secrets`): their UTF-8 bytes."""
+        return cls(secret.encode("utf-8"), [s.encode("utf-8") for s in previous])
 
-    def _mac(self, *parts: bytes) -> str:
-        mac = self._keyed.copy()
+    @staticmethod
+    def _mac(keyed: hmac.HMAC, *parts: bytes) -> str:
+        mac = keyed.copy()
         mac.update(b"\0".join(parts))
         return _b64(mac.digest()[:_MAC_BYTES])
+
+    def _accepts(self, token: str, *parts: bytes) -> bool:
+        """True when `token` is the MAC of `parts` under any accepted secret."""
+        given = token.encode("ascii")
+        found = False
+        for keyed in self._accepted:  # every one, so the time says nothing of which
+            found |= hmac.compare_digest(self._mac(keyed, *parts).encode("ascii"), given)
+        return found
 
     def attempt_token(self, run_id: str, attempt: int) -> str:
         """The sidecar bearer token of attempt `attempt` (>= 1) of a run: `{attempt}.{mac}`."""
         if attempt < 1:
             raise ValueError(f"attempt must be >= 1, got {attempt}")
         number = str(attempt)
-        return f"{number}.{self._mac(b'attempt', _utf8(run_id), number.encode())}"
+        return f"{number}.{self._mac(self._keyed, b'attempt', _utf8(run_id), number.encode())}"
 
     def check_attempt_token(self, run_id: str, token: str) -> int | None:
         """The attempt a token was issued to, if it is valid for this run; else None.
@@ -118,17 +133,16 @@ class Tokens:
         if found is None:
             return None
         number, mac = found[1], found[2]
-        expected = self._mac(b"attempt", _utf8(run_id), number.encode())
-        if hmac.compare_digest(expected.encode("ascii"), mac.encode("ascii")):
+        if self._accepts(mac, b"attempt", _utf8(run_id), number.encode()):
             return int(number)
         return None
 
     def result_token(self, run_id: str) -> str:
         """The token in a run's result URL: whoever holds the URL may read the result."""
-        return self._mac(b"result", _utf8(run_id))
+        return self._mac(self._keyed, b"result", _utf8(run_id))
 
     def check_result_token(self, run_id: str, token: str | None) -> bool:
-        """True when `token` is this run's result token."""
+        """True when `token` is this run's result token (under any accepted secret)."""
         if token is None or not token.isascii():
             return False
-        return hmac.compare_digest(self.result_token(run_id).encode("ascii"), token.encode("ascii"))
+        return self._accepts(token, b"result", _utf8(run_id))

@@ -104,6 +104,8 @@ async def get_run(request: web.Request) -> web.Response:
             "method": state.request.method,
             "path": state.request.path_qs,
             "body_bytes": len(state.request.body),
+            # Credentials never leave: sensitive values (sealed or not) are redacted.
+            "headers": services.driver.credentials.redact(state.request.headers),
         },
         "attempts": [
             {

@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import RouteConfig, RouteMatch
+from gateway.engine.credentials import Credentials
 from gateway.engine.driver import LEASE_TTL, Driver
 from gateway.engine.limits import Limits
 from gateway.engine.live import LiveRun
@@ -103,7 +104,12 @@ async def running(tmp_path: Path, gate: type[Any] | None) -> AsyncIterator[tuple
         sidecar_url="http://127.0.0.1:1",
         limits=Limits([route]),
     )
-    driver = Driver(runner=runner, sync_steps=False, routes=[route])
+    driver = Driver(
+        runner=runner,
+        credentials=Credentials([b"secret"]),
+        sync_steps=False,
+        routes=[route],
+    )
     engine = Engine(driver, store, writer, route)
 
     async def backend(request: web.Request) -> web.StreamResponse:

@@ -279,3 +279,29 @@ async def test_dashboard_asks_for_the_token(
         assert "hidden" in dom.by_id("app")
         assert dom.values("data-run-id") == []
         assert message in html
+
+
+@needs_chromium
+async def test_dashboard_shows_request_headers_with_credentials_redacted(
+    gateway_factory: GatewayFactory, backend: Backend, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    gw = gateway_factory(
+        durable_route(backend.url),
+        extra_yaml=f"security:\n  admin_token: {TOKEN}\n  sensitive_headers: [X-Api-Key]\n",
+    )
+    sent = {"Authorization": "Bearer tok-dash-93e1", "X-Api-Key": "key-dash-27b4", "X-Tag": "t-9"}
+    async with http.post(gw.ingress + "/demo/steps?n=1", headers=sent) as resp:
+        assert resp.status == 200, await resp.text()
+        run_id = resp.headers["Durable-Run-Id"]
+
+    async def recorded() -> None:
+        detail = await get_json(http, f"{gw.admin}/v1/runs/{run_id}", headers=AUTH)
+        assert detail["status"] == "succeeded"
+
+    await assert_eventually(recorded)
+    html = await chromium(tmp_path, f"{gw.admin}/#token={TOKEN}&run={run_id}", "--dump-dom")
+    dom = Dom(html)
+    assert {"authorization", "x-api-key", "x-tag"} <= set(dom.values("data-header"))
+    assert dom.texts.count("[redacted]") == 2
+    assert "t-9" in dom.texts
+    assert "tok-dash" not in html and "key-dash" not in html

@@ -337,6 +337,59 @@ def test_expanded_scalars_are_typed_from_their_text() -> None:
     assert cfg.routes[0].durable is False
 
 
+def test_previous_secrets_and_sensitive_headers() -> None:
+    cfg = load(
+        'security:\n  secret: new\n  previous_secrets: [old, "${OLDER}"]\n'
+        "  sensitive_headers: [X-Api-Key, x-session]\n" + ROUTE,
+        {"OLDER": "older"},
+    )
+    assert cfg.security.previous_secrets == ("old", "older")
+    assert cfg.security.sensitive_headers == frozenset({"x-api-key", "x-session"})
+    assert load(ROUTE).security.previous_secrets == ()
+    assert load(ROUTE).security.sensitive_headers == frozenset()
+
+
+NEEDS_SECRET = "needs security.secret: the current secret signs, previous ones only verify"
+NOT_A_NAME = "must be an HTTP header name such as X-Api-Key"
+
+
+@pytest.mark.parametrize(
+    ("security", "message"),
+    [
+        ("previous_secrets: [old]", f"2 security.previous_secrets: {NEEDS_SECRET}"),
+        (
+            "secret: ${UNSET}\n  previous_secrets: [old]",
+            f"3 security.previous_secrets: {NEEDS_SECRET}",
+        ),
+        (
+            "secret: s\n  previous_secrets: [a, '']",
+            "3 security.previous_secrets[1]: must not be blank",
+        ),
+        (
+            "secret: s\n  previous_secrets: ['  ']",
+            "3 security.previous_secrets[0]: must not be blank",
+        ),
+        (
+            'secret: s\n  previous_secrets: ["${OLD}"]',
+            "3 security.previous_secrets[0]: must not be blank",
+        ),
+        ("secret: s\n  previous_secrets: old", "3 security.previous_secrets: must be a list"),
+        ("sensitive_headers: ['X Token']", f"2 security.sensitive_headers[0]: {NOT_A_NAME}"),
+        ("sensitive_headers: ['x-a:b']", f"2 security.sensitive_headers[0]: {NOT_A_NAME}"),
+        ("sensitive_headers: [ok, '']", "2 security.sensitive_headers[1]: must not be empty"),
+    ],
+)
+def test_bad_rotation_and_sensitive_header_settings_are_refused(
+    security: str, message: str
+) -> None:
+    assert error_of(f"security:\n  {security}\n" + ROUTE) == "cfg.yaml:" + message
+
+
+def test_errors_never_echo_previous_secrets() -> None:
+    message = error_of("security:\n  previous_secrets: [hunter2-old]\n" + ROUTE)
+    assert "hunter2" not in message
+
+
 @pytest.mark.parametrize("key", ["secret", "admin_token"])
 def test_unset_optional_security_value_is_none(key: str) -> None:
     cfg = load(f"security:\n  {key}: ${{UNSET_VAR}}\n" + ROUTE)

@@ -160,3 +160,46 @@ def test_new_secret_is_32_bytes_base64url() -> None:
     assert URLSAFE.fullmatch(secret) and "=" not in secret
     assert len(base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))) == 32
     assert new_secret() != secret
+
+
+# ── rotation: sign with the current secret, verify with it and the previous ones ──
+
+OLD = b"old-secret"
+ROTATED = Tokens(b"new-secret", [OLD, b"older-secret"])
+
+
+def test_tokens_are_made_under_the_current_secret_only() -> None:
+    assert ROTATED.attempt_token(RUN, 2) == Tokens(b"new-secret").attempt_token(RUN, 2)
+    assert ROTATED.result_token(RUN) == Tokens(b"new-secret").result_token(RUN)
+
+
+@pytest.mark.parametrize("secret", [OLD, b"older-secret", b"new-secret"])
+def test_tokens_of_any_accepted_secret_check(secret: bytes) -> None:
+    issued = Tokens(secret)
+    assert ROTATED.check_attempt_token(RUN, issued.attempt_token(RUN, 7)) == 7
+    assert ROTATED.check_result_token(RUN, issued.result_token(RUN))
+
+
+def test_tokens_of_a_secret_no_longer_listed_fail() -> None:
+    dropped = Tokens(b"dropped-secret")
+    assert ROTATED.check_attempt_token(RUN, dropped.attempt_token(RUN, 1)) is None
+    assert not ROTATED.check_result_token(RUN, dropped.result_token(RUN))
+    # and the old secret's tokens fail once it leaves the list
+    assert Tokens(b"new-secret").check_result_token(RUN, Tokens(OLD).result_token(RUN)) is False
+
+
+def test_a_previous_secret_keeps_tokens_bound_to_their_run() -> None:
+    old = Tokens(OLD)
+    assert ROTATED.check_attempt_token(RUN + "x", old.attempt_token(RUN, 1)) is None
+    assert not ROTATED.check_result_token(RUN + "x", old.result_token(RUN))
+
+
+def test_from_text_takes_previous_secrets() -> None:
+    rotated = Tokens.from_text("new", ["old"])
+    assert rotated.check_result_token(RUN, Tokens(b"old").result_token(RUN))
+    assert rotated.result_token(RUN) == Tokens(b"new").result_token(RUN)
+
+
+def test_an_empty_previous_secret_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Tokens(b"new", [b""])

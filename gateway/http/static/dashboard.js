@@ -328,6 +328,8 @@ function renderRun(run) {
     el("h3", { text: `Steps (${run.steps.length})` }),
     stepsTable(run),
     ...(errorsTable(run) || []),
+    el("h3", { text: "Request headers" }),
+    headersTable(req.headers || []),
   ];
 }
 
@@ -612,6 +614,22 @@ function errorsTable(run) {
     ),
     dropped ? el("p", { class: "empty", text: `${dropped} later failed tries were counted but not kept.` }) : null,
   ];
+}
+
+/** The stored request's headers as the runs API gives them: credentials come redacted. */
+function headersTable(headers) {
+  if (!headers.length) return el("p", { class: "empty", text: "None." });
+  return el(
+    "table",
+    { class: "mini headers" },
+    el(
+      "tbody",
+      {},
+      ...headers.map(([name, value]) =>
+        el("tr", { "data-header": name.toLowerCase() }, el("th", {}, el("code", { text: name })), el("td", {}, el("code", { text: value }))),
+      ),
+    ),
+  );
 }
 
 // ── start ───────────────────────────────────────────────────────────────────

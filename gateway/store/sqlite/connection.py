@@ -21,7 +21,7 @@ from gateway.config.storage_url import MEMORY, SqliteUrl, parse_storage_url
 from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.store.records import RunRow
 from gateway.store.rows import run_row
-from gateway.store.sqlite import filelock
+from gateway.store.sqlite import filelock, modes
 from gateway.store.sqlite.migrate import migrate_sqlite
 from gateway.store.sqlite.sql import claim_updates
 
@@ -193,6 +193,8 @@ class SqliteConnections:
         _prepare_path(path)
         lock_fd = None if path == MEMORY else filelock.acquire(path)
         try:
+            if path != MEMORY:
+                modes.make_private(path)
             async with _mapped_errors(path, "opening"):
                 writer = await _connect(
                     path, busy_timeout_ms, read_only=False, max_length=max_length

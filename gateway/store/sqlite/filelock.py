@@ -27,7 +27,7 @@ def acquire(path: str) -> int:
     """
     name = lock_path(path)
     try:
-        fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StoreUnavailable(f"sqlite: cannot open the lock file {name}: {exc}") from exc
     try:
