@@ -99,8 +99,9 @@ def _authorize(request: web.BaseRequest, services: Services, run_id: str) -> int
 
 
 def _check_step_id(step_id: str) -> None:
-    if not step_id or len(step_id) > wire.MAX_STEP_ID:
-        raise BadRequest(f"a step id is 1 to {wire.MAX_STEP_ID} characters")
+    # U+0000: PostgreSQL's text refuses it, so the write would be acknowledged, then fail.
+    if not step_id or len(step_id) > wire.MAX_STEP_ID or "\x00" in step_id:
+        raise BadRequest(f"a step id is 1 to {wire.MAX_STEP_ID} characters, without U+0000")
 
 
 async def _steps(services: Services, run_id: str) -> dict[str, bytes]:
@@ -134,6 +135,9 @@ async def put_step(
 ) -> web.Response:
     attempt = _authorize(request, services, run_id)
     _check_step_id(step_id)
+    durable = request.query.get("durable")
+    if durable not in (None, "sync"):  # a typo must not quietly weaken the acknowledgement
+        raise BadRequest(f"?durable= is `sync` or absent, not {durable!r}", run_id=run_id)
     driver = services.driver
     live = driver.get(run_id)
     limit = (live.run.route.settings.max_step_output if live else 4 * 1024 * 1024) + 1024
@@ -152,7 +156,7 @@ async def put_step(
         driver.step_error(run_id, attempt, step_id, message)
         return web.Response(body=b'{"recorded":"error"}', content_type=_JSON)
     output = orjson.dumps(body["output"], option=orjson.OPT_SORT_KEYS)
-    sync = request.query.get("durable") == "sync"
+    sync = durable == "sync"
     result = await driver.put_step(run_id, attempt, step_id, output, sync)
     if result is StepResult.CREATED:
         return web.Response(status=201, body=b'{"created":true}', content_type=_JSON)
