@@ -99,12 +99,19 @@ def build_apps(services: Services) -> tuple[web.Server, web.Server, web.Applicat
     """The ingress's and the sidecar's low-level servers, and the admin application."""
     ingress_server = web.Server(ingress.listener(services), access_log=None)
     sidecar_server = web.Server(sidecar.listener(services), access_log=None)
+    admin_app = admin_application()
+    admin_app[SERVICES] = services
+    return ingress_server, sidecar_server, admin_app
+
+
+def admin_application() -> web.Application:
+    """The admin listener's routes and middlewares, before its services are set; its
+    OpenAPI document is checked against these routes."""
     admin_app = web.Application(middlewares=[problems_middleware, admin.admin_auth])
     admin_app.add_routes(admin.routes())
     admin_app.add_routes(runs_api.routes())
     admin_app.add_routes(dashboard.routes())
-    admin_app[SERVICES] = services
-    return ingress_server, sidecar_server, admin_app
+    return admin_app
 
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:

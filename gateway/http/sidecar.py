@@ -24,7 +24,7 @@ from gateway.errors import (
     StepConflict,
     Unauthorized,
 )
-from gateway.http import listeners
+from gateway.http import listeners, openapi
 from gateway.http.services import Services
 from step_protocol import wire
 
@@ -54,6 +54,8 @@ def listener(services: Services) -> listeners.Handler:
     async def serve(request: web.BaseRequest) -> web.StreamResponse:
         found = _target(listeners.segments(request, _PREFIX))
         if found is None:
+            if request.path == openapi.PATH:
+                return _describe(request)
             raise web.HTTPNotFound()
         run_id, step_id, methods = found
         handler = methods.get(request.method)
@@ -72,6 +74,13 @@ def listener(services: Services) -> listeners.Handler:
             ) from None
 
     return listeners.guard(serve)
+
+
+def _describe(request: web.BaseRequest) -> web.Response:
+    """`GET /openapi.json`: the sidecar's own document, needing no token."""
+    if request.method not in ("GET", "HEAD"):
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    return openapi.response("sidecar")
 
 
 def _target(parts: list[str] | None) -> tuple[str, str, dict[str, _Handler]] | None:
@@ -255,6 +264,16 @@ async def wait(
         now=time.time(),
     )
     return _answer(answer)
+
+
+def routes() -> dict[str, frozenset[str]]:
+    """Path templates this listener answers, with their methods, as its OpenAPI document
+    names them (`openapi/sidecar.json`, checked against this by a test)."""
+    base = _PREFIX + "{run_id}/steps"
+    table = {base: _ON_STEPS, base + "/{step_id}": _ON_STEP}
+    table |= {f"{base}/{{step_id}}/{action}": on for action, on in _ON_ACTION.items()}
+    found = {path: frozenset(on) for path, on in table.items()}
+    return found | {openapi.PATH: frozenset({"GET", "HEAD"})}
 
 
 _ON_STEPS: dict[str, _Handler] = {"GET": list_steps, "HEAD": list_steps}
