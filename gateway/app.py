@@ -122,12 +122,19 @@ def build_apps(
         budget=budget,
         access_log=None,
     )
+    admin_app = admin_application()
+    admin_app[SERVICES] = services
+    return ingress_server, sidecar_server, admin_app
+
+
+def admin_application() -> web.Application:
+    """The admin listener's routes and middlewares, before its services are set; its
+    OpenAPI document is checked against these routes."""
     admin_app = web.Application(middlewares=[problems_middleware, admin.admin_auth])
     admin_app.add_routes(admin.routes())
     admin_app.add_routes(runs_api.routes())
     admin_app.add_routes(dashboard.routes())
-    admin_app[SERVICES] = services
-    return ingress_server, sidecar_server, admin_app
+    return admin_app
 
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:

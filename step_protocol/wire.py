@@ -271,9 +271,12 @@ def wait_body(
 
 
 def check_event_name(name: object) -> str:
-    """An event name: a non-empty string of at most MAX_EVENT_NAME characters."""
-    if not isinstance(name, str) or not name or len(name) > MAX_EVENT_NAME:
-        raise ValueError(f"an event name is a string of 1 to {MAX_EVENT_NAME} characters")
+    """An event name: a non-empty string of at most MAX_EVENT_NAME characters, without
+    U+0000 (which no store's text column holds)."""
+    if not isinstance(name, str) or not name or len(name) > MAX_EVENT_NAME or "\x00" in name:
+        raise ValueError(
+            f"an event name is a string of 1 to {MAX_EVENT_NAME} characters, without U+0000"
+        )
     return name
 
 

@@ -368,7 +368,7 @@ class Driver:
     def step_error(self, run_id: str, attempt: int, step_id: str, message: str) -> None:
         """Record a failed try of a step; answers once queued (the store bounds them)."""
         self.current(run_id, attempt)
-        message = message[:MAX_ERROR_MESSAGE]
+        message = message[:MAX_ERROR_MESSAGE].replace("\x00", "\ufffd")  # no store's text holds it
         self.writer.post(RecordStepError(run_id, step_id, attempt, message, time.time()))
         metrics.child(metrics.STEPS, "error").inc()
         log.info(

@@ -62,8 +62,41 @@ def stored_events(rows: Iterable[EventRow]) -> Iterable[dict[str, Any]]:
     return (wire.event_output(r.event_id, r.name, orjson.loads(r.data), r.ts) for r in rows)
 
 
-def sleep(run: Run, step_id: str, wake_at: float, now: float) -> Plan:
+def _completed_as(kind: PendingKind, output: bytes) -> bool:
+    """Whether a completed step's output is what a sleep (or a wait) completes with: a
+    sleep's `{"done": true, "wake_at": …}`, a wait's event object or null. A step
+    completed by a `PUT` of anything else is not one, and must not answer as one."""
+    value = orjson.loads(output)
+    if kind is PendingKind.WAIT and value is None:
+        return True
+    if not isinstance(value, dict):
+        return False
+    if kind is PendingKind.SLEEP:
+        fields: tuple[tuple[str, type], ...] = (("done", bool), ("wake_at", str))
+    else:
+        fields = (("name", str), ("id", str), ("data", dict), ("ts", str))
+    if not all(isinstance(value.get(name), of) for name, of in fields):
+        return False
+    try:
+        wire.parse_timestamp(value["wake_at" if kind is PendingKind.SLEEP else "ts"])
+    except ValueError:
+        return False
+    return kind is PendingKind.WAIT or value["done"] is True
+
+
+def _done(run: Run, step_id: str, kind: PendingKind) -> bytes | None:
+    """The step's output when it is completed, as a step of this kind; 400 when it was
+    completed otherwise (SPEC §4.7: one id names one thing)."""
     done = run.steps.get(step_id)
+    if done is not None and not _completed_as(kind, done):
+        raise BadRequest(
+            f"step {step_id!r} was completed otherwise, not as a {kind.value}", run_id=run.run_id
+        )
+    return done
+
+
+def sleep(run: Run, step_id: str, wake_at: float, now: float) -> Plan:
+    done = _done(run, step_id, PendingKind.SLEEP)
     if done is not None:
         return Plan(step_id, Answer(True, done))
     wanted = Pending(step_id, PendingKind.SLEEP, wake_at, created_at=now)
@@ -94,7 +127,7 @@ def wait(
     looked_back: bytes | None = None,
 ) -> Plan:
     """`looked_back`: the stored event that a first call's look-back found, if any."""
-    done = run.steps.get(step_id)
+    done = _done(run, step_id, PendingKind.WAIT)
     if done is not None:
         return Plan(step_id, Answer(True, b'{"event":' + done + b"}"))
     if looked_back is not None:

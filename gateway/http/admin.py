@@ -15,11 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import metrics
 from gateway.errors import Unauthorized
 from gateway.http import events_api as events
+from gateway.http import openapi
 from gateway.http.problems import problem_response
 from gateway.http.services import SERVICES
 
-_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
-"""The health checks, and the dashboard page and its static files, which hold no data."""
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", openapi.PATH})
+"""The health checks, the dashboard page and its static files, and the API's description:
+none of them holds data."""
 
 
 @web.middleware
@@ -49,7 +51,8 @@ async def get_metrics(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """200 once all three listeners are bound."""
     if not request.app[SERVICES].ready:
-        return web.json_response({"status": "starting"}, status=503)
+        why = "the listeners are not all bound yet"
+        return problem_response(503, "starting", "Starting", why, headers={"Retry-After": "1"})
     return web.json_response({"status": "ok"})
 
 
@@ -81,4 +84,5 @@ def routes() -> web.RouteTableDef:
     table.get("/healthz")(healthz)
     table.get("/readyz")(readyz)
     table.post("/v1/events")(events.post_event)
+    table.get(openapi.PATH)(openapi.admin_document)
     return table

@@ -37,9 +37,12 @@ def _event(body: Any) -> tuple[str, Any, str | None]:
     if not isinstance(data, dict):
         raise BadRequest('"data" must be a JSON object')
     if event_id is not None and (
-        not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID
+        not isinstance(event_id, str)
+        or not event_id
+        or len(event_id) > MAX_ID
+        or "\x00" in event_id
     ):
-        raise BadRequest(f'"id" must be a string of 1 to {MAX_ID} characters')
+        raise BadRequest(f'"id" must be a string of 1 to {MAX_ID} characters, without U+0000')
     return name, data, event_id
 
 

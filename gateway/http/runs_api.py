@@ -6,7 +6,8 @@ commands. Mounted on the admin listener behind its bearer token.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -20,6 +21,9 @@ from gateway.store import BODY_TOO_LARGE, StoredResponse
 from gateway.store.records import RunStatus
 
 MAX_LIMIT = 500
+RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""What a run id can be (the gateway makes them URL-safe); anything else is no run, found
+without reading the store (PostgreSQL's text refuses some characters: U+0000)."""
 
 
 def routes() -> web.RouteTableDef:
@@ -42,6 +46,8 @@ async def list_runs(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_LIMIT:
         raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
     status = query.get("status") or None
+    if "\x00" in query.get("route", ""):
+        raise BadRequest("route names hold no U+0000")
     if status is not None and status not in set(RunStatus):
         raise BadRequest(f"status must be one of {', '.join(RunStatus)}")
     try:
@@ -72,7 +78,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 async def get_run(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    run_id = request.match_info["run_id"]
+    run_id = _run_id(request)
     state = await services.view.get(run_id, stored=True)
     if state is None:
         raise NotFound("no such run", run_id=run_id)
@@ -127,6 +133,13 @@ async def get_run(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def _run_id(request: web.Request) -> str:
+    run_id = request.match_info["run_id"]
+    if not RUN_ID.fullmatch(run_id):
+        raise NotFound("no such run: a run id is 1 to 64 of A-Z a-z 0-9 _ -")
+    return run_id
+
+
 def _stream(stream: Stream | None) -> dict[str, Any] | None:
     """A response streaming now (live here): how far it got and who follows it."""
     if stream is None or stream.ended is not None:
@@ -156,7 +169,7 @@ def _summary(response: StoredResponse | None) -> dict[str, Any] | None:
 
 async def cancel(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    run_id = request.match_info["run_id"]
+    run_id = _run_id(request)
     await services.driver.cancel(run_id)
     metrics.child(metrics.ADMIN_ACTIONS, "cancel").inc()
     return web.json_response({"run_id": run_id, "status": RunStatus.CANCELLED.value})
@@ -164,7 +177,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 async def retry(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    run_id = request.match_info["run_id"]
+    run_id = _run_id(request)
     await services.driver.retry(run_id)
     metrics.child(metrics.ADMIN_ACTIONS, "retry").inc()
     return web.json_response({"run_id": run_id, "status": RunStatus.RUNNING.value})

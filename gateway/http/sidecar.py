@@ -24,7 +24,7 @@ from gateway.errors import (
     StepConflict,
     Unauthorized,
 )
-from gateway.http import listeners
+from gateway.http import listeners, openapi
 from gateway.http.services import Services
 from step_protocol import wire
 
@@ -54,6 +54,8 @@ def listener(services: Services) -> listeners.Handler:
     async def serve(request: web.BaseRequest) -> web.StreamResponse:
         found = _target(listeners.segments(request, _PREFIX))
         if found is None:
+            if request.path == openapi.PATH:
+                return _describe(request)
             raise web.HTTPNotFound()
         run_id, step_id, methods = found
         handler = methods.get(request.method)
@@ -72,6 +74,13 @@ def listener(services: Services) -> listeners.Handler:
             ) from None
 
     return listeners.guard(serve)
+
+
+def _describe(request: web.BaseRequest) -> web.Response:
+    """`GET /openapi.json`: the sidecar's own document, needing no token."""
+    if request.method not in ("GET", "HEAD"):
+        raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+    return openapi.response("sidecar")
 
 
 def _target(parts: list[str] | None) -> tuple[str, str, dict[str, _Handler]] | None:
@@ -99,8 +108,9 @@ def _authorize(request: web.BaseRequest, services: Services, run_id: str) -> int
 
 
 def _check_step_id(step_id: str) -> None:
-    if not step_id or len(step_id) > wire.MAX_STEP_ID:
-        raise BadRequest(f"a step id is 1 to {wire.MAX_STEP_ID} characters")
+    # U+0000: PostgreSQL's text refuses it, so the write would be acknowledged, then fail.
+    if not step_id or len(step_id) > wire.MAX_STEP_ID or "\x00" in step_id:
+        raise BadRequest(f"a step id is 1 to {wire.MAX_STEP_ID} characters, without U+0000")
 
 
 async def _steps(services: Services, run_id: str) -> dict[str, bytes]:
@@ -134,6 +144,9 @@ async def put_step(
 ) -> web.Response:
     attempt = _authorize(request, services, run_id)
     _check_step_id(step_id)
+    durable = request.query.get("durable")
+    if durable not in (None, "sync"):  # a typo must not quietly weaken the acknowledgement
+        raise BadRequest(f"?durable= is `sync` or absent, not {durable!r}", run_id=run_id)
     driver = services.driver
     live = driver.get(run_id)
     limit = (live.run.route.settings.max_step_output if live else 4 * 1024 * 1024) + 1024
@@ -152,7 +165,7 @@ async def put_step(
         driver.step_error(run_id, attempt, step_id, message)
         return web.Response(body=b'{"recorded":"error"}', content_type=_JSON)
     output = orjson.dumps(body["output"], option=orjson.OPT_SORT_KEYS)
-    sync = request.query.get("durable") == "sync"
+    sync = durable == "sync"
     result = await driver.put_step(run_id, attempt, step_id, output, sync)
     if result is StepResult.CREATED:
         return web.Response(status=201, body=b'{"created":true}', content_type=_JSON)
@@ -251,6 +264,16 @@ async def wait(
         now=time.time(),
     )
     return _answer(answer)
+
+
+def routes() -> dict[str, frozenset[str]]:
+    """Path templates this listener answers, with their methods, as its OpenAPI document
+    names them (`openapi/sidecar.json`, checked against this by a test)."""
+    base = _PREFIX + "{run_id}/steps"
+    table = {base: _ON_STEPS, base + "/{step_id}": _ON_STEP}
+    table |= {f"{base}/{{step_id}}/{action}": on for action, on in _ON_ACTION.items()}
+    found = {path: frozenset(on) for path, on in table.items()}
+    return found | {openapi.PATH: frozenset({"GET", "HEAD"})}
 
 
 _ON_STEPS: dict[str, _Handler] = {"GET": list_steps, "HEAD": list_steps}

@@ -13,9 +13,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
+from yarl import URL
 
 from step_protocol import wire
 from tests.conftest import Gateway, GatewayFactory, HeldBackend, durable_route
+from tests.helpers import until_status
 
 _IN_11_YEARS = (datetime.now(UTC) + timedelta(days=11 * 365)).isoformat()
 
@@ -141,3 +144,89 @@ async def test_absurd_waits_are_refused_and_store_nothing(
     await held.answers.put(200)
     async with await request as resp:
         assert resp.status == 303  # suspended on the wait
+
+
+async def test_a_sleep_or_wait_on_a_step_completed_otherwise_is_refused(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    """Found by fuzzing: a sleep (or wait) on the id of a step completed by a PUT, or as
+    the other kind, answered 200 with that step's output in place of its own answer."""
+    base, auth, request, _ = await _run(gateway_factory, held, http)
+    headers = {**auth, "Content-Type": "application/json"}
+    async with http.put(f"{base}/steps/put", data=b'{"output": {"x": 1}}', headers=headers) as resp:
+        assert resp.status == 201
+    nap, wait = b'{"seconds": 0}', b'{"event": "e", "timeout": 0}'
+    assert (await _post(http, f"{base}/steps/nap/sleep", auth, nap))[0] == 200
+    assert (await _post(http, f"{base}/steps/wait/wait", auth, wait))[0] == 200
+    for step, call, body in [
+        ("put", "sleep", nap),
+        ("put", "wait", b'{"event": "e"}'),
+        ("nap", "wait", b'{"event": "e"}'),
+        ("wait", "sleep", nap),
+    ]:
+        status, kind, problem = await _post(http, f"{base}/steps/{step}/{call}", auth, body)
+        assert (status, kind) == (400, "application/problem+json"), (step, call, problem)
+        assert "completed otherwise" in problem["detail"]
+    assert (await _post(http, f"{base}/steps/nap/sleep", auth, nap))[2]["done"] is True
+    await held.answers.put(200)
+    async with await request as resp:
+        assert resp.status == 200
+
+
+async def test_a_durable_query_other_than_sync_is_refused_and_stores_nothing(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    """Found by fuzzing: `?durable=0` (or a typo of `sync`) was acknowledged as an
+    asynchronous write, quietly weaker than the caller asked for."""
+    base, auth, request, _ = await _run(gateway_factory, held, http)
+    headers = {**auth, "Content-Type": "application/json"}
+    for value in ("0", "synch", "SYNC", ""):
+        url = f"{base}/steps/s?durable={value}"
+        async with http.put(url, data=b'{"output": 1}', headers=headers) as resp:
+            assert (resp.status, resp.content_type) == (400, "application/problem+json"), value
+        async with http.get(f"{base}/steps/s", headers=auth) as resp:
+            assert resp.status == 404, value
+    async with http.put(
+        f"{base}/steps/s?durable=sync", data=b'{"output": 1}', headers=headers
+    ) as r:
+        assert r.status == 201
+    await held.answers.put(200)
+    async with await request as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.both_stores
+async def test_nul_characters_are_refused_before_they_reach_the_store(
+    gateway_factory: GatewayFactory, held: HeldBackend, http: aiohttp.ClientSession
+) -> None:
+    """Found by fuzzing on PostgreSQL, whose text refuses U+0000: a step id holding one
+    was acknowledged, then its write refused and its run failed; an event name or id, an
+    admin run id or route filter holding one answered 503, as if the store were down."""
+    base, auth, request, gw = await _run(gateway_factory, held, http)
+    headers = {**auth, "Content-Type": "application/json"}
+    admin = {"Authorization": "Bearer s3"}  # not configured: sent and ignored
+    refused = [
+        ("PUT", URL(f"{base}/steps/a%00b", encoded=True), b'{"output": 1}', headers, 400),
+        ("POST", URL(f"{base}/steps/w/wait"), b'{"event": "e\\u0000"}', headers, 400),
+        ("POST", URL(gw.admin + "/v1/events"), b'{"name": "e\\u0000"}', {}, 400),
+        ("POST", URL(gw.admin + "/v1/events"), b'{"name": "e", "id": "\\u0000"}', {}, 400),
+        ("GET", URL(gw.admin + "/v1/runs?route=a%00", encoded=True), b"", admin, 400),
+        ("GET", URL(gw.admin + "/v1/runs/a%00b", encoded=True), b"", admin, 404),
+        ("POST", URL(gw.admin + "/v1/runs/a%00b/cancel", encoded=True), b"", admin, 404),
+        ("POST", URL(gw.admin + "/v1/runs/a%00b/retry", encoded=True), b"", admin, 404),
+    ]
+    for method, url, body, sent, status in refused:
+        async with http.request(method, url, data=body, headers=sent) as resp:
+            assert (resp.status, resp.content_type) == (status, "application/problem+json"), url
+    error = b'{"error": {"message": "bad\\u0000byte"}}'
+    async with http.put(f"{base}/steps/s", data=error, headers=headers) as resp:
+        assert resp.status == 200
+    async with http.put(f"{base}/steps/s", data=b'{"output": 1}', headers=headers) as resp:
+        assert resp.status == 201  # the run is alive: nothing failed it behind the scenes
+    await held.answers.put(200)
+    async with await request as resp:
+        assert resp.status == 200
+        run_id = resp.headers["Durable-Run-Id"]
+    detail = await until_status(http, gw, run_id, "succeeded")
+    (step,) = detail["steps"]
+    assert step["errors"][0]["message"] == "bad\ufffdbyte"

@@ -90,12 +90,16 @@ def test_a_sleep_that_is_due_completes_its_step_with_its_wake_time() -> None:
 
 
 def test_a_done_step_answers_its_output_and_changes_nothing() -> None:
-    plan = suspensions.sleep(_run(nap=b'{"done":true}'), "nap", NOW + 60, NOW)
-    assert plan == suspensions.Plan("nap", suspensions.Answer(True, b'{"done":true}'))
-    done = suspensions.wait(
-        _run(paid=b'{"id":"e1"}'), "paid", event="x", match={}, timeout_in=None, now=NOW
+    slept = b'{"done":true,"wake_at":"2025-01-31T09:30:00.000Z"}'
+    plan = suspensions.sleep(_run(nap=slept), "nap", NOW + 60, NOW)
+    assert plan == suspensions.Plan("nap", suspensions.Answer(True, slept))
+    paid = orjson.dumps(wire.event_output("e1", "order.paid", {}, NOW))
+    done = suspensions.wait(_run(paid=paid), "paid", event="x", match={}, timeout_in=None, now=NOW)
+    assert done == suspensions.Plan("paid", suspensions.Answer(True, b'{"event":' + paid + b"}"))
+    timed_out = suspensions.wait(
+        _run(paid=b"null"), "paid", event="x", match={}, timeout_in=None, now=NOW
     )
-    assert done == suspensions.Plan("paid", suspensions.Answer(True, b'{"event":{"id":"e1"}}'))
+    assert timed_out.answer == suspensions.Answer(True, b'{"event":null}')
 
 
 def test_a_step_id_is_either_a_sleep_or_a_wait() -> None:
@@ -103,6 +107,41 @@ def test_a_step_id_is_either_a_sleep_or_a_wait() -> None:
     run.pending["s"] = Pending("s", PendingKind.SLEEP, NOW + 60, created_at=NOW)
     with pytest.raises(BadRequest, match="is a sleep, not a wait"):
         suspensions.wait(run, "s", event="x", match={}, timeout_in=None, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        b"null",  # a PUT's output, or a timed-out wait's
+        b"5",
+        b"{}",
+        b'{"done":true}',
+        b'{"done":false,"wake_at":"2025-01-31T09:30:00.000Z"}',
+        b'{"done":true,"wake_at":"soon"}',
+        orjson.dumps(wire.event_output("e1", "order.paid", {}, NOW)),
+    ],
+)
+def test_a_sleep_on_a_step_completed_otherwise_is_refused(output: bytes) -> None:
+    """Found by fuzzing: it answered 200 with whatever the step held, not a sleep's body."""
+    with pytest.raises(BadRequest, match="completed otherwise, not as a sleep"):
+        suspensions.sleep(_run(nap=output), "nap", NOW + 60, NOW)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        b"{}",
+        b"[1]",
+        b'"text"',
+        b'{"done":true,"wake_at":"2025-01-31T09:30:00.000Z"}',
+        b'{"name":"order.paid","id":"e1","data":[],"ts":"2025-01-31T09:30:00.000Z"}',
+        b'{"name":"order.paid","id":"e1","data":{},"ts":"yesterday"}',
+    ],
+)
+def test_a_wait_on_a_step_completed_otherwise_is_refused(output: bytes) -> None:
+    """Found by fuzzing: it answered 200 `{"event": <whatever the step held>}`."""
+    with pytest.raises(BadRequest, match="completed otherwise, not as a wait"):
+        suspensions.wait(_run(paid=output), "paid", event="x", match={}, timeout_in=None, now=NOW)
 
 
 @pytest.mark.parametrize(
