@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,16 +228,26 @@ class HeldBackend:
         return web.json_response({"status": status}, status=status)
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A backend on a real loopback socket answering every request with `handle`; its URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def held() -> AsyncIterator[HeldBackend]:
     backend = HeldBackend()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", backend.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    backend.url = str(server.make_url("")).rstrip("/")
-    yield backend
-    await server.close()
+    async with serving(backend.handle) as backend.url:
+        yield backend
 
 
 @pytest.fixture

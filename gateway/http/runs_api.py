@@ -99,6 +99,7 @@ async def get_run(request: web.Request) -> web.Response:
         "updated_at": state.updated_at,
         "finished_at": state.finished_at,
         "wake_at": state.wake_at,
+        "waiting": _waiting(state.waiting, state.wake_at),
         "owner": state.owner,
         "request": {
             "method": state.request.method,
@@ -123,6 +124,12 @@ async def get_run(request: web.Request) -> web.Response:
         "stream": _stream(state.live.stream if state.live is not None else None),
     }
     return web.json_response(body)
+
+
+def _waiting(reason: str | None, until: float | None) -> dict[str, Any] | None:
+    """Why the run waits for its next attempt, and until when (a guess while a circuit
+    breaker holds it: it goes as soon as the breaker closes)."""
+    return None if reason is None else {"reason": reason, "until": until}
 
 
 def _stream(stream: Stream | None) -> dict[str, Any] | None:
