@@ -18,6 +18,8 @@ from gateway import metrics, upstream
 from gateway.config import GatewayConfig
 from gateway.config.storage_url import shown_url
 from gateway.engine import recovery, retention
+from gateway.engine.breaker import Breakers
+from gateway.engine.budget import Budgets
 from gateway.engine.credentials import Credentials
 from gateway.engine.driver import Driver, new_owner
 from gateway.engine.leases import Leases
@@ -76,6 +78,8 @@ async def build_services(config: GatewayConfig) -> Services:
         tokens=tokens,
         sidecar_url=default_sidecar_url(config),
         limits=limits,
+        budgets=Budgets(config.routes),
+        breakers=Breakers(config.routes),
     )
     driver = Driver(
         runner=runner,

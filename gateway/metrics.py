@@ -206,6 +206,29 @@ ATTEMPTS = Counter(
     "durable_attempts_total", "Upstream attempts, by route and outcome kind.", ("route", "outcome")
 )
 RETRIES = Counter("durable_retries_total", "Retries scheduled after a failed attempt.", ("route",))
+BUDGET_DEFERRED = Counter(
+    "durable_retry_budget_deferred_total",
+    "Retries the route's retry budget held back (each counted once, however long it waits).",
+    ("route",),
+)
+BUDGET_WAITING = Gauge(
+    "durable_retry_budget_waiting",
+    "Retries waiting now for room in the route's retry budget.",
+    ("route",),
+)
+CIRCUIT_STATE = Gauge(
+    "durable_circuit_state",
+    "The upstream's circuit breaker: 0 closed, 1 open, 2 half-open (its probe in flight).",
+    ("upstream",),
+)
+CIRCUIT_OPENED = Counter(
+    "durable_circuit_open_total", "Times the upstream's circuit breaker opened.", ("upstream",)
+)
+CIRCUIT_HELD = Gauge(
+    "durable_circuit_held",
+    "Attempts held now by the upstream's open circuit breaker.",
+    ("upstream",),
+)
 STEPS = Counter(
     "durable_steps_recorded_total",
     "Step results recorded through the sidecar, by result.",

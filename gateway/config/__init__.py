@@ -4,10 +4,12 @@ Imported by every layer; imports nothing of the gateway but `errors`.
 """
 
 from gateway.config.model import (
+    CircuitBreakerConfig,
     ClusterConfig,
     ConcurrencyConfig,
     GatewayConfig,
     RateLimitConfig,
+    RetryBudget,
     RetryPolicy,
     RouteConfig,
     RouteMatch,
@@ -18,10 +20,12 @@ from gateway.config.model import (
 )
 
 __all__ = [
+    "CircuitBreakerConfig",
     "ClusterConfig",
     "ConcurrencyConfig",
     "GatewayConfig",
     "RateLimitConfig",
+    "RetryBudget",
     "RetryPolicy",
     "RouteConfig",
     "RouteMatch",

@@ -23,12 +23,14 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.config.model import (
+    CircuitBreakerConfig,
     ClusterConfig,
     ConcurrencyConfig,
     Durability,
     ErrorKind,
     GatewayConfig,
     RateLimitConfig,
+    RetryBudget,
     RetryPolicy,
     RouteConfig,
     RouteMatch,
@@ -369,14 +371,51 @@ _RETRY_READERS: dict[str, Callable[[_At], object]] = {
 }
 
 
+def _ratio(at: _At) -> float:
+    value = _parsed(at, float, "must be a number")
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise at.error("must be > 0 and <= 1")
+    return value
+
+
+_BUDGET_READERS: dict[str, Callable[[_At], object]] = {
+    "ratio": _ratio,
+    "min_per_second": lambda at: _number(at, 0.0),
+    "interval": lambda at: _duration(at, positive=True),
+}
+_BREAKER_READERS: dict[str, Callable[[_At], object]] = {
+    "failures": lambda at: _int(at, 1),
+    "interval": lambda at: _duration(at, positive=True),
+}
+_Switchable = TypeVar("_Switchable", RetryBudget, CircuitBreakerConfig)
+
+
+def _switchable(
+    at: _At, base: _Switchable, readers: Mapping[str, Callable[[_At], object]]
+) -> _Switchable | None:
+    """A guard that may be `off` (None), `on` (`base`: the inherited one, else the
+    defaults), or a mapping that overrides `base` field by field."""
+    if isinstance(at.node, yaml.ScalarNode) and at.node.tag != _NULL_TAG:
+        word = _string(at).lower()
+        if word not in _BOOLS:
+            raise at.error(f"must be a mapping ({', '.join(readers)}), or off")
+        return base if _BOOLS[word] else None
+    fields = _fields(at, readers)
+    changes: dict[str, Any] = {k: read(fields[k]) for k, read in readers.items() if k in fields}
+    return replace(base, **changes)
+
+
 def _retry(at: _At, base: RetryPolicy) -> RetryPolicy:
     """`base` with the fields this mapping sets; the rest are inherited one by one."""
-    fields = _fields(at, [*_RETRY_READERS, "on"])
+    fields = _fields(at, [*_RETRY_READERS, "on", "budget"])
     changes: dict[str, Any] = {
         k: read(fields[k]) for k, read in _RETRY_READERS.items() if k in fields
     }
     if "on" in fields:
         changes["on_status"], changes["on_errors"] = _retry_on(fields["on"])
+    if "budget" in fields:
+        budget = base.budget or RetryBudget()
+        changes["budget"] = _switchable(fields["budget"], budget, _BUDGET_READERS)
     policy = replace(base, **changes)
     if policy.max_backoff < policy.initial_backoff:
         if "max_backoff" in fields:
@@ -409,6 +448,11 @@ def _settings(fields: Mapping[str, _At], base: RouteSettings) -> RouteSettings:
     }
     if "retry" in fields:
         changes["retry"] = _retry(fields["retry"], base.retry)
+    if "circuit_breaker" in fields:
+        breaker = base.circuit_breaker or CircuitBreakerConfig()
+        changes["circuit_breaker"] = _switchable(
+            fields["circuit_breaker"], breaker, _BREAKER_READERS
+        )
     return replace(base, **changes)
 
 
@@ -588,6 +632,23 @@ def _route(at: _At, defaults: RouteSettings, taken: Collection[str]) -> RouteCon
     )
 
 
+def _check_breakers(items: list[_At], routes: list[RouteConfig]) -> None:
+    """Durable routes to one upstream origin share its circuit breaker, so those that
+    use one must agree on its settings."""
+    first: dict[str, tuple[int, CircuitBreakerConfig]] = {}
+    for i, (at, route) in enumerate(zip(items, routes, strict=True)):
+        breaker = route.settings.circuit_breaker
+        if breaker is None or not route.durable:
+            continue
+        j, settings = first.setdefault(route.origin, (i, breaker))
+        if settings != breaker:
+            f = _fields(at, _ROUTE_KEYS)
+            raise f.get("circuit_breaker", f["upstream"]).error(
+                f"differs from the circuit_breaker of routes[{j}], which has the same upstream"
+                " host and port: routes to one upstream share its breaker"
+            )
+
+
 def _gateway(root: _At) -> GatewayConfig:
     if root.node.tag != _NULL_TAG and not isinstance(root.node, yaml.MappingNode):
         raise root.error("the top level must be a mapping (server:, storage:, routes: …)")
@@ -602,10 +663,12 @@ def _gateway(root: _At) -> GatewayConfig:
     if "routes" not in f:
         raise ConfigError("routes", "at least one route is required", source=root.source)
     routes: list[RouteConfig] = []
-    for item in _items(f["routes"]):
+    items = _items(f["routes"])
+    for item in items:
         routes.append(_route(item, defaults, {r.name for r in routes}))
     if not routes:
         raise f["routes"].error("at least one route is required")
+    _check_breakers(items, routes)
     return GatewayConfig(server, storage, security, cluster, defaults, tuple(routes), root.source)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 ErrorKind = Literal["connect_error", "timeout"]
 Durability = Literal["async", "sync"]
@@ -78,6 +79,36 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """How many retries a route may send, so that retries cannot multiply an outage.
+
+    Over the last `interval`, retries sent may be at most
+    max(ratio × the route's other attempts, min_per_second × interval); a retry past
+    that waits (its backoff stretched) until there is room. Envoy's and GEP-3388's
+    defaults, which normal traffic never reaches.
+    """
+
+    ratio: float = 0.2
+    """Retries per other attempt (first attempts, and those after a sleep or wait) in
+    the window; 0 < ratio <= 1."""
+    min_per_second: float = 10.0
+    """Retries a second always allowed, however quiet the route (>= 0)."""
+    interval: float = 10.0
+    """The sliding window both are counted over."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerConfig:
+    """Per upstream origin: after `failures` failed attempts in a row, hold its attempts
+    and let one probe through per `interval`; the probe's success closes it again."""
+
+    failures: int = 5
+    """Consecutive failures (a status in `retry.on`, a connect error, a timeout) that open it."""
+    interval: float = 5.0
+    """Time between probes while it is open."""
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 5
     """Attempts in all, the first included (>= 1)."""
@@ -93,6 +124,8 @@ class RetryPolicy:
     """Upstream statuses that are retried (from `on:`)."""
     on_errors: frozenset[ErrorKind] = frozenset({"connect_error", "timeout"})
     """Failure kinds without a response that are retried (from `on:`)."""
+    budget: RetryBudget | None = field(default_factory=RetryBudget)
+    """The route's retry budget; None (`budget: off`) lets every retry go at its backoff."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +188,8 @@ class RouteSettings:
     everyone (keys of all callers collide)."""
     on_exhausted: OnExhausted = "fail"
     """`fail`: the last response is final; `pause`: wait for an operator's retry."""
+    circuit_breaker: CircuitBreakerConfig | None = None
+    """The upstream's circuit breaker; off by default (None)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +204,22 @@ class RouteConfig:
     settings: RouteSettings = field(default_factory=RouteSettings)
     concurrency: ConcurrencyConfig | None = None
     rate_limit: RateLimitConfig | None = None
+
+    @property
+    def origin(self) -> str:
+        """The upstream's origin (`scheme://host:port`): what a circuit breaker guards."""
+        return upstream_origin(self.upstream)
+
+
+def upstream_origin(url: str) -> str:
+    """`scheme://host:port` of an http(s) URL, lower-cased, with the default port spelt out."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

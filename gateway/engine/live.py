@@ -36,6 +36,9 @@ class LiveRun:
     """Resolves once the final response is committed."""
     lost: bool = False
     """Another node took the run over: its held clients go to the result URL."""
+    waiting: str | None = None
+    """Why its next attempt is held back beyond its backoff (`gate.Waiting`), until
+    `run.wake_at`; None otherwise."""
     _changes: list[asyncio.Future[None]] = field(default_factory=list)
 
     def changed(self) -> asyncio.Future[None]:

@@ -22,6 +22,9 @@ import orjson
 
 from gateway import metrics, upstream
 from gateway.engine import attempts, waits
+from gateway.engine.breaker import Breakers
+from gateway.engine.budget import Budgets
+from gateway.engine.gate import Gate
 from gateway.engine.limits import ConcurrencyLimiter, Limits
 from gateway.engine.live import LiveRun
 from gateway.engine.registry import Registry
@@ -85,6 +88,8 @@ class Runner:
         sidecar_url: str,
         limits: Limits,
         registry: Registry | None = None,
+        budgets: Budgets | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
@@ -92,6 +97,8 @@ class Runner:
         self.tokens = tokens
         self.sidecar_url = sidecar_url.rstrip("/")
         self.limits = limits
+        self.gate = Gate(writer, budgets or Budgets(), breakers or Breakers())
+        """Retry budgets and circuit breakers: what may hold an attempt back."""
         self.registry = registry or Registry()
         """The live runs, which the driver shares."""
         self.timers_changed = asyncio.Event()
@@ -131,13 +138,14 @@ class Runner:
         """Attempts until a final response: a resumed run first waits for its wake time."""
         run = live.run
         policy = run.route.settings.retry
+        numbered = not resumed  # the first attempt is numbered by CreateRun
+        retry = False
         try:
-            if resumed:
-                if run.wake_at is not None and run.wake_at > time.time():
-                    await asyncio.sleep(run.wake_at - time.time())
-                await self._next_attempt(live)
+            if resumed and run.wake_at is not None and run.wake_at > time.time():
+                await asyncio.sleep(run.wake_at - time.time())
             while True:
-                tried = await self._attempt_in_slot(live)
+                tried = await self._gated_attempt(live, retry=retry, numbered=numbered)
+                numbered = retry = False
                 await self.fence()
                 if run.finished:  # in the attempt, or failed meanwhile (see store_refused)
                     return
@@ -145,7 +153,6 @@ class Runner:
                 if run.suspension is not None:
                     if not await self._suspend(live):
                         return  # the run lives in the store until it is due
-                    await self._next_attempt(live)
                     continue
                 if tried.stored is not None:
                     self.finish(live, tried.stored)
@@ -174,7 +181,7 @@ class Runner:
                 )
                 live.notify()
                 await asyncio.sleep(decision.delay)
-                await self._next_attempt(live)
+                retry = True
         except _QueueTimeout as exc:
             problem = stored_problem(
                 run.run_id,
@@ -258,6 +265,20 @@ class Runner:
             UpdateRun(run.run_id, RunStatus.RUNNING, run.attempt, None, time.time())
         )
         live.notify()
+
+    async def _gated_attempt(self, live: LiveRun, *, retry: bool, numbered: bool) -> _Tried:
+        """The next attempt, once the gate lets it through (`numbered`: it is numbered
+        already); its upstream's breaker is told how it went."""
+        ticket = await self.gate.enter(live, retry=retry)
+        try:
+            if not numbered:
+                await self._next_attempt(live)
+            tried = await self._attempt_in_slot(live)
+        except BaseException:
+            self.gate.abandon(ticket)
+            raise
+        self.gate.settle(ticket, live, tried.outcome)
+        return tried
 
     async def _attempt_in_slot(self, live: LiveRun) -> _Tried:
         """One attempt inside the route's concurrency slot, counted and recorded."""

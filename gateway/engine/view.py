@@ -11,11 +11,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from gateway.engine.driver import Driver
+from gateway.engine.gate import Waiting
 from gateway.engine.live import LiveRun
 from gateway.store import (
     FINAL_STATUSES,
     FullStore,
     RunRow,
+    RunStatus,
     RunSummary,
     StoredRequest,
     StoredResponse,
@@ -40,6 +42,9 @@ class RunState:
     live: LiveRun | None
     owner: str | None = None
     """The lease owner driving it (a node id and a per-start part), while one does."""
+    waiting: str | None = None
+    """Why it waits for its next attempt until `wake_at` (`gate.Waiting`): a retry's
+    backoff, the retry budget or an open circuit breaker; None when it does not."""
 
     @property
     def finished(self) -> bool:
@@ -129,6 +134,7 @@ def _from_row(row: RunRow) -> RunState:
         row.response,
         None,
         row.owner if row.status not in FINAL_STATUSES else None,
+        Waiting.BACKOFF if row.status == RunStatus.BACKOFF and row.wake_at is not None else None,
     )
 
 
@@ -150,4 +156,14 @@ def _from_live(live: LiveRun, row: RunRow | None, owner: str) -> RunState:
         response,
         live,
         None if run.finished else owner,
+        _waiting(live),
     )
+
+
+def _waiting(live: LiveRun) -> str | None:
+    run = live.run
+    if live.waiting is not None:
+        return live.waiting
+    if run.status is RunStatus.BACKOFF and run.wake_at is not None:
+        return Waiting.BACKOFF
+    return None

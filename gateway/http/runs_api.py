@@ -105,6 +105,7 @@ async def get_run(request: web.Request) -> web.Response:
         "updated_at": state.updated_at,
         "finished_at": state.finished_at,
         "wake_at": state.wake_at,
+        "waiting": _waiting(state.waiting, state.wake_at),
         "owner": state.owner,
         "request": {
             "method": state.request.method,
@@ -138,6 +139,12 @@ def _run_id(request: web.Request) -> str:
     if not RUN_ID.fullmatch(run_id):
         raise NotFound("no such run: a run id is 1 to 64 of A-Z a-z 0-9 _ -")
     return run_id
+
+
+def _waiting(reason: str | None, until: float | None) -> dict[str, Any] | None:
+    """Why the run waits for its next attempt, and until when (a guess while a circuit
+    breaker holds it: it goes as soon as the breaker closes)."""
+    return None if reason is None else {"reason": reason, "until": until}
 
 
 def _stream(stream: Stream | None) -> dict[str, Any] | None:

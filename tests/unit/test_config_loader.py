@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from gateway.config import (
+    CircuitBreakerConfig,
     ConcurrencyConfig,
     GatewayConfig,
     RateLimitConfig,
+    RetryBudget,
     RetryPolicy,
     RouteMatch,
     RouteSettings,
@@ -254,7 +256,7 @@ def test_every_route_setting_is_read() -> None:
         """
 defaults:
   retry: {max_attempts: 2, initial_backoff: 1s, max_backoff: 2s, multiplier: 3, jitter: 0,
-          on: [connect_error]}
+          on: [connect_error], budget: "off"}
   attempt_timeout: 1s
   hold: 1s
   max_body: 1KiB
@@ -265,6 +267,7 @@ defaults:
   idempotency: "off"
   idempotency_scope: [header:X-Tenant, ip]
   on_exhausted: pause
+  circuit_breaker: {}
 """
         + ROUTE
     )
@@ -953,3 +956,151 @@ def test_example_config_loads() -> None:
     assert (plain.name, plain.match.path, plain.durable) == ("plain", "/static/*", False)
     with_secret = load_config(REPO / "config.example.yaml", env={"DURABLE_SECRET": "s" * 32})
     assert with_secret.security.secret == "s" * 32
+
+
+# ── retry budgets and circuit breakers ──────────────────────────────────────────
+
+
+def test_retry_budget_is_on_by_default_and_inherits_per_field() -> None:
+    cfg = load(
+        """
+defaults:
+  retry: {budget: {ratio: 0.5, interval: 30s}}
+routes:
+  - {name: a, match: /a, upstream: http://h}
+  - {name: b, match: /b, upstream: http://h, retry: {budget: {min_per_second: 0}}}
+  - {name: c, match: /c, upstream: http://h, retry: {budget: off, max_attempts: 2}}
+  - {name: d, match: /d, upstream: http://h, retry: {budget: on}}
+"""
+    )
+    assert RetryPolicy().budget == RetryBudget(ratio=0.2, min_per_second=10.0, interval=10.0)
+    base = RetryBudget(ratio=0.5, min_per_second=10.0, interval=30.0)
+    a, b, c, d = (route.settings.retry for route in cfg.routes)
+    assert a.budget == base
+    assert b.budget == dataclasses.replace(base, min_per_second=0.0)
+    assert c.budget is None and c.max_attempts == 2
+    assert d.budget == base
+
+
+def test_circuit_breaker_is_off_by_default_and_inherits_per_field() -> None:
+    assert RouteSettings().circuit_breaker is None
+    cfg = load(
+        """
+defaults:
+  circuit_breaker: {failures: 3}
+routes:
+  - {name: a, match: /a, upstream: http://h1}
+  - {name: b, match: /b, upstream: http://h2, circuit_breaker: {interval: 250ms}}
+  - {name: c, match: /c, upstream: http://h3, circuit_breaker: off}
+"""
+    )
+    a, b, c = (route.settings.circuit_breaker for route in cfg.routes)
+    assert a == CircuitBreakerConfig(failures=3, interval=5.0)
+    assert b == CircuitBreakerConfig(failures=3, interval=0.25)
+    assert c is None
+    assert load(ROUTE.replace("}\n", ", circuit_breaker: {}}\n")).routes[0].settings == (
+        RouteSettings(circuit_breaker=CircuitBreakerConfig())
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "path", "message"),
+    [
+        (
+            "defaults:\n  retry:\n    budget: {ratio: 0}\n",
+            3,
+            "defaults.retry.budget.ratio",
+            "must be > 0 and <= 1",
+        ),
+        (
+            "defaults:\n  retry:\n    budget: {ratio: 1.5}\n",
+            3,
+            "defaults.retry.budget.ratio",
+            "must be > 0 and <= 1",
+        ),
+        (
+            "defaults:\n  retry:\n    budget: {min_per_second: -1}\n",
+            3,
+            "defaults.retry.budget.min_per_second",
+            "must be >= 0",
+        ),
+        (
+            "defaults:\n  retry:\n    budget: {interval: 0s}\n",
+            3,
+            "defaults.retry.budget.interval",
+            "must be > 0",
+        ),
+        (
+            "defaults:\n  retry:\n    budget: {percent: 20}\n",
+            3,
+            "defaults.retry.budget.percent",
+            "unknown key",
+        ),
+        (
+            "defaults:\n  retry:\n    budget: some\n",
+            3,
+            "defaults.retry.budget",
+            "must be a mapping (ratio, min_per_second, interval), or off",
+        ),
+        (
+            "defaults:\n  circuit_breaker: {failures: 0}\n",
+            2,
+            "defaults.circuit_breaker.failures",
+            "must be >= 1",
+        ),
+        (
+            "defaults:\n  circuit_breaker:\n    interval: soon\n",
+            3,
+            "defaults.circuit_breaker.interval",
+            "invalid duration 'soon': use e.g. 250ms, 30s, 5m, 2h, 7d",
+        ),
+        (
+            "defaults:\n  circuit_breaker: [5]\n",
+            2,
+            "defaults.circuit_breaker",
+            "must be a mapping of key: value",
+        ),
+    ],
+)
+def test_budget_and_breaker_errors_name_key_path_and_line(
+    text: str, line: int, path: str, message: str
+) -> None:
+    assert error_of(text + ROUTE) == f"cfg.yaml:{line} {path}: {message}"
+
+
+SHARED = (
+    "differs from the circuit_breaker of routes[0], which has the same upstream host and"
+    " port: routes to one upstream share its breaker"
+)
+
+
+@pytest.mark.parametrize(
+    ("second", "where"),
+    [
+        # Another spelling of the same origin, with its own settings: blamed there.
+        (
+            "{name: b, match: /b, upstream: 'HTTP://H:80/x', circuit_breaker: {failures: 2}}",
+            "cfg.yaml:4 routes[1].circuit_breaker",
+        ),
+        # Inheriting the defaults while the first route set its own: blamed at upstream.
+        ("{name: b, match: /b, upstream: http://h/y}", "cfg.yaml:4 routes[1].upstream"),
+    ],
+)
+def test_routes_to_one_upstream_must_agree_on_its_breaker(second: str, where: str) -> None:
+    text = (
+        "defaults: {circuit_breaker: {failures: 5}}\nroutes:\n"
+        "  - {name: a, match: /a, upstream: http://h, circuit_breaker: {failures: 3}}\n"
+        f"  - {second}\n"
+    )
+    assert error_of(text) == f"{where}: {SHARED}"
+
+
+def test_routes_to_one_upstream_may_differ_when_one_has_no_breaker() -> None:
+    cfg = load(
+        "routes:\n"
+        "  - {name: a, match: /a, upstream: http://h, circuit_breaker: {failures: 3}}\n"
+        "  - {name: b, match: /b, upstream: http://h}\n"
+        "  - {name: c, match: /c, upstream: http://h, durable: false, circuit_breaker: {}}\n"
+        "  - {name: d, match: /d, upstream: 'https://h', circuit_breaker: {failures: 9}}\n"
+    )
+    assert [r.origin for r in cfg.routes] == ["http://h:80"] * 3 + ["https://h:443"]
