@@ -125,10 +125,10 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     runners: list[web.BaseRunner] = []
     background: list[asyncio.Task[None]] = []
     try:
-        for runner, (host, port) in zip(planned, addresses, strict=True):
+        for runner, name, (host, port) in zip(planned, LISTENERS, addresses, strict=True):
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await _bind(runner, name, host, port)
         await services.leases.join()
         services.ready = True
         await recovery.recover(services.driver)
@@ -157,6 +157,19 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         for task in background:
             task.cancel()
         await _shutdown(services, runners)
+
+
+LISTENERS = ("ingress", "sidecar", "admin")
+
+
+async def _bind(runner: web.BaseRunner, name: str, host: str, port: int) -> None:
+    """Start a listener; an address that cannot be bound says which listener's it is."""
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        # Both loops say "error while attempting to bind on address (…): <why>".
+        why = (exc.strerror or str(exc)).rpartition("): ")[2]
+        raise OSError(f"server.{name} {host}:{port}: {why}") from None
 
 
 async def _shutdown(services: Services, runners: list[web.BaseRunner]) -> None:
