@@ -111,14 +111,20 @@ def build_apps(services: Services) -> tuple[web.Server, web.Server, web.Applicat
     return ingress_server, sidecar_server, admin_app
 
 
-async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or `stop` is set), then shut down in phases;
-    SIGHUP reloads the configuration file (`Services.reload`)."""
+async def serve(
+    config: GatewayConfig, stop: asyncio.Event | None = None, hangup: asyncio.Event | None = None
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or `stop` is set), then shut down in phases.
+
+    SIGHUP reloads the configuration file (`Services.reload`); one that came while
+    starting (`hangup` set, here or by the caller before the loop ran) once the
+    services exist.
+    """
     stop = stop or asyncio.Event()
+    hangup = hangup or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    hangup = asyncio.Event()  # a SIGHUP while starting: reload once the services exist
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
     services = await build_services(config)
     loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, services, stop)

@@ -13,6 +13,7 @@ import gc
 import importlib.util
 import json
 import logging
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ConfigError, StoreUnavailable
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 GIL_SWITCH_INTERVAL = 0.0005
 GC_YOUNG_THRESHOLD = 20_000
 log = logging.getLogger("gateway")
@@ -59,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the event loop took SIGINT over: no traceback
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     config_path = (
@@ -85,12 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "reload":
         return ask_reload(config)
     logs.setup(args.log_level, args.log_format)
+    # A SIGHUP from now on asks for a reload, not the end: noted until the loop takes it.
+    hangup = asyncio.Event()
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: hangup.set())
     from gateway.app import serve
 
     runner = loop_runner(args.loop)
     _tune_runtime()
     try:
-        runner(serve(config))
+        runner(serve(config, hangup=hangup))
     except (OSError, StoreUnavailable) as err:
         # A port in use, a store another gateway holds, a directory SQLite may not
         # write: the operator's to fix, so one line, no traceback.

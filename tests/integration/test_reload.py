@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.conftest import Backend, Gateway, GatewayFactory, HeldBackend, durable_route
-from tests.helpers import assert_eventually, get_json, run_cli
+from tests.helpers import Proc, assert_eventually, free_ports, get_json, python, run_cli
 
 FAST_RETRY = "{initial_backoff: 10ms, max_backoff: 10ms}"
 
@@ -238,3 +239,33 @@ async def test_settings_that_need_a_restart_are_kept_and_named(
         f"WARNING gateway {gw.config_path} changes server.shutdown_grace, cluster.node_id:"
         " kept as started until a restart" in gw.logs()
     )
+
+
+async def test_a_sighup_while_starting_does_not_end_the_gateway(tmp_path: Path) -> None:
+    """Sent while the gateway waits for its database: noted, not fatal (it used to end
+    the process with 129); the start then fails as it would have, in one line."""
+    ports = free_ports(4)
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"server: {{ingress: 127.0.0.1:{ports[0]}, sidecar: 127.0.0.1:{ports[1]},"
+        f" admin: 127.0.0.1:{ports[2]}}}\n"
+        f"storage: {{url: 'postgresql://dg:pw@127.0.0.1:{ports[3]}/durable'}}\n"
+        "routes:\n  - {name: a, match: /a, upstream: 'http://127.0.0.1:1'}\n"
+    )
+    proc = Proc(
+        [python(), "-m", "gateway", "--config", str(config)],
+        tmp_path / "gw.log",
+        env={"DURABLE_START_WAIT": "3"},
+    )
+    try:
+
+        async def waiting() -> None:
+            assert "waiting for the database" in proc.output()
+
+        await assert_eventually(waiting)
+        proc.popen.send_signal(signal.SIGHUP)
+        assert await asyncio.to_thread(proc.popen.wait, 20) == 1
+    finally:
+        proc.stop()
+    errors = [line for line in proc.output().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "cannot start: " in errors[0] and "gave up after 3s" in errors[0]
