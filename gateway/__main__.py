@@ -2,6 +2,9 @@
 
 import sys
 
-from gateway.cli import main
+try:
+    from gateway.cli import main
+except KeyboardInterrupt:  # Ctrl-C while Python loads the command line: no traceback
+    sys.exit(130)
 
 sys.exit(main())

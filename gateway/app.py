@@ -28,7 +28,7 @@ from gateway.engine.runner import Runner
 from gateway.engine.scheduler import Scheduler
 from gateway.engine.tokens import Tokens, new_secret
 from gateway.engine.view import RunView
-from gateway.errors import StoreUnavailable
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.http import admin, connections, dashboard, ingress, proxy, runs_api, sidecar
 from gateway.http.problems import problems_middleware
 from gateway.http.routes import RouteTable
@@ -41,9 +41,13 @@ log = logging.getLogger("gateway")
 
 
 def default_sidecar_url(config: GatewayConfig) -> str:
-    if config.server.sidecar_url:
-        return config.server.sidecar_url
-    host, port = config.server.sidecar
+    return config.server.sidecar_url or local_url(config.server.sidecar)
+
+
+def local_url(address: tuple[str, int]) -> str:
+    """The base URL a process on this host reaches a listener at: a wildcard address
+    (all interfaces) is reached on loopback."""
+    host, port = address
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
@@ -141,14 +145,26 @@ def admin_application() -> web.Application:
     return admin_app
 
 
-async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
-    """Run the gateway until SIGTERM/SIGINT (or `stop` is set), then shut down in phases."""
+async def serve(
+    config: GatewayConfig, stop: asyncio.Event | None = None, hangup: asyncio.Event | None = None
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or `stop` is set), then shut down in phases.
+
+    SIGHUP reloads the configuration file (`Services.reload`); one that came while
+    starting (`hangup` set, here or by the caller before the loop ran) once the
+    services exist.
+    """
     stop = stop or asyncio.Event()
+    hangup = hangup or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
     budget = connections.raise_fd_limit(3, config.server.max_connections)
     services = await build_services(config)
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, services, stop)
+    if hangup.is_set():
+        _reload_on_signal(services, stop)
     ingress_server, sidecar_server, admin_app = build_apps(services, budget)
     grace = config.server.shutdown_grace
     planned: list[web.BaseRunner] = [
@@ -167,10 +183,10 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     runners: list[web.BaseRunner] = []
     background: list[asyncio.Task[None]] = []
     try:
-        for runner, (host, port) in zip(planned, addresses, strict=True):
+        for runner, name, (host, port) in zip(planned, LISTENERS, addresses, strict=True):
             await runner.setup()
             runners.append(runner)
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await _bind(runner, name, host, port)
         await services.leases.join()
         services.ready = True
         await recovery.recover(services.driver)
@@ -199,6 +215,33 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         for task in background:
             task.cancel()
         await _shutdown(services, runners)
+
+
+LISTENERS = ("ingress", "sidecar", "admin")
+
+
+async def _bind(runner: web.BaseRunner, name: str, host: str, port: int) -> None:
+    """Start a listener; an address that cannot be bound says which listener's it is."""
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        # Both loops say "error while attempting to bind on address (…): <why>".
+        why = (exc.strerror or str(exc)).rpartition("): ")[2]
+        raise OSError(f"server.{name} {host}:{port}: {why}") from None
+
+
+def _reload_on_signal(services: Services, stop: asyncio.Event) -> None:
+    """SIGHUP: reload the configuration file in a task of its own (serialised there)."""
+    if stop.is_set():
+        log.warning("SIGHUP ignored: the gateway is shutting down")
+        return
+    log.info("SIGHUP: reloading %s", services.config.source)
+    spawn(_reload(services), name="reload")
+
+
+async def _reload(services: Services) -> None:
+    with contextlib.suppress(ConfigError):  # logged by `reload`: the old config serves on
+        await services.reload()
 
 
 async def _shutdown(services: Services, runners: list[web.BaseRunner]) -> None:

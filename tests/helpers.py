@@ -105,6 +105,20 @@ def python() -> str:
     return sys.executable
 
 
+def run_cli(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway ARGS` to its end: its exit code, stdout and stderr."""
+    return subprocess.run(
+        [python(), "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
+
+
 async def get_json(session: aiohttp.ClientSession, url: str, **kw: Any) -> Any:
     async with session.get(url, **kw) as resp:
         assert resp.status == 200, await resp.text()

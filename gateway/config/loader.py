@@ -456,8 +456,21 @@ def _settings(fields: Mapping[str, _At], base: RouteSettings) -> RouteSettings:
     return replace(base, **changes)
 
 
+_SERVER_KEYS = tuple(x.name for x in dataclasses.fields(ServerConfig))
+
+
+def _is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses; other names may resolve anywhere."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _server(at: _At) -> ServerConfig:
-    f = _fields(at, [x.name for x in dataclasses.fields(ServerConfig)])
+    f = _fields(at, _SERVER_KEYS)
     base = ServerConfig()
     names = ("ingress", "sidecar", "admin")
     bound = {k: _parsed(f[k], parse_address) if k in f else getattr(base, k) for k in names}
@@ -656,6 +669,13 @@ def _gateway(root: _At) -> GatewayConfig:
     server = _server(f["server"]) if "server" in f else ServerConfig()
     storage = _storage(f.get("storage"), root.source)
     security = _security(f["security"]) if "security" in f else SecurityConfig()
+    if not security.admin_token and not _is_loopback(server.admin[0]):
+        # Its API reads every run's stored request and can cancel runs: never open
+        # beyond this host. `server.admin` is in the file: only loopback is the default.
+        raise _fields(f["server"], _SERVER_KEYS)["admin"].error(
+            f"listens on {server.admin[0]}, beyond loopback, without security.admin_token:"
+            " set a token, or bind the admin listener to 127.0.0.1"
+        )
     cluster = _cluster(f["cluster"]) if "cluster" in f else ClusterConfig()
     defaults = RouteSettings()
     if "defaults" in f:

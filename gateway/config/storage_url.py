@@ -1,12 +1,14 @@
 """What a `storage.url` names, parsed once for the config loader and the stores alike.
 
-Pure parsing (`parse_storage_url`) plus one read-only look at the file system
-(`check_sqlite_path`); never creates, opens or echoes a URL (it may hold a password).
-The dialects this build can open are decided here only.
+Pure parsing (`parse_storage_url`, which also asks whether the PostgreSQL driver is
+installed) plus one read-only look at the file system (`check_sqlite_path`); never
+creates, opens or echoes a URL (it may hold a password). The dialects this build can
+open are decided here only.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ _SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]{0,31}")
 _SQLITE_FORMS: Final = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
 _FORMS: Final = f"{_SQLITE_FORMS}, or postgresql://user:password@host:5432/database"
 _POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
+POSTGRES_DRIVER: Final = "asyncpg"
+"""The package a PostgreSQL store needs: an optional extra (`durable-gateway[postgres]`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,11 @@ def _postgres(url: str, scheme: str) -> PostgresUrl:
     database = unquote(parts.path.lstrip("/"))
     if not database or "/" in database:
         raise ValueError(f"the {scheme} URL names no database: add /database after the host")
+    if importlib.util.find_spec(POSTGRES_DRIVER) is None:  # looked up, not imported: cheap
+        raise ValueError(
+            f"a {scheme} store needs the {POSTGRES_DRIVER} package, which is not installed:"
+            " pip install 'durable-gateway[postgres]'"
+        )
     user = unquote(parts.username) + "@" if parts.username else ""
     return PostgresUrl(url, f"{scheme}://{user}{netloc}/{database}")
 

@@ -102,6 +102,13 @@ class Driver:
         """Runs another node took from this one, newest last (bounded): their old
         attempts' sidecar writes get 409, not 404."""
 
+    def reroute(self, routes: Iterable[RouteConfig]) -> None:
+        """The routes of a reloaded config. A live run goes on under the route it started
+        with; a run loaded from the store from now on (woken, retried, taken over) is
+        driven under its route's new settings, or, if the reload removed its route, under
+        the settings it had: a removed route is kept here until the process stops."""
+        self.routes = self.routes | {route.name: route for route in routes}
+
     def get(self, run_id: str) -> LiveRun | None:
         return self.registry.get(run_id)
 

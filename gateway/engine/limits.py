@@ -107,6 +107,10 @@ class RateLimiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    @property
+    def config(self) -> RateLimitConfig:
+        return self._cfg
+
     def check(self, key: str, now: float) -> float:
         """0.0 when the request may pass; else seconds until it could (for `Retry-After`)."""
         bucket = self._buckets.pop(key, None)
@@ -155,6 +159,10 @@ class ConcurrencyLimiter:
     def __len__(self) -> int:
         """Keys with holders or waiters (the limiter's memory)."""
         return len(self._keys)
+
+    @property
+    def config(self) -> ConcurrencyConfig:
+        return self._cfg
 
     def in_use(self, key: str) -> int:
         slots = self._keys.get(key)
@@ -222,10 +230,25 @@ class ConcurrencyLimiter:
 
 
 class Limits:
-    """Per-route rate limiters and concurrency queues, built once from the config."""
+    """Per-route rate limiters and concurrency queues, built from the config.
 
-    def __init__(self, routes: Sequence[RouteConfig]) -> None:
-        self.rate = {r.name: RateLimiter(r.rate_limit) for r in routes if r.rate_limit}
-        self.concurrency = {
-            r.name: ConcurrencyLimiter(r.concurrency) for r in routes if r.concurrency
-        }
+    Built again on a reload with the ones in force as `previous`: a route whose limit
+    is unchanged keeps its limiter (buckets, holders, queue). A new or changed limit
+    starts afresh; attempts holding or queued for a slot of the old one finish there,
+    so for a moment a route may have both limits' worth of attempts in flight.
+    """
+
+    def __init__(self, routes: Sequence[RouteConfig], previous: Limits | None = None) -> None:
+        self.rate: dict[str, RateLimiter] = {}
+        self.concurrency: dict[str, ConcurrencyLimiter] = {}
+        for r in routes:
+            if r.rate_limit is not None:
+                rate = previous.rate.get(r.name) if previous else None
+                if rate is None or rate.config != r.rate_limit:
+                    rate = RateLimiter(r.rate_limit)
+                self.rate[r.name] = rate
+            if r.concurrency is not None:
+                slots = previous.concurrency.get(r.name) if previous else None
+                if slots is None or slots.config != r.concurrency:
+                    slots = ConcurrencyLimiter(r.concurrency)
+                self.concurrency[r.name] = slots

@@ -1,4 +1,4 @@
-"""Admin listener: Prometheus metrics, health and readiness, and the events endpoint.
+"""Admin listener: Prometheus metrics, health and readiness, events, configuration reload.
 
 Loopback by default; when `security.admin_token` is set, everything but the health
 checks needs it as a bearer token.
@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import metrics
-from gateway.errors import Unauthorized
+from gateway.errors import ConfigError, Unauthorized
 from gateway.http import events_api as events
 from gateway.http import openapi
 from gateway.http.problems import problem_response
@@ -78,6 +78,16 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "queued_writes": writer.depth})
 
 
+async def reload(request: web.Request) -> web.Response:
+    """Reload the configuration file the gateway started with, as SIGHUP does: 200 with
+    what changed, or 422 with the loader's `file:line key.path: message`."""
+    try:
+        done = await request.app[SERVICES].reload()
+    except ConfigError as err:
+        return problem_response(422, "config-rejected", "Configuration rejected", str(err))
+    return web.json_response(done.summary())
+
+
 def routes() -> web.RouteTableDef:
     table = web.RouteTableDef()
     table.get("/metrics")(get_metrics)
@@ -85,4 +95,5 @@ def routes() -> web.RouteTableDef:
     table.get("/readyz")(readyz)
     table.post("/v1/events")(events.post_event)
     table.get(openapi.PATH)(openapi.admin_document)
+    table.post("/v1/admin/reload")(reload)
     return table

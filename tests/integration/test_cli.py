@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,14 +13,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import Backend, GatewayFactory, durable_route
-from tests.helpers import ROOT, counts, free_port, free_ports, python
+from tests.helpers import ROOT, counts, free_port, free_ports, python, run_cli
 from tests.postgres import PgServer
-
-
-def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [python(), "-m", "gateway", *args], capture_output=True, text=True, cwd=cwd, timeout=30
-    )
 
 
 def config_with_storage(tmp_path: Path, url: str) -> Path:
@@ -203,3 +198,62 @@ def test_an_unreachable_database_is_waited_for_then_exit_1_naming_the_cause(
     errors = [entry for entry in result.stderr.splitlines() if " ERROR " in entry]
     assert len(errors) == 1 and "connection refused" in errors[0], result.stderr
     assert "gave up after 2s" in errors[0]
+
+
+@pytest.mark.parametrize("admin", ["0.0.0.0", "[::]", "192.0.2.7", "gateway.internal"])
+def test_an_admin_listener_beyond_loopback_without_a_token_is_refused(
+    tmp_path: Path, admin: str
+) -> None:
+    """`check` and `run` alike: one line naming the setting, exit 2, nothing bound."""
+    config = config_with_storage(tmp_path, f"sqlite:///{tmp_path}/gw.db")
+    text = config.read_text()
+    port = text.partition("admin: 127.0.0.1:")[2].partition("}")[0]
+    config.write_text(text.replace(f"admin: 127.0.0.1:{port}", f"admin: '{admin}:{port}'"))
+    host = admin.strip("[]")
+    line = (
+        f"durable-gateway: {config}:1 server.admin: listens on {host}, beyond loopback,"
+        " without security.admin_token: set a token, or bind the admin listener to 127.0.0.1\n"
+    )
+    for args in (["check", "--config", str(config)], ["--config", str(config)]):
+        result = run_cli(*args)
+        assert (result.returncode, result.stderr) == (2, line)
+    assert not (tmp_path / "gw.db").exists()
+    config.write_text(config.read_text() + "security: {admin_token: s3cret-token}\n")
+    assert run_cli("check", "--config", str(config)).returncode == 0
+
+
+def test_a_postgresql_store_without_its_driver_is_refused_by_check_and_run(
+    tmp_path: Path,
+) -> None:
+    """This build without asyncpg (the `postgres` extra): exit 2 before anything starts."""
+    config = config_with_storage(tmp_path, "postgresql://dg:pw@127.0.0.1:5432/durable")
+    without = "import sys; sys.modules['asyncpg'] = None; from gateway.cli import main; "
+    line = (
+        f"durable-gateway: {config}:3 storage.url: a postgresql store needs the asyncpg"
+        " package, which is not installed: pip install 'durable-gateway[postgres]'\n"
+    )
+    for args in (["check", "--config", str(config)], ["--config", str(config)]):
+        code = without + f"sys.exit(main({args!r}))"
+        result = subprocess.run(
+            [python(), "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30
+        )
+        assert (result.returncode, result.stderr) == (2, line)
+
+
+def test_a_listener_address_in_use_is_one_line_naming_the_listener_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    config = config_with_storage(tmp_path, f"sqlite:///{tmp_path}/gw.db")
+    port = int(config.read_text().partition("sidecar: 127.0.0.1:")[2].partition(",")[0])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        assert run_cli("check", "--config", str(config)).returncode == 0
+        result = run_cli("--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [entry for entry in result.stderr.splitlines() if " ERROR " in entry]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].endswith(
+        f"cannot start: server.sidecar 127.0.0.1:{port}: address already in use"
+    )

@@ -1104,3 +1104,35 @@ def test_routes_to_one_upstream_may_differ_when_one_has_no_breaker() -> None:
         "  - {name: d, match: /d, upstream: 'https://h', circuit_breaker: {failures: 9}}\n"
     )
     assert [r.origin for r in cfg.routes] == ["http://h:80"] * 3 + ["https://h:443"]
+
+
+# ── the admin listener beyond loopback ──────────────────────────────────────────
+
+
+@pytest.mark.parametrize(
+    "admin", ["127.0.0.1:9000", "127.8.9.10:9000", "localhost:9000", "'[::1]:9000'"]
+)
+def test_an_admin_listener_on_loopback_needs_no_token(admin: str) -> None:
+    assert load(f"server:\n  admin: {admin}\n" + ROUTE).security.admin_token is None
+
+
+@pytest.mark.parametrize(
+    ("admin", "host"),
+    [
+        ("0.0.0.0:9000", "0.0.0.0"),
+        (":9000", "0.0.0.0"),
+        ("'[::]:9000'", "::"),
+        ("10.1.2.3:9000", "10.1.2.3"),
+        ("admin.internal:9000", "admin.internal"),  # a name may resolve anywhere
+    ],
+)
+def test_an_admin_listener_beyond_loopback_needs_a_token(admin: str, host: str) -> None:
+    text = f"server:\n  ingress: 127.0.0.1:8000\n  admin: {admin}\n"
+    assert error_of(text + ROUTE) == (
+        f"cfg.yaml:3 server.admin: listens on {host}, beyond loopback, without"
+        " security.admin_token: set a token, or bind the admin listener to 127.0.0.1"
+    )
+    # An unset variable leaves the token out: refused the same way.
+    unset = text + "security: {admin_token: '${ADMIN_TOKEN}'}\n" + ROUTE
+    assert error_of(unset).startswith("cfg.yaml:3 server.admin: listens on")
+    assert load(unset, env={"ADMIN_TOKEN": "t0ken"}).security.admin_token == "t0ken"

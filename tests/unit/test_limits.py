@@ -1,4 +1,5 @@
-"""Limits: limit keys, token buckets as traces, bounded rate-limiter memory, FIFO concurrency."""
+"""Limits: limit keys, token buckets as traces, bounded rate-limiter memory, FIFO concurrency,
+and what a reload keeps."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from collections.abc import Callable
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.config import ConcurrencyConfig, RateLimitConfig
-from gateway.engine.limits import ConcurrencyLimiter, RateLimiter, TokenBucket, limit_key
+from gateway.config import ConcurrencyConfig, RateLimitConfig, RouteConfig, RouteMatch
+from gateway.engine.limits import (
+    ConcurrencyLimiter,
+    Limits,
+    RateLimiter,
+    TokenBucket,
+    limit_key,
+)
 from gateway.errors import Unavailable
 from gateway.tasks import spawn
 
@@ -295,3 +302,41 @@ async def test_concurrency_memory_is_bounded_by_live_keys() -> None:
 def test_concurrency_rejects_zero_limit() -> None:
     with pytest.raises(ValueError):
         ConcurrencyLimiter(cfg(0))
+
+
+# ── Limits across a reload ──────────────────────────────────────────────────────
+
+
+def route(
+    name: str,
+    rate_limit: RateLimitConfig | None = None,
+    concurrency: ConcurrencyConfig | None = None,
+) -> RouteConfig:
+    return RouteConfig(
+        name, RouteMatch("/*"), "http://h", rate_limit=rate_limit, concurrency=concurrency
+    )
+
+
+async def test_a_reload_keeps_unchanged_limiters_and_replaces_changed_ones() -> None:
+    rate = RateLimitConfig(rate=1.0, burst=1)
+    before = Limits(
+        [route("same", rate_limit=rate, concurrency=cfg(1)), route("moved", concurrency=cfg(1))]
+    )
+    await before.concurrency["same"].acquire("")  # held across the reload
+    await before.concurrency["moved"].acquire("")
+    assert before.rate["same"].check("", 0.0) == 0.0  # its one token is spent
+    after = Limits(
+        [
+            route("same", rate_limit=rate, concurrency=cfg(1)),
+            route("moved", concurrency=cfg(2)),
+            route("new", rate_limit=rate),
+        ],
+        previous=before,
+    )
+    assert after.rate["same"] is before.rate["same"]
+    assert after.rate["same"].check("", 0.0) > 0  # the bucket was kept, still empty
+    assert after.concurrency["same"].in_use("") == 1
+    assert after.concurrency["moved"] is not before.concurrency["moved"]
+    assert after.concurrency["moved"].in_use("") == 0  # the holder releases the old one
+    assert set(after.rate) == {"same", "new"} and set(after.concurrency) == {"same", "moved"}
+    assert Limits([route("same")], previous=before).concurrency == {}

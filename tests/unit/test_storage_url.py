@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,18 @@ def test_check_sqlite_path(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ValueError, match=why):
             check_sqlite_path(str(tmp_path / bad))
+
+
+def test_a_postgresql_url_needs_the_driver_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build without the `postgres` extra: refused where `check` and `open_store`
+    both look (`None` in sys.modules is how Python marks a module absent)."""
+    url = "postgresql://u:pw@h:5432/db"
+    assert isinstance(parse_storage_url(url), PostgresUrl)
+    monkeypatch.setitem(sys.modules, "asyncpg", None)
+    with pytest.raises(ValueError) as info:
+        parse_storage_url(url)
+    assert str(info.value) == (
+        "a postgresql store needs the asyncpg package, which is not installed:"
+        " pip install 'durable-gateway[postgres]'"
+    )
+    assert isinstance(parse_storage_url("sqlite:///gw.db"), SqliteUrl)
