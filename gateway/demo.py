@@ -89,15 +89,17 @@ def run(args: argparse.Namespace, loop: str) -> int:
             backend = _start_backend(args.backend_port)
             gateway = _start_gateway(gateway_cmd, args.port + 2)
             print(_tour(args, gateway.pid, exposed), flush=True)
-            while not stop:
+            while True:
                 time.sleep(0.2)
+                if stop:  # Ctrl-C reaches the children too: they may be gone already
+                    return 0
                 if backend.poll() is not None:
                     raise DemoFailed(f"the example backend exited ({backend.returncode})")
                 code = gateway.poll()
                 if code is None:
                     continue
-                if code >= 0 or stop:
-                    return code if code > 0 else 0
+                if code >= 0:
+                    return code
                 print(
                     f"\ndemo: the gateway was killed ({signal.Signals(-code).name}); starting it"
                     " again on the same store, as a service manager would",
@@ -105,7 +107,6 @@ def run(args: argparse.Namespace, loop: str) -> int:
                 )
                 gateway = _start_gateway(gateway_cmd, args.port + 2)
                 print(f"demo: gateway running again (pid {gateway.pid})", flush=True)
-            return 0
         except DemoFailed as err:
             print(f"durable-gateway demo: {err}", file=sys.stderr)
             return 1

@@ -71,7 +71,14 @@ def wait_http_ok(
 class Proc:
     """A child process with its output captured to a file, stopped on close."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        new_session: bool = False,
+    ):
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -81,6 +88,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env={**os.environ, **(env or {})},
+            start_new_session=new_session,  # a process group of its own, as a terminal's
         )
 
     def output(self) -> str:

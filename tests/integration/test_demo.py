@@ -59,6 +59,7 @@ async def test_demo_runs_both_restarts_a_killed_gateway_and_stops_both_on_ctrl_c
             str(backend_port),
         ],
         tmp_path / "demo.log",
+        new_session=True,
     )
     try:
         tour = await assert_eventually(lambda: _after(demo, "Ctrl-C stops both"), within=30)
@@ -79,7 +80,7 @@ async def test_demo_runs_both_restarts_a_killed_gateway_and_stops_both_on_ctrl_c
         ran = await _ran(http, gw, run_id, "step-4")
         assert ran["step-1"] == 1  # committed well before the kill: not run again
 
-        demo.popen.send_signal(signal.SIGINT)
+        os.killpg(demo.popen.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
         assert demo.popen.wait(30) == 0
     finally:
         demo.stop()
