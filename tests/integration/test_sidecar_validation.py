@@ -18,7 +18,7 @@ from yarl import URL
 
 from step_protocol import wire
 from tests.conftest import Gateway, GatewayFactory, HeldBackend, durable_route
-from tests.helpers import until_status
+from tests.helpers import assert_eventually, until_status
 
 _IN_11_YEARS = (datetime.now(UTC) + timedelta(days=11 * 365)).isoformat()
 
@@ -227,6 +227,14 @@ async def test_nul_characters_are_refused_before_they_reach_the_store(
     async with await request as resp:
         assert resp.status == 200
         run_id = resp.headers["Durable-Run-Id"]
-    detail = await until_status(http, gw, run_id, "succeeded")
-    (step,) = detail["steps"]
+
+    async def stored() -> dict[str, Any]:
+        # The runs API lists steps from the store: under async durability a step shows
+        # once its write is committed, which may trail the run's live status.
+        detail = await until_status(http, gw, run_id, "succeeded")
+        assert len(detail["steps"]) == 1, detail["steps"]
+        step: dict[str, Any] = detail["steps"][0]
+        return step
+
+    step = await assert_eventually(stored)
     assert step["errors"][0]["message"] == "bad\ufffdbyte"
