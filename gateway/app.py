@@ -15,7 +15,7 @@ import signal
 from aiohttp import web
 
 from gateway import metrics, upstream
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, local_url
 from gateway.config.storage_url import shown_url
 from gateway.engine import recovery, retention
 from gateway.engine.breaker import Breakers
@@ -42,19 +42,6 @@ log = logging.getLogger("gateway")
 
 def default_sidecar_url(config: GatewayConfig) -> str:
     return config.server.sidecar_url or local_url(config.server.sidecar)
-
-
-def local_url(address: tuple[str, int]) -> str:
-    """The base URL a process on this host reaches a listener at: a wildcard address
-    (all interfaces) is reached on loopback."""
-    host, port = address
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
 
 
 async def build_services(config: GatewayConfig) -> Services:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from gateway import __version__, demo, logs
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, local_url
 from gateway.errors import ConfigError, StoreUnavailable
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
@@ -124,8 +124,6 @@ def ask_reload(config: GatewayConfig) -> int:
     The gateway reads its own file again (with its own environment): it is the one it
     started with, which this command has just validated here.
     """
-    from gateway.app import local_url
-
     url = local_url(config.server.admin) + "/v1/admin/reload"
     token = config.security.admin_token
     headers = {"Authorization": f"Bearer {token}"} if token else {}

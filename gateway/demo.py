@@ -9,6 +9,7 @@ interrupted by the crash can be seen resuming.
 from __future__ import annotations
 
 import argparse
+import selectors
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from gateway.config import local_url
 
 START_WAIT = 30.0
 """How long each child may take to start listening."""
@@ -83,11 +86,12 @@ def run(args: argparse.Namespace, loop: str) -> int:
             )
         )
         gateway_cmd = [sys.executable, "-m", "gateway", "--loop", loop, "--config", str(config)]
+        ready_url = local_url((args.host, args.port + 2)) + "/readyz"
         backend: subprocess.Popen[bytes] | None = None
         gateway: subprocess.Popen[bytes] | None = None
         try:
-            backend = _start_backend(args.backend_port)
-            gateway = _start_gateway(gateway_cmd, args.port + 2)
+            backend = _start_backend(args.backend_port, Path(scratch) / "backend.log")
+            gateway = _start_gateway(gateway_cmd, ready_url)
             print(_tour(args, gateway.pid, exposed), flush=True)
             while True:
                 time.sleep(0.2)
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace, loop: str) -> int:
                     " again on the same store, as a service manager would",
                     flush=True,
                 )
-                gateway = _start_gateway(gateway_cmd, args.port + 2)
+                gateway = _start_gateway(gateway_cmd, ready_url)
                 print(f"demo: gateway running again (pid {gateway.pid})", flush=True)
         except DemoFailed as err:
             print(f"durable-gateway demo: {err}", file=sys.stderr)
@@ -128,14 +132,20 @@ def _stop_on_signals() -> list[int]:
     return caught
 
 
-def _start_backend(port: int) -> subprocess.Popen[bytes]:
+def _start_backend(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """Start the example backend, its errors into `log` (a pipe nobody drains would
+    stop it once full); wait until it says it listens."""
     cmd = [sys.executable, "-m", "step_protocol.demo", "--port", str(port)]
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert child.stdout is not None and child.stderr is not None
-    line = child.stdout.readline().decode(errors="replace")  # "listening on PORT"
-    if not line.startswith("listening on"):
-        child.wait(STOP_WAIT)
-        why = child.stderr.read().decode(errors="replace").strip().splitlines()
+    with log.open("wb") as errors:
+        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors)
+    assert child.stdout is not None
+    with selectors.DefaultSelector() as ready:  # a backend that never says so: bounded
+        ready.register(child.stdout, selectors.EVENT_READ)
+        started = ready.select(START_WAIT)
+    line = child.stdout.readline().decode(errors="replace") if started else ""
+    if not line.startswith("listening on"):  # "listening on PORT"
+        _stop(child)
+        why = log.read_text(errors="replace").strip().splitlines()
         reason = why[-1] if why else f"exit {child.returncode}"
         raise DemoFailed(
             f"the example backend could not listen on port {port}: {reason}"
@@ -144,7 +154,7 @@ def _start_backend(port: int) -> subprocess.Popen[bytes]:
     return child
 
 
-def _start_gateway(cmd: list[str], admin_port: int) -> subprocess.Popen[bytes]:
+def _start_gateway(cmd: list[str], ready_url: str) -> subprocess.Popen[bytes]:
     """Start the gateway with its logs on our terminal; wait until `/readyz` says so."""
     child = subprocess.Popen(cmd)
     deadline = time.monotonic() + START_WAIT
@@ -152,7 +162,7 @@ def _start_gateway(cmd: list[str], admin_port: int) -> subprocess.Popen[bytes]:
         if child.poll() is not None:
             raise DemoFailed(f"the gateway exited ({child.returncode}); its log says why")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1):
+            with urllib.request.urlopen(ready_url, timeout=1):
                 return child
         except (urllib.error.URLError, OSError):
             time.sleep(0.1)

@@ -17,6 +17,7 @@ from gateway.config.model import (
     SecurityConfig,
     ServerConfig,
     StorageConfig,
+    local_url,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "SecurityConfig",
     "ServerConfig",
     "StorageConfig",
+    "local_url",
 ]

@@ -222,6 +222,19 @@ def upstream_origin(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+def local_url(address: tuple[str, int]) -> str:
+    """The base URL a process on this host reaches a listener at: a wildcard address
+    (all interfaces) is reached on loopback."""
+    host, port = address
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)

@@ -60,6 +60,9 @@ class Budget:
     def allowed(self, now: float) -> float:
         """Retries the window allows at `now`, spent or not."""
         fresh, _ = self._totals(now)
+        return self._room(fresh)
+
+    def _room(self, fresh: int) -> float:
         cfg = self.config
         return max(cfg.ratio * fresh, cfg.min_per_second * cfg.interval)
 
@@ -70,8 +73,7 @@ class Budget:
     def try_retry(self, now: float) -> bool:
         """Spend room for one retry being sent now; False when there is none left."""
         fresh, retries = self._totals(now)
-        cfg = self.config
-        if retries + 1 > max(cfg.ratio * fresh, cfg.min_per_second * cfg.interval):
+        if retries + 1 > self._room(fresh):
             return False
         self._retries[self._slot(now)] += 1
         return True

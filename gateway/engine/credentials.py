@@ -90,9 +90,9 @@ class Credentials:
     def seal(self, run_id: str, request: StoredRequest) -> StoredRequest:
         """The request as it is stored: sensitive values sealed (a fresh nonce each).
         The same object when there is nothing to seal, as on most requests."""
-        sensitive = self.sensitive
         headers = request.headers
-        for name, value in headers:  # the one pass most requests pay
+        sensitive = self.sensitive
+        for name, value in headers:  # the one pass most requests pay: `_hidden`, inlined
             if name.lower() in sensitive or value.startswith(PREFIX):
                 break
         else:
@@ -102,10 +102,10 @@ class Credentials:
         aad = _AAD + _bytes(run_id) + b"\0"
         sealed: Headers = []
         for name, value in headers:
-            lower = name.lower()
-            if lower in sensitive or value.startswith(PREFIX):
+            if self._hidden(name, value):
                 nonce = random_bytes(_NONCE_BYTES)
-                value = head + _b64(nonce + key.encrypt(nonce, _bytes(value), aad + _bytes(lower)))
+                box = key.encrypt(nonce, _bytes(value), aad + _bytes(name.lower()))
+                value = head + _b64(nonce + box)
             sealed.append((name, value))
         return StoredRequest(request.method, request.path_qs, sealed, request.body)
 
@@ -148,8 +148,9 @@ class Credentials:
 
     def redact(self, headers: Headers) -> Headers:
         """Headers as an operator may see them: sensitive and sealed values replaced."""
-        sensitive = self.sensitive
-        return [
-            (name, REDACTED if name.lower() in sensitive or value.startswith(PREFIX) else value)
-            for name, value in headers
-        ]
+        return [(name, REDACTED if self._hidden(name, value) else value) for name, value in headers]
+
+    def _hidden(self, name: str, value: str) -> bool:
+        """Sealed when stored and redacted when shown: a sensitive header, or a value that
+        looks sealed (one of ours, or a client's posing as one)."""
+        return name.lower() in self.sensitive or value.startswith(PREFIX)
