@@ -5,7 +5,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY step_protocol ./step_protocol
-RUN pip install --no-cache-dir '.[postgres]' && rm -rf build ./*.egg-info
+RUN pip install --no-cache-dir '.[postgres,otel]' && rm -rf build ./*.egg-info
 VOLUME /data
 EXPOSE 8080 8081 8082
 ENTRYPOINT ["durable-gateway"]

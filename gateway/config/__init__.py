@@ -17,6 +17,7 @@ from gateway.config.model import (
     SecurityConfig,
     ServerConfig,
     StorageConfig,
+    TracingConfig,
     local_url,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "SecurityConfig",
     "ServerConfig",
     "StorageConfig",
+    "TracingConfig",
     "local_url",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import ipaddress
 import math
 import os
@@ -38,6 +39,7 @@ from gateway.config.model import (
     SecurityConfig,
     ServerConfig,
     StorageConfig,
+    TracingConfig,
 )
 from gateway.config.storage_url import SqliteUrl, check_sqlite_path, parse_storage_url
 from gateway.errors import ConfigError
@@ -582,6 +584,69 @@ def _security(at: _At) -> SecurityConfig:
     )
 
 
+OTEL_MODULES = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+"""What `tracing:` needs: the OpenTelemetry SDK and its OTLP/HTTP exporter (`.[otel]`)."""
+
+
+def _tracing(at: _At) -> TracingConfig:
+    f = _fields(
+        at,
+        [
+            "otlp_endpoint",
+            "service_name",
+            "sample_ratio",
+            "resource_attributes",
+            "headers",
+            "ui_url",
+        ],
+    )
+    endpoint = _optional_url(f, "otlp_endpoint")
+    if endpoint is not None and not all(_installed(name) for name in OTEL_MODULES):
+        raise f["otlp_endpoint"].error(
+            "tracing needs the OpenTelemetry SDK and OTLP exporter, which are not installed:"
+            " pip install 'durable-gateway[otel]'"
+        )
+    ui_url = _text(f["ui_url"], optional=True) if "ui_url" in f else None
+    if ui_url is not None:
+        if "{trace_id}" not in ui_url:
+            raise f["ui_url"].error(
+                "must contain {trace_id}, e.g. http://jaeger:16686/trace/{trace_id}"
+            )
+        _url(f["ui_url"], ui_url.replace("{trace_id}", "0"))
+    base = TracingConfig()
+    return TracingConfig(
+        otlp_endpoint=endpoint,
+        service_name=_string(f["service_name"]) if "service_name" in f else base.service_name,
+        sample_ratio=_number(f["sample_ratio"], 0.0, 1.0) if "sample_ratio" in f else 1.0,
+        resource_attributes=_pairs(f["resource_attributes"]) if "resource_attributes" in f else (),
+        headers=_pairs(f["headers"], header_names=True) if "headers" in f else (),
+        ui_url=ui_url,
+    )
+
+
+def _installed(module: str) -> bool:
+    """Looked up, not imported (cheap); a missing parent package is not installed either."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _pairs(at: _At, *, header_names: bool = False) -> tuple[tuple[str, str], ...]:
+    """A mapping of names to single values, in the file's order."""
+    if not isinstance(at.node, yaml.MappingNode):
+        if at.node.tag == _NULL_TAG:
+            return ()
+        raise at.error("must be a mapping of name: value")
+    names = [key.value for key, _ in at.node.value if isinstance(key, yaml.ScalarNode)]
+    pairs = []
+    for name, value in _fields(at, names).items():
+        if header_names and not _HEADER_NAME.fullmatch(name):
+            raise value.error("must be an HTTP header name such as Authorization")
+        pairs.append((name, _string(value)))
+    return tuple(pairs)
+
+
 def _match(at: _At) -> RouteMatch:
     scalar = isinstance(at.node, yaml.ScalarNode)  # `match: /api/*` is short for {path: /api/*}
     f = {"path": at} if scalar else _fields(at, ["path", "methods"], ["path"])
@@ -665,7 +730,7 @@ def _check_breakers(items: list[_At], routes: list[RouteConfig]) -> None:
 def _gateway(root: _At) -> GatewayConfig:
     if root.node.tag != _NULL_TAG and not isinstance(root.node, yaml.MappingNode):
         raise root.error("the top level must be a mapping (server:, storage:, routes: …)")
-    f = _fields(root, ["server", "storage", "security", "cluster", "defaults", "routes"])
+    f = _fields(root, ["server", "storage", "security", "cluster", "tracing", "defaults", "routes"])
     server = _server(f["server"]) if "server" in f else ServerConfig()
     storage = _storage(f.get("storage"), root.source)
     security = _security(f["security"]) if "security" in f else SecurityConfig()
@@ -677,6 +742,7 @@ def _gateway(root: _At) -> GatewayConfig:
             " set a token, or bind the admin listener to 127.0.0.1"
         )
     cluster = _cluster(f["cluster"]) if "cluster" in f else ClusterConfig()
+    tracing = _tracing(f["tracing"]) if "tracing" in f else TracingConfig()
     defaults = RouteSettings()
     if "defaults" in f:
         defaults = _settings(_fields(f["defaults"], _SETTING_KEYS), defaults)
@@ -689,7 +755,9 @@ def _gateway(root: _At) -> GatewayConfig:
     if not routes:
         raise f["routes"].error("at least one route is required")
     _check_breakers(items, routes)
-    return GatewayConfig(server, storage, security, cluster, defaults, tuple(routes), root.source)
+    return GatewayConfig(
+        server, storage, security, cluster, tracing, defaults, tuple(routes), root.source
+    )
 
 
 # ── entry points ────────────────────────────────────────────────────────────────

@@ -79,6 +79,36 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """OpenTelemetry traces of runs, attempts and steps; off unless `otlp_endpoint` is set."""
+
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP (protobuf) URL of a collector: a base such as `http://localhost:4318`
+    (spans go to its `/v1/traces`), or the full traces URL."""
+    service_name: str = "durable-gateway"
+    sample_ratio: float = 1.0
+    """Share of new traces recorded; a client's `traceparent` decides for its own."""
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    """Extra attributes of the exporting process (`deployment.environment`, ...)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """Sent with each export (a hosted collector's API key)."""
+    ui_url: str | None = None
+    """A trace viewer's link template with `{trace_id}`, for the dashboard."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.otlp_endpoint is not None
+
+    @property
+    def traces_url(self) -> str | None:
+        """Where spans are posted: the endpoint's `/v1/traces` unless it names a path."""
+        url = self.otlp_endpoint
+        if url is None or urlsplit(url).path.strip("/"):
+            return url
+        return url.rstrip("/") + "/v1/traces"
+
+
+@dataclass(frozen=True, slots=True)
 class RetryBudget:
     """How many retries a route may send, so that retries cannot multiply an outage.
 
@@ -241,6 +271,7 @@ class GatewayConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     defaults: RouteSettings = field(default_factory=RouteSettings)
     routes: tuple[RouteConfig, ...] = ()
     source: str = "<memory>"

@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.config.model import GatewayConfig
 
-RESTART_SECTIONS = ("server", "storage", "cluster", "security")
+RESTART_SECTIONS = ("server", "storage", "cluster", "security", "tracing")
 """Sections kept as started: listeners are bound, the store is open, the node named and
 the secret signs tokens already handed out. Only `security.admin_token` is reloaded."""
 RELOADED_SECURITY = ("admin_token",)
@@ -79,6 +79,7 @@ def plan(running: GatewayConfig, new: GatewayConfig) -> Reload:
         server=running.server,
         storage=running.storage,
         cluster=running.cluster,
+        tracing=running.tracing,
         security=security,
         source=running.source,
     )

@@ -112,6 +112,10 @@ class PutStep:
     """Canonical JSON bytes of the output."""
     attempt: int
     created_at: float
+    started_at: float | None = None
+    """When the backend says the step's work began (Unix seconds), if it said."""
+    duration_ms: float | None = None
+    """How long the backend says the step's work took, if it said."""
 
 
 MAX_ERROR_MESSAGE = 2000
@@ -216,6 +220,9 @@ class SuspendRun:
     wake_at: float | None
     """None: only an event wakes it."""
     updated_at: float
+    suspended_on: str | None = None
+    """What it waits for, `sleep:STEP_ID` or `wait:STEP_ID`: a run resumed on any node
+    can then say what it was suspended on (its trace's suspension span)."""
 
 
 @dataclass(slots=True)
@@ -312,6 +319,8 @@ class RunRow:
     owner: str | None = None
     """The process that holds the run's lease (kept after release, for the record)."""
     lease_until: float | None = None
+    suspended_on: str | None = None
+    """`SuspendRun.suspended_on` of its last suspension."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +416,8 @@ class StepRow:
     attempt: int
     created_at: float
     output_bytes: int
+    started_at: float | None = None
+    duration_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,83 @@
+"""A run's place in a W3C trace, derived from what the store keeps of the run.
+
+The trace id is the client's (from the `traceparent` stored with its request) or, when
+it sent none, derived from the run id; the run's span id and each attempt's are derived
+from the run id too. So any node, before or after a restart, names the same spans for a
+run without storing an id, and a resumed run continues its trace. Each attempt's backend
+gets its own attempt's span id as parent, so the backend's spans nest under that attempt.
+
+Pure: no I/O, no clock, no OpenTelemetry (`otel.py` exports the spans).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_RATIO_BITS: Final = 1 << 64
+
+
+def _derived(run_id: str, part: str, size: int) -> str:
+    """A stable id of `size` bytes, lower-case hex, never all zero (invalid in W3C)."""
+    raw = hashlib.blake2b(f"{run_id}\x00{part}".encode(), digest_size=size).digest()
+    return raw.hex() if any(raw) else "0" * (2 * size - 1) + "1"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """Where a run's spans go: its trace, the client's span above it, and whether its
+    spans are recorded (the client's sampled flag, or `sample_ratio` of new traces)."""
+
+    run_id: str
+    trace_id: str
+    """32 lower-case hex digits."""
+    client_span: str | None
+    """The span id the client's `traceparent` named: the run span's parent."""
+    sampled: bool
+
+    @property
+    def run_span(self) -> str:
+        return _derived(self.run_id, "run", 8)
+
+    def attempt_span(self, attempt: int) -> str:
+        return _derived(self.run_id, f"attempt {attempt}", 8)
+
+    def span(self, *parts: object) -> str:
+        """The id of another span of the run (a step's, a backoff's), named by `parts`."""
+        return _derived(self.run_id, "/".join(map(str, parts)), 8)
+
+    def traceparent(self, attempt: int) -> str:
+        """The `traceparent` an attempt's backend gets: the attempt's span is its parent."""
+        flags = "01" if self.sampled else "00"
+        return f"00-{self.trace_id}-{self.attempt_span(attempt)}-{flags}"
+
+    @property
+    def log(self) -> dict[str, str]:
+        """`extra=` of a log line about the run (`logs.py` prints both ids)."""
+        return {"run_id": self.run_id, "trace_id": self.trace_id}
+
+
+def trace_of(
+    run_id: str, headers: Iterable[tuple[str, str]], sample_ratio: float = 1.0
+) -> TraceContext:
+    """The run's trace from its stored request headers.
+
+    A valid client `traceparent` gives the trace id, the parent span and the sampling
+    decision (its flag: the client decided); otherwise the trace id is derived from the
+    run id and sampled when its low 64 bits fall below `sample_ratio` (OpenTelemetry's
+    TraceIdRatioBased rule, so every node decides alike).
+    """
+    for name, value in headers:
+        if len(name) == 11 and name.lower() == "traceparent":
+            found = _TRACEPARENT.fullmatch(value.strip().lower())
+            if found and int(found[1], 16) and int(found[2], 16):
+                sampled = bool(int(found[3], 16) & 1)
+                return TraceContext(run_id, found[1], found[2], sampled)
+            break
+    trace_id = _derived(run_id, "trace", 16)
+    sampled = int(trace_id[16:], 16) < sample_ratio * _RATIO_BITS
+    return TraceContext(run_id, trace_id, None, sampled)
