@@ -1,5 +1,6 @@
 # One image for every store: SQLite built in, PostgreSQL through the `postgres` extra
-# (asyncpg). Every dependency ships a manylinux wheel, so no compiler is installed.
+# (asyncpg), and tracing through the `otel` one (the OpenTelemetry SDK and OTLP/HTTP
+# exporter). Every dependency ships a manylinux wheel, so no compiler is installed.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
