@@ -29,6 +29,7 @@ from gateway.engine.runs import Pending, PendingKind, Run, StepResult, stored_pr
 from gateway.engine.stream import Ended, Stream
 from gateway.engine.suspensions import Answer
 from gateway.engine.tokens import new_run_id
+from gateway.engine.traces import NO_TIMING, StepTiming
 from gateway.errors import Conflict, NotFound, StaleAttempt, Unavailable
 from gateway.store import (
     FINAL_STATUSES,
@@ -282,7 +283,7 @@ class Driver:
         return live
 
     def record_step(
-        self, live: LiveRun, step_id: str, output: bytes
+        self, live: LiveRun, step_id: str, output: bytes, timing: StepTiming = NO_TIMING
     ) -> tuple[StepResult, asyncio.Future[None] | None]:
         """Apply a step write to a live run; with the commit future when it was new."""
         run = live.run
@@ -290,14 +291,30 @@ class Driver:
         metrics.child(metrics.STEPS, result.value).inc()
         if result is not StepResult.CREATED:
             return result, None
-        done = self.writer.submit(PutStep(run.run_id, step_id, output, run.attempt, time.time()))
+        done = self.writer.submit(
+            PutStep(
+                run.run_id,
+                step_id,
+                output,
+                run.attempt,
+                time.time(),
+                timing.started_at,
+                timing.duration_ms,
+            )
+        )
         return result, done
 
     async def put_step(
-        self, run_id: str, attempt: int, step_id: str, output: bytes, sync: bool
+        self,
+        run_id: str,
+        attempt: int,
+        step_id: str,
+        output: bytes,
+        sync: bool,
+        timing: StepTiming = NO_TIMING,
     ) -> StepResult:
         """Record a step for an attempt; answers once queued, or once committed when sync."""
-        result, done = self.record_step(self.current(run_id, attempt), step_id, output)
+        result, done = self.record_step(self.current(run_id, attempt), step_id, output, timing)
         if done is not None and (sync or self.sync_steps):
             await done
         return result
@@ -372,7 +389,14 @@ class Driver:
             run.suspension = plan.suspend
         return plan.answer
 
-    def step_error(self, run_id: str, attempt: int, step_id: str, message: str) -> None:
+    def step_error(
+        self,
+        run_id: str,
+        attempt: int,
+        step_id: str,
+        message: str,
+        timing: StepTiming = NO_TIMING,
+    ) -> None:
         """Record a failed try of a step; answers once queued (the store bounds them)."""
         self.current(run_id, attempt)
         message = message[:MAX_ERROR_MESSAGE].replace("\x00", "\ufffd")  # no store's text holds it

@@ -81,3 +81,26 @@ def trace_of(
     trace_id = _derived(run_id, "trace", 16)
     sampled = int(trace_id[16:], 16) < sample_ratio * _RATIO_BITS
     return TraceContext(run_id, trace_id, None, sampled)
+
+
+@dataclass(frozen=True, slots=True)
+class StepTiming:
+    """When a step's work ran, as its backend reported it on `PUT …/steps/{id}`
+    (`started_at`, `duration_ms`; either, both or neither)."""
+
+    started_at: float | None = None
+    """Unix seconds."""
+    duration_ms: float | None = None
+
+    def span(self, received: float) -> tuple[float, float]:
+        """Start and end of the step's span, in Unix seconds, given when the gateway got
+        its `PUT`: what the backend left out is taken from that moment."""
+        took = None if self.duration_ms is None else self.duration_ms / 1000
+        start = self.started_at
+        if start is None:
+            start = received if took is None else received - took
+        end = received if took is None else start + took
+        return start, max(start, end)
+
+
+NO_TIMING: Final = StepTiming()
