@@ -1,12 +1,12 @@
 # One image for every store: SQLite built in, PostgreSQL through the `postgres` extra
-# (asyncpg), and tracing through the `otel` one (the OpenTelemetry SDK and OTLP/HTTP
-# exporter). Every dependency ships a manylinux wheel, so no compiler is installed.
+# (asyncpg); tracing needs nothing more. Every dependency ships a manylinux wheel, so no
+# compiler is installed.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY step_protocol ./step_protocol
-RUN pip install --no-cache-dir '.[postgres,otel]' && rm -rf build ./*.egg-info
+RUN pip install --no-cache-dir '.[postgres]' && rm -rf build ./*.egg-info
 VOLUME /data
 EXPOSE 8080 8081 8082
 ENTRYPOINT ["durable-gateway"]

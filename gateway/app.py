@@ -14,8 +14,8 @@ import signal
 
 from aiohttp import web
 
-from gateway import metrics, upstream
-from gateway.config import GatewayConfig, local_url
+from gateway import logs, metrics, upstream
+from gateway.config import GatewayConfig, TracingConfig, local_url
 from gateway.config.storage_url import shown_url
 from gateway.engine import recovery, retention
 from gateway.engine.breaker import Breakers
@@ -24,8 +24,10 @@ from gateway.engine.credentials import Credentials
 from gateway.engine.driver import Driver, new_owner
 from gateway.engine.leases import Leases
 from gateway.engine.limits import Limits
+from gateway.engine.otlp import OtlpExporter
 from gateway.engine.runner import Runner
 from gateway.engine.scheduler import Scheduler
+from gateway.engine.spans import Spans
 from gateway.engine.tokens import Tokens, new_secret
 from gateway.engine.view import RunView
 from gateway.errors import ConfigError, StoreUnavailable
@@ -71,6 +73,7 @@ async def build_services(config: GatewayConfig) -> Services:
         limits=limits,
         budgets=Budgets(config.routes),
         breakers=Breakers(config.routes),
+        spans=_spans(config.tracing),
     )
     driver = Driver(
         runner=runner,
@@ -85,6 +88,7 @@ async def build_services(config: GatewayConfig) -> Services:
         runner.fence = leases.hold
     scheduler = Scheduler(store, driver)
     writer.on_rejected = driver.store_refused
+    logs.find_traces(driver.registry.trace_id)
     return Services(
         config=config,
         store=store,
@@ -98,6 +102,13 @@ async def build_services(config: GatewayConfig) -> Services:
         view=RunView(driver, store),
         leases=leases,
     )
+
+
+def _spans(config: TracingConfig) -> Spans:
+    """The spans of runs, exported over OTLP when `tracing:` names a collector."""
+    if not config.enabled:
+        return Spans(None)
+    return Spans(OtlpExporter(config), config.sample_ratio)
 
 
 def build_apps(
@@ -247,4 +258,7 @@ async def _shutdown(services: Services, runners: list[web.BaseRunner]) -> None:
     await services.session.close()
     await services.driver.runner.pool.close()
     await services.store.close()
+    exporter = services.driver.runner.spans.exporter
+    if exporter is not None:  # the spans of the runs that just ended
+        await exporter.close()
     log.info("stopped")

@@ -1,7 +1,9 @@
-"""Structured logs: one line per event, with the run id when there is one.
+"""Structured logs: one line per event, with the run's id and trace id when there is one.
 
-`text` is for people (`ts level logger message run_id=…`), `json` for log pipelines.
-Handlers pass the run id as `extra={"run_id": …}`; nothing here does I/O but stderr.
+`text` is for people (`ts level logger message run_id=… trace_id=…`), `json` for log
+pipelines. Code that has the run passes `extra=run.trace.log` (both ids); code that only
+has its id passes `extra={"run_id": …}`, and the trace id is looked up among the live
+runs (`find_traces`). Nothing here does I/O but stderr.
 """
 
 from __future__ import annotations
@@ -9,11 +11,27 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import orjson
 
 LogFormat = Literal["text", "json"]
+
+_trace_of: Callable[[str], str | None] = lambda run_id: None  # noqa: E731
+
+
+def find_traces(lookup: Callable[[str], str | None]) -> None:
+    """Where a log line that names only a run id finds its trace id (the live runs)."""
+    global _trace_of
+    _trace_of = lookup
+
+
+def _ids(record: logging.LogRecord) -> tuple[str | None, str | None]:
+    run_id = getattr(record, "run_id", None)
+    if not run_id:
+        return None, None
+    return run_id, getattr(record, "trace_id", None) or _trace_of(run_id)
 
 
 class TextFormatter(logging.Formatter):
@@ -21,9 +39,11 @@ class TextFormatter(logging.Formatter):
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = record.getMessage()
         line = f"{ts}.{int(record.msecs):03d}Z {record.levelname:<7} {record.name} {msg}"
-        run_id = getattr(record, "run_id", None)
+        run_id, trace_id = _ids(record)
         if run_id:
             line += f" run_id={run_id}"
+        if trace_id:
+            line += f" trace_id={trace_id}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -37,9 +57,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        run_id = getattr(record, "run_id", None)
+        run_id, trace_id = _ids(record)
         if run_id:
             entry["run_id"] = run_id
+        if trace_id:
+            entry["trace_id"] = trace_id
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

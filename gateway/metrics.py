@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import time
 from collections.abc import Iterator
 from typing import ClassVar, Generic, TypeVar
 
@@ -21,6 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 
@@ -43,19 +45,26 @@ class Value:
 
 
 class Buckets:
-    """One histogram series: a count per bucket (not cumulative until scraped), and the sum."""
+    """One histogram series: a count per bucket (not cumulative until scraped), and the sum;
+    with the last exemplar (a trace's ids) seen in each bucket, once one was given."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum", "exemplars")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
+        self.exemplars: list[Exemplar | None] | None = None
 
-    def observe(self, amount: float) -> None:
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         # bisect_left: a value equal to a bound belongs to that bound's bucket (le).
-        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        bucket = bisect.bisect_left(self.bounds, amount)
+        self.counts[bucket] += 1
         self.sum += amount
+        if exemplar is not None:
+            if self.exemplars is None:
+                self.exemplars = [None] * len(self.counts)
+            self.exemplars[bucket] = Exemplar(exemplar, amount, time.time())
 
 
 _S = TypeVar("_S", Value, Buckets)
@@ -151,11 +160,13 @@ class Histogram(_Family[Buckets]):
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         edges = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
         for values, series in self.series.items():
-            cumulative, total = [], 0
-            for edge, count in zip(edges, series.counts, strict=True):
+            cumulative: list[tuple[str, float] | tuple[str, float, Exemplar | None]] = []
+            total = 0
+            exemplars = series.exemplars or [None] * len(edges)
+            for edge, count, exemplar in zip(edges, series.counts, exemplars, strict=True):
                 total += count
-                cumulative.append((edge, float(total)))
-            family.add_metric(values, cumulative, series.sum)
+                cumulative.append((edge, float(total), exemplar))
+            family.add_metric(values, cumulative, series.sum)  # type: ignore[arg-type]
         return family
 
 
@@ -299,6 +310,14 @@ EVENTS = Counter(
     ("result",),
 )
 EVENTS_MATCHED = Counter("durable_events_matched_total", "Waits completed by a posted event.")
+SPANS_EXPORTED = Counter(
+    "durable_trace_spans_exported_total", "Spans a collector accepted (`tracing.otlp_endpoint`)."
+)
+SPANS_DROPPED = Counter(
+    "durable_trace_spans_dropped_total",
+    "Spans not exported: queue_full (the collector is down or slow), refused (it said no).",
+    ("reason",),
+)
 ADMIN_ACTIONS = Counter(
     "durable_admin_actions_total", "Operator actions on runs (cancel, retry).", ("action",)
 )

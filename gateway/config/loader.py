@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import ipaddress
 import math
 import os
@@ -584,10 +583,6 @@ def _security(at: _At) -> SecurityConfig:
     )
 
 
-OTEL_MODULES = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
-"""What `tracing:` needs: the OpenTelemetry SDK and its OTLP/HTTP exporter (`.[otel]`)."""
-
-
 def _tracing(at: _At) -> TracingConfig:
     f = _fields(
         at,
@@ -601,11 +596,6 @@ def _tracing(at: _At) -> TracingConfig:
         ],
     )
     endpoint = _optional_url(f, "otlp_endpoint")
-    if endpoint is not None and not all(_installed(name) for name in OTEL_MODULES):
-        raise f["otlp_endpoint"].error(
-            "tracing needs the OpenTelemetry SDK and OTLP exporter, which are not installed:"
-            " pip install 'durable-gateway[otel]'"
-        )
     ui_url = _text(f["ui_url"], optional=True) if "ui_url" in f else None
     if ui_url is not None:
         if "{trace_id}" not in ui_url:
@@ -622,14 +612,6 @@ def _tracing(at: _At) -> TracingConfig:
         headers=_pairs(f["headers"], header_names=True) if "headers" in f else (),
         ui_url=ui_url,
     )
-
-
-def _installed(module: str) -> bool:
-    """Looked up, not imported (cheap); a missing parent package is not installed either."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def _pairs(at: _At, *, header_names: bool = False) -> tuple[tuple[str, str], ...]:

@@ -32,11 +32,13 @@ def build_request(run: Run, attempt: int, tokens: Tokens, sidecar_url: str) -> A
     """The stored request with this attempt's Durable-* headers and completed steps.
 
     The stored headers never carry Durable-* ones (the ingress strips what a client
-    sends), so the gateway's are appended, not replaced.
+    sends), so the gateway's are appended, not replaced. The client's `traceparent` is
+    replaced by the attempt's: its span is the backend's parent.
     """
     req = run.request
     run_id = run.run_id
-    headers = list(req.headers)
+    headers = [pair for pair in req.headers if pair[0].lower() != "traceparent"]
+    headers.append(("traceparent", run.trace.traceparent(attempt)))
     headers.append((wire.RUN_ID, run_id))
     headers.append((wire.ATTEMPT, str(attempt)))
     headers.append((wire.SIDECAR, f"{sidecar_url}/v1/runs/{run_id}"))

@@ -25,11 +25,11 @@ from gateway.engine.credentials import Credentials
 from gateway.engine.live import LiveRun
 from gateway.engine.mirror import Mirrors
 from gateway.engine.runner import Runner
-from gateway.engine.runs import Pending, PendingKind, Run, StepResult, stored_problem
+from gateway.engine.runs import Parked, Pending, PendingKind, Run, StepResult, stored_problem
 from gateway.engine.stream import Ended, Stream
 from gateway.engine.suspensions import Answer
 from gateway.engine.tokens import new_run_id
-from gateway.engine.traces import NO_TIMING, StepTiming
+from gateway.engine.traces import NO_TIMING, StepTiming, trace_of
 from gateway.errors import Conflict, NotFound, StaleAttempt, Unavailable
 from gateway.store import (
     FINAL_STATUSES,
@@ -163,7 +163,15 @@ class Driver:
         if not self.accepting:
             raise Unavailable("the gateway is shutting down")
         now = time.time()
-        run = Run(new_run_id(), route, request, now, attempt=1, limit_key=limit_key)
+        run = Run(
+            new_run_id(),
+            route,
+            request,
+            now,
+            attempt=1,
+            limit_key=limit_key,
+            sample_ratio=self.runner.spans.sample_ratio,
+        )
         write = CreateRun(
             run.run_id,
             route.name,
@@ -216,7 +224,7 @@ class Driver:
             log.warning(
                 "run of route %r not resumed: the route is no longer configured",
                 row.route,
-                extra={"run_id": row.run_id},
+                extra=trace_of(row.run_id, row.request.headers).log,
             )
             return None
         request, unreadable = self.credentials.open(row.run_id, row.request)
@@ -226,7 +234,7 @@ class Driver:
                 " without them (add the secret they were written under to"
                 " security.previous_secrets)",
                 ", ".join(sorted(set(unreadable))),
-                extra={"run_id": row.run_id},
+                extra=trace_of(row.run_id, row.request.headers).log,
             )
         steps = await self.store.load_steps(row.run_id)
         pending = {
@@ -235,7 +243,7 @@ class Driver:
             )
             for p in await self.store.list_pending(row.run_id)
         }
-        return Run(
+        run = Run(
             row.run_id,
             route,
             request,
@@ -247,7 +255,13 @@ class Driver:
             pending=pending,
             suspends=await self.store.count_suspends(row.run_id),
             streamed=await self.store.get_body(row.run_id),
+            sample_ratio=self.runner.spans.sample_ratio,
         )
+        if row.suspended_on is not None:  # suspended, or woken and no attempt begun yet
+            run.parked = Parked(row.suspended_at or row.updated_at, row.suspended_on)
+        elif run.status is RunStatus.RUNNING:  # its attempt was cut off (a restart, a takeover)
+            self.runner.spans.attempt(run, run.attempt, row.updated_at, time.time(), None)
+        return run
 
     def watch(self, run_id: str) -> asyncio.Event:
         """An event set when a run now only in the store becomes live here (is resumed)."""
@@ -291,13 +305,15 @@ class Driver:
         metrics.child(metrics.STEPS, result.value).inc()
         if result is not StepResult.CREATED:
             return result, None
+        now = time.time()
+        self.runner.spans.step(run, step_id, now, timing, size=len(output))
         done = self.writer.submit(
             PutStep(
                 run.run_id,
                 step_id,
                 output,
                 run.attempt,
-                time.time(),
+                now,
                 timing.started_at,
                 timing.duration_ms,
             )
@@ -398,16 +414,18 @@ class Driver:
         timing: StepTiming = NO_TIMING,
     ) -> None:
         """Record a failed try of a step; answers once queued (the store bounds them)."""
-        self.current(run_id, attempt)
+        run = self.current(run_id, attempt).run
         message = message[:MAX_ERROR_MESSAGE].replace("\x00", "\ufffd")  # no store's text holds it
-        self.writer.post(RecordStepError(run_id, step_id, attempt, message, time.time()))
+        now = time.time()
+        self.writer.post(RecordStepError(run_id, step_id, attempt, message, now))
+        self.runner.spans.step(run, step_id, now, timing, error=message)
         metrics.child(metrics.STEPS, "error").inc()
         log.info(
             "step %s failed on attempt %d: %s",
             step_id,
             attempt,
             message[:200],
-            extra={"run_id": run_id},
+            extra=run.trace.log,
         )
 
     # --- who waits on a live run --------------------------------------------------------
@@ -430,6 +448,7 @@ class Driver:
         """Cancel an unfinished run: its result becomes a 409 problem, its timers and
         waits go. A live run's task is cancelled first, so no attempt outlives it."""
         live = self.registry.get(run_id)
+        row = None
         if live is None:
             row = await self.store.get_run(run_id)
             live = self.registry.get(run_id)  # it may have become live during the read
@@ -458,7 +477,23 @@ class Driver:
             live.notify()
         await asyncio.shield(committed)
         metrics.child(metrics.RUNS, route, RunStatus.CANCELLED.value).inc()
-        log.info("cancelled by an operator", extra={"run_id": run_id})
+        ended = live.run if live is not None else self._stored(row)
+        if ended is not None:
+            self.runner.spans.run(ended, 409, time.time())
+        trace = (
+            ended.trace
+            if ended is not None
+            else trace_of(run_id, row.request.headers if row else ())
+        )
+        log.info("cancelled by an operator", extra=trace.log)
+
+    def _stored(self, row: RunRow | None) -> Run | None:
+        """A run only in the store, as far as its row tells (no steps): to end its trace."""
+        route = None if row is None else self.routes.get(row.route)
+        if row is None or route is None:
+            return None
+        ratio = self.runner.spans.sample_ratio
+        return Run(row.run_id, route, row.request, row.created_at, row.attempt, sample_ratio=ratio)
 
     def lose(self, run_id: str) -> None:
         """Another node took this run (this one was silent past its lease): stop its
@@ -478,7 +513,7 @@ class Driver:
         self.registry.forget(run_id)
         live.notify()
         metrics.LOST_RUNS.inc()
-        log.warning("another node took this run over; this node stops it", extra={"run_id": run_id})
+        log.warning("another node took this run over; this node stops it", extra=live.run.trace.log)
 
     def heard(self, notice: Notice, run_id: str) -> None:
         """A notice from the node that committed a change: wake what waits on the run
@@ -507,7 +542,7 @@ class Driver:
             live.stream.end(Ended.CANCELLED)
         self.registry.forget(run_id)
         live.notify()
-        log.info("cancelled on another node", extra={"run_id": run_id})
+        log.info("cancelled on another node", extra=run.trace.log)
 
     async def retry(self, run_id: str) -> None:
         """Run a failed, cancelled or paused run again from its completed steps, as a new
@@ -532,7 +567,7 @@ class Driver:
         await self.writer.submit(ResetRun(run_id, run.attempt, now, self.owner, now + self.lease))
         run.status, run.response, run.wake_at = RunStatus.RUNNING, None, None
         self.adopt(run)
-        log.info("retried by an operator", extra={"run_id": run_id})
+        log.info("retried by an operator", extra=run.trace.log)
 
     # --- writes the store refused for good ------------------------------------------
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from gateway import metrics
 from gateway.engine.driver import Driver
+from gateway.engine.traces import trace_of
 from gateway.errors import StoreUnavailable, Unavailable
 from gateway.logs import Burst
 from gateway.store import RunRow, RunStatus
@@ -147,7 +148,9 @@ class Leases:
             rows = await claim()
             for row in rows:
                 log.info(
-                    "taking over a run (%s)", why.replace("_", " "), extra={"run_id": row.run_id}
+                    "taking over a run (%s)",
+                    why.replace("_", " "),
+                    extra=trace_of(row.run_id, row.request.headers).log,
                 )
                 metrics.TAKEN_OVER.labels(why).inc()
                 resumed += await self.driver.resume(row) is not None

@@ -29,6 +29,11 @@ class Registry:
     def get(self, run_id: str) -> LiveRun | None:
         return self._live.get(run_id)
 
+    def trace_id(self, run_id: str) -> str | None:
+        """The trace id of a live run (`logs.find_traces`)."""
+        live = self._live.get(run_id)
+        return None if live is None else live.run.trace.trace_id
+
     def attached(self, route: str, key: str) -> LiveRun | None:
         """The live run an idempotency key belongs to, if it is live here."""
         return self._idempotent.get((route, key))

@@ -29,7 +29,8 @@ from gateway.engine.limits import ConcurrencyLimiter, Limits
 from gateway.engine.live import LiveRun
 from gateway.engine.registry import Registry
 from gateway.engine.retries import AttemptOutcome, Decision, Verdict, decide
-from gateway.engine.runs import Run, stored_problem
+from gateway.engine.runs import Parked, Run, stored_problem
+from gateway.engine.spans import Spans
 from gateway.engine.stream import Ended, Stream
 from gateway.engine.tokens import Tokens
 from gateway.errors import TYPE_BASE, StoreUnavailable, Unavailable
@@ -71,6 +72,9 @@ class _Tried:
     outcome: AttemptOutcome
     stored: StoredResponse | None = None
     decision: Decision | None = None
+    started: float = 0.0
+    """When it began and ended (Unix seconds), for its span."""
+    ended: float = 0.0
 
 
 async def _trusted() -> None:
@@ -90,6 +94,7 @@ class Runner:
         registry: Registry | None = None,
         budgets: Budgets | None = None,
         breakers: Breakers | None = None,
+        spans: Spans | None = None,
     ) -> None:
         self.store = store
         self.writer = writer
@@ -101,6 +106,8 @@ class Runner:
         """Retry budgets and circuit breakers: what may hold an attempt back."""
         self.registry = registry or Registry()
         """The live runs, which the driver shares."""
+        self.spans = spans or Spans()
+        """The runs' trace spans (off unless an exporter is configured)."""
         self.timers_changed = asyncio.Event()
         """Set when a suspension commits or an event wakes a run: the scheduler, which
         waits on it, re-reads its next wake time."""
@@ -140,16 +147,21 @@ class Runner:
         policy = run.route.settings.retry
         numbered = not resumed  # the first attempt is numbered by CreateRun
         retry = False
+        spans = self.spans
         try:
             if resumed and run.wake_at is not None and run.wake_at > time.time():
-                await asyncio.sleep(run.wake_at - time.time())
+                start = time.time()
+                await asyncio.sleep(run.wake_at - start)
+                spans.waited(run, "backoff", start, time.time())
             while True:
                 tried = await self._gated_attempt(live, retry=retry, numbered=numbered)
                 numbered = retry = False
                 await self.fence()
+                outcome = tried.outcome
+                if run.finished or run.suspension is not None or tried.stored is not None:
+                    spans.attempt(run, run.attempt, tried.started, tried.ended, outcome)
                 if run.finished:  # in the attempt, or failed meanwhile (see store_refused)
                     return
-                outcome = tried.outcome
                 if run.suspension is not None:
                     if not await self._suspend(live):
                         return  # the run lives in the store until it is due
@@ -160,6 +172,7 @@ class Runner:
                 decision = tried.decision
                 if decision is None:
                     decision = decide(outcome, policy, run.attempt - run.suspends, self._rng)
+                spans.attempt(run, run.attempt, tried.started, tried.ended, outcome, decision)
                 if decision.verdict is Verdict.FINAL:
                     if self._pauses(run, decision):
                         await self._pause(live, decision.reason)
@@ -174,13 +187,15 @@ class Runner:
                     run.attempt,
                     outcome.detail or f"status {outcome.status}",
                     decision.delay,
-                    extra={"run_id": run.run_id},
+                    extra=run.trace.log,
                 )
                 self.writer.post(
                     UpdateRun(run.run_id, RunStatus.BACKOFF, run.attempt, run.wake_at, time.time())
                 )
                 live.notify()
+                start = time.time()
                 await asyncio.sleep(decision.delay)
+                spans.waited(run, "backoff", start, time.time(), reason=decision.reason)
                 retry = True
         except _QueueTimeout as exc:
             problem = stored_problem(
@@ -201,9 +216,7 @@ class Runner:
         """`on_exhausted: pause`: keep the run and its steps until an operator retries it."""
         run = live.run
         run.status, run.wake_at = RunStatus.PAUSED, None
-        log.warning(
-            "paused (%s): waiting for an operator's retry", reason, extra={"run_id": run.run_id}
-        )
+        log.warning("paused (%s): waiting for an operator's retry", reason, extra=run.trace.log)
         live.notify()
         await self.writer.submit(
             UpdateRun(run.run_id, RunStatus.PAUSED, run.attempt, None, time.time())
@@ -233,11 +246,13 @@ class Runner:
             blocked.kind.value,
             blocked.step_id,
             "an event" if wake is None else f"{wake - now:.3f}s from now",
-            extra={"run_id": run.run_id},
+            extra=run.trace.log,
         )
         live.wake_requested = False
         live.notify()
-        await self.writer.submit(SuspendRun(run.run_id, run.attempt, wake, now))
+        on = f"{blocked.kind.value}:{blocked.step_id}"
+        run.parked = Parked(now, on)
+        await self.writer.submit(SuspendRun(run.run_id, run.attempt, wake, now, on))
         self.timers_changed.set()
         found = await waits.missed(self.store, run, time.time())
         if found is not None:
@@ -258,6 +273,7 @@ class Runner:
         """
         await self.fence()
         run = live.run
+        self.spans.suspension(run, time.time())
         run.attempt += 1
         run.status = RunStatus.RUNNING
         run.wake_at = None
@@ -303,6 +319,7 @@ class Runner:
             if not self._in_attempt:
                 self._drained.set()
         outcome = tried.outcome
+        tried.started, tried.ended = started, time.time()
         kind = "suspended" if run.suspension is not None else outcome.kind.value
         metrics.child(metrics.ATTEMPTS, run.route.name, kind).inc()
         if _never_stored(live):
@@ -312,7 +329,7 @@ class Runner:
                 run.run_id,
                 attempt,
                 started,
-                time.time(),
+                tried.ended,
                 kind,
                 outcome.status,
                 outcome.detail,
@@ -341,7 +358,15 @@ class Runner:
         )
         if resp is None:
             return _Tried(outcome)
-        metrics.child(metrics.UPSTREAM_LATENCY, run.route.name).observe(time.perf_counter() - sent)
+        took = time.perf_counter() - sent
+        latency = metrics.child(metrics.UPSTREAM_LATENCY, run.route.name)
+        if self.spans.exporter is not None and run.trace.sampled:  # links to the attempt's span
+            trace = run.trace
+            latency.observe(
+                took, {"trace_id": trace.trace_id, "span_id": trace.attempt_span(attempt)}
+            )
+        else:
+            latency.observe(took)
         try:
             if run.suspension is not None:
                 return _Tried(outcome)  # an attempt that suspended: its response is ignored
@@ -438,6 +463,7 @@ class Runner:
             stream.end(Ended.FAILED)  # the run ended with another response than the stream
         run.wake_at = None
         metrics.child(metrics.RUNS, run.route.name, run.status.value).inc()
+        self.spans.run(run, response.status, time.time())
         live.final_commit = asyncio.get_running_loop().create_future()
         self._store_final(live)
         live.notify()
@@ -565,7 +591,7 @@ def _count_stream_retry(run: Run, stream: Stream, epoch: int, sent: int) -> None
                 "attempt %d repeated the %d bytes streamed before; the stream goes on",
                 run.attempt,
                 sent,
-                extra={"run_id": run.run_id},
+                extra=run.trace.log,
             )
         return
     metrics.child(metrics.STREAM_RETRIES, run.route.name, "diverged").inc()
@@ -575,7 +601,7 @@ def _count_stream_retry(run: Run, stream: Stream, epoch: int, sent: int) -> None
         run.attempt,
         sent,
         stream.status,
-        extra={"run_id": run.run_id},
+        extra=run.trace.log,
     )
 
 

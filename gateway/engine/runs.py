@@ -7,13 +7,14 @@ Step bookkeeping — first write wins, size and count limits — is decided here
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
 from gateway.config import RouteConfig
+from gateway.engine.traces import TraceContext, trace_of
 from gateway.errors import CONTENT_TYPE, problem_body
 from gateway.store.records import (
     FINAL_STATUSES,
@@ -42,6 +43,15 @@ class Pending:
     match: bytes | None = None
     """Canonical JSON object of dotted path → expected value."""
     created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A suspension in progress: its trace span runs from `since` to the next attempt."""
+
+    since: float
+    on: str | None
+    """`sleep:STEP_ID` or `wait:STEP_ID` (`SuspendRun.suspended_on`); None if unknown."""
 
 
 class StepResult(StrEnum):
@@ -79,9 +89,15 @@ class Run:
     streamed: BodyRow | None = None
     """What the store has of a response an earlier attempt began streaming (a run
     rebuilt from the store): the next attempt is compared with it."""
+    parked: Parked | None = None
+    """Since when, and on what, the run is suspended (until its next attempt)."""
+    sample_ratio: InitVar[float] = 1.0
+    trace: TraceContext = field(init=False)
+    """Its trace: from the client's stored `traceparent`, else derived from the run id."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, sample_ratio: float) -> None:
         self.state_bytes = sum(map(len, self.steps.values()))
+        self.trace = trace_of(self.run_id, self.request.headers, sample_ratio)
 
     def merge_steps(self, steps: dict[str, bytes]) -> None:
         """Add steps completed elsewhere (the store, an event); ones held already stay."""

@@ -38,10 +38,8 @@ class TraceContext:
     client_span: str | None
     """The span id the client's `traceparent` named: the run span's parent."""
     sampled: bool
-
-    @property
-    def run_span(self) -> str:
-        return _derived(self.run_id, "run", 8)
+    run_span: str
+    """The run span's id (the attempts' parent)."""
 
     def attempt_span(self, attempt: int) -> str:
         return _derived(self.run_id, f"attempt {attempt}", 8)
@@ -76,11 +74,15 @@ def trace_of(
             found = _TRACEPARENT.fullmatch(value.strip().lower())
             if found and int(found[1], 16) and int(found[2], 16):
                 sampled = bool(int(found[3], 16) & 1)
-                return TraceContext(run_id, found[1], found[2], sampled)
+                return TraceContext(run_id, found[1], found[2], sampled, _run_span(run_id))
             break
     trace_id = _derived(run_id, "trace", 16)
     sampled = int(trace_id[16:], 16) < sample_ratio * _RATIO_BITS
-    return TraceContext(run_id, trace_id, None, sampled)
+    return TraceContext(run_id, trace_id, None, sampled, _run_span(run_id))
+
+
+def _run_span(run_id: str) -> str:
+    return _derived(run_id, "run", 8)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ import hmac
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from gateway import metrics
 from gateway.errors import ConfigError, Unauthorized
@@ -44,6 +45,10 @@ async def get_metrics(request: web.Request) -> web.Response:
     for kind in ("sleep", "wait"):
         metrics.child(metrics.SUSPENDED, kind).set(pending.get(kind, 0))
     metrics.TIMERS.set(await services.store.count_timers())
+    if "application/openmetrics-text" in request.headers.get("Accept", ""):
+        # What Prometheus asks for first: the format that carries exemplars (trace ids).
+        body = openmetrics.generate_latest(REGISTRY)  # type: ignore[no-untyped-call]
+        return web.Response(body=body, headers={"Content-Type": openmetrics.CONTENT_TYPE_LATEST})
     body = generate_latest()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

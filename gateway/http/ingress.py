@@ -110,7 +110,7 @@ async def handle(
         existing = await _existing_run(request, services, route, idem)
         if existing is not None:
             return existing
-    stored = StoredRequest(request.method, target.path_qs, proxy.upstream_headers(request), body)
+    stored = StoredRequest(request.method, target.path_qs, proxy.stored_headers(request), body)
     key = ""
     if route.concurrency is not None:
         key = limit_key(route.concurrency.key, request.headers, request.query, request.remote)

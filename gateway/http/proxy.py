@@ -43,6 +43,19 @@ def upstream_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     )
 
 
+def stored_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
+    """The headers a run stores, as its attempts send them but for `traceparent`: the
+    client's, kept as sent, since the run's trace derives from it (each attempt sends its
+    own, see `engine.traces`)."""
+    return upstream_request_headers(
+        request.headers,
+        client_ip=request.remote,
+        scheme=request.scheme,
+        host=request.host,
+        traceparent=request.headers.get("traceparent"),
+    )
+
+
 async def forward(
     request: web.BaseRequest, route: RouteConfig, session: aiohttp.ClientSession, path_qs: str
 ) -> web.StreamResponse:

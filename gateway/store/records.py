@@ -320,7 +320,10 @@ class RunRow:
     """The process that holds the run's lease (kept after release, for the record)."""
     lease_until: float | None = None
     suspended_on: str | None = None
-    """`SuspendRun.suspended_on` of its last suspension."""
+    """`SuspendRun.suspended_on` while the run is suspended, or claimed from a suspension
+    and no attempt begun yet (an `UpdateRun` clears it)."""
+    suspended_at: float | None = None
+    """When that suspension began (its `SuspendRun.updated_at`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,14 +97,14 @@ def upstream_request_headers(
     client_ip: str | None,
     scheme: str,
     host: str | None,
-    traceparent: str,
+    traceparent: str | None,
 ) -> Pairs:
     """The headers an attempt sends upstream, before the gateway adds its `Durable-*` ones.
 
     `X-Forwarded-For` grows by the client's address; `X-Forwarded-Proto` and
     `X-Forwarded-Host` describe this hop and replace whatever the client sent (we trust
     no hop before us). `traceparent` is replaced by the gateway's (see
-    `traceparent_for`); `tracestate` passes through.
+    `traceparent_for`), or left out when None; `tracestate` passes through.
     """
     out: Pairs = []
     forwarded_for: list[str] = []
@@ -129,7 +129,8 @@ def upstream_request_headers(
     out.append(("X-Forwarded-Proto", scheme))
     if host:
         out.append(("X-Forwarded-Host", host))
-    out.append(("traceparent", traceparent))
+    if traceparent is not None:
+        out.append(("traceparent", traceparent))
     return out
 
 
