@@ -959,6 +959,22 @@ def test_example_config_loads() -> None:
     assert with_secret.security.secret == "s" * 32
 
 
+def test_example_config_tracing_block_loads_once_uncommented() -> None:
+    """The commented-out `tracing:` of config.example.yaml is a working block."""
+    text = (REPO / "config.example.yaml").read_text()
+    head, _, rest = text.partition("# tracing:")
+    block, _, tail = rest.partition("\n\n")
+    lines = ("# tracing:" + block).splitlines()
+    assert all(line.startswith("#") for line in lines)
+    uncommented = "\n".join(line.removeprefix("# ") for line in lines)
+    tracing = load_config_text(
+        head + uncommented + "\n\n" + tail, source="example", env={"OTLP_TOKEN": "t"}
+    ).tracing
+    assert tracing.traces_url == "http://127.0.0.1:4318/v1/traces"
+    assert tracing.headers == (("Authorization", "Bearer t"),)
+    assert tracing.ui_url == "http://127.0.0.1:16686/trace/{trace_id}"
+
+
 # ── retry budgets and circuit breakers ──────────────────────────────────────────
 
 
