@@ -92,7 +92,11 @@ class _Failure:
 
 @dataclass
 class OtlpReceiver:
-    """Spans received, in arrival order, and each request answered."""
+    """Spans received, in arrival order, and each request answered.
+
+    Serves on the test's event loop: an export that arrives while the test blocks it (a
+    synchronous gateway start) waits, within the exporter's timeout (10 s by default).
+    """
 
     url: str = ""
     """Base URL (`http://127.0.0.1:PORT`): what `tracing.otlp_endpoint` names."""
@@ -148,6 +152,15 @@ class OtlpReceiver:
 
         result: list[Span] = await assert_eventually(arrived, within=within)
         return result
+
+    async def run_trace(self, run_id: str, within: float = 15.0) -> list[Span]:
+        """A run's trace, in order of start, once its run span (the server span with its
+        `durable.run_id`, which ends last) has arrived."""
+        found = await self.wait_for(
+            lambda s: s.kind == "SPAN_KIND_SERVER" and s.attributes.get("durable.run_id") == run_id,
+            within=within,
+        )
+        return self.by_trace(found[0].trace_id)
 
     def names(self) -> list[str]:
         return [s.name for s in self.spans]

@@ -82,9 +82,8 @@ async def test_a_span_tree_arrives_whole_with_ids_kinds_attributes_and_events(
     run_ctx, attempt_ctx, step_ctx = contexts
     trace_id = format(run_ctx.trace_id, "032x")
 
-    (run,) = await otlp.wait_for(lambda s: s.kind == "SPAN_KIND_SERVER")
+    run, attempt, step = await otlp.run_trace("r1")
     assert otlp.outline(trace_id) == ["POST /orders", "  attempt 1", "    step a"]
-    attempt, step = otlp.by_trace(trace_id)[1:]
     assert (run.trace_id, run.span_id, run.parent_span_id) == (
         trace_id,
         format(run_ctx.span_id, "016x"),
@@ -164,6 +163,8 @@ async def test_a_failure_that_is_not_retried_loses_the_batch(otlp: OtlpReceiver)
     assert otlp.spans == []
     with pytest.raises(AssertionError, match="0 of 1 spans"):
         await otlp.wait_for(lambda s: True, within=0.05)
+    with pytest.raises(AssertionError, match="0 of 1 spans"):
+        await otlp.run_trace("r1", within=0.05)
 
 
 @pytest.mark.parametrize(
