@@ -143,6 +143,10 @@ class Lab:
     async def proxy(self, upstream: str) -> Service:
         return await self._python("proxy", "--upstream", upstream)
 
+    async def otlp_sink(self) -> Service:
+        """A stand-in trace collector (`bench/otlp_sink.py`), at the lowest CPU priority."""
+        return await self._python("otlp_sink")
+
     async def nginx(self, upstream: str) -> Service | None:
         """nginx with one worker (the Python hops get one core too); None if not installed."""
         # Debian puts it in /usr/sbin, which a non-root PATH often lacks.

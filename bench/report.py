@@ -13,6 +13,7 @@ from typing import Any, Final
 import orjson
 
 DIRECT: Final = "direct"
+MB: Final = 1024 * 1024
 RATIO_FIGURES: Final = (
     "c1_p50_ms",
     "c1_p90_ms",
@@ -73,7 +74,11 @@ def _maybe(fn: Callable[[], float]) -> float | None:
 
 
 def checks(results: dict[str, Any]) -> list[Check]:
-    return [*_single_node_checks(results), *_postgres_checks(results.get("postgres", {}))]
+    return [
+        *_single_node_checks(results),
+        *_postgres_checks(results.get("postgres", {})),
+        *_tracing_checks(results.get("tracing", {})),
+    ]
 
 
 def _single_node_checks(results: dict[str, Any]) -> list[Check]:
@@ -243,6 +248,22 @@ def _postgres_checks(pg: dict[str, Any]) -> list[Check]:
     ]
 
 
+def _tracing_checks(tracing: dict[str, Any]) -> list[Check]:
+    """Issue 17: every run traced and exported, against tracing off."""
+    return [_tracing_check(tracing, "0", "/0"), _tracing_check(tracing, "3", "/3")]
+
+
+def _tracing_check(tracing: dict[str, Any], steps: str, endpoint: str) -> Check:
+    return Check(
+        f"tracing: {steps}-step throughput, every run traced / tracing off (c=32)",
+        _get(tracing, endpoint, "rps_ratio"),
+        0.9,
+        "×",
+        at_least=True,
+        note=_maybe_text(lambda: f"gateway CPU per request {tracing[endpoint]['cpu_ratio']:.2f}×"),
+    )
+
+
 def _count(value: int | None) -> str:
     return "N" if value is None else f"{value:,}"
 
@@ -381,6 +402,8 @@ def markdown(results: dict[str, Any]) -> str:
         out += _sse_table(results["sse_ttfb"])
     if "big_body" in results:
         out += _big_body_table(results["big_body"])
+    if "tracing" in results:
+        out += _tracing_table(results["tracing"])
     if "profile" in results:
         out += _profile_table(results["profile"])
     out += ["## Targets", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
@@ -543,6 +566,37 @@ def _big_body_table(big: dict[str, Any]) -> list[str]:
             f" {_num(f['idle_rss_mb'], 1)} | {_num(f['peak_rss_mb'], 1)} |"
             f" {_num(f['rss_growth_mb'], 1)} | {stored[f.get('stored')]} |"
         )
+    return [*out, ""]
+
+
+def _tracing_table(tracing: dict[str, Any]) -> list[str]:
+    sink = tracing["sink"]
+    out = [
+        "## Tracing: every run traced against tracing off",
+        "",
+        "Two gateways side by side, one exporting every run's spans (`sample_ratio: 1.0`)"
+        " over OTLP/HTTP to a sink that answers without decoding, at the lowest CPU"
+        f" priority: it took {sink['requests']:,} exports, {sink['bytes'] / MB:.1f} MB, and"
+        f" {sink['cpu_seconds']:.2f} s of CPU. Ratios are on / off.",
+        "",
+        "| endpoint | tracing | c=32 req/s | c=32 p50 ms | c=32 p99 ms"
+        " | gateway CPU s/1k req | gateway peak RSS MB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for endpoint in ("/0", "/3"):
+        if endpoint not in tracing:
+            continue
+        pair = tracing[endpoint]
+        for name in ("off", "on"):
+            f = pair[name]
+            on = name == "on"
+            out.append(
+                f"| `{endpoint}` | {name} |"
+                f" {_ratio_cell(f['rps'], pair['off']['rps'] if on else None, 0)} |"
+                f" {_num(f['p50_ms'])} | {_num(f['p99_ms'])} |"
+                f" {_ratio_cell(f['hop_cpu_ms'], pair['off']['hop_cpu_ms'] if on else None)} |"
+                f" {_num(f['hop_peak_rss_mb'], 1)} | {f['errors']:.0f} |"
+            )
     return [*out, ""]
 
 

@@ -3,7 +3,7 @@ turn, prints a Markdown table and writes it with the JSON.
 
     python -m bench.run [--quick] [--duration S] [--rounds N] [--out FILE.json]
                         [--only latency,throughput,store,postgres,scale,memory,sse_ttfb,
-                                big_body]
+                                big_body,tracing]
                         [--loadgen wrk|python] [--big-body-mib N]
 
 Never runs two loads at once, and stops every process it started, whatever happens.
@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import checkpoints, hops, memory, postgres, profile, report, scale, streams
+from bench import checkpoints, hops, memory, postgres, profile, report, scale, streams, tracing
 from bench.hops import Hop
 from bench.loadgen import Loadgen, LoadgenName, Plan, Shot, pick
 from bench.processes import HOP_ROUTES, ROOT, Lab, Service
@@ -44,6 +44,7 @@ SECTIONS = (
     "memory",
     "sse_ttfb",
     "big_body",
+    "tracing",
 )
 log = logging.getLogger("bench")
 
@@ -209,6 +210,8 @@ async def run(args: argparse.Namespace) -> int:
             results["sse_ttfb"] = await streams.sse_ttfb(lab, backend, sizes)
         if "big_body" in only:
             results["big_body"] = await streams.big_body(lab, backend, sizes)
+        if "tracing" in only:
+            results["tracing"] = await tracing.measure(lab, backend, loadgen, sizes)
     finally:
         lab.close()
         if args.workdir is None:

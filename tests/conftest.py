@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 
 from tests import postgres
 from tests.helpers import ROOT, Proc, free_port, free_ports, python, wait_http_ok
+from tests.otlp import otlp as otlp  # the OTLP receiver fixture, for every test
 
 
 @dataclass

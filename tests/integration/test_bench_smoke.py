@@ -177,6 +177,33 @@ def test_the_streaming_sections_alone(tmp_path: Path) -> None:
     assert names[sse]["value"] == data["sse_ttfb"]["targets"]["gateway"]["added_p50_ms"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_the_tracing_comparison_alone(tmp_path: Path) -> None:
+    """`--only tracing`: both endpoints through a gateway with tracing off and one with
+    every run traced, the ratios of the same run, and the sink's count of exports."""
+    data, text = run_bench(tmp_path, "--only", "tracing", "--loadgen", "python", within=80)
+    tracing = data["tracing"]
+    assert set(data) == {"meta", "tracing", "targets"}
+    for endpoint in ("/0", "/3"):
+        pair = tracing[endpoint]
+        for name in ("off", "on"):
+            positive(pair[name], "rps", "requests", "hop_cpu_ms", "hop_peak_rss_mb")
+            assert pair[name]["errors"] == 0
+        assert pair["rps_ratio"] == pytest.approx(pair["on"]["rps"] / pair["off"]["rps"])
+        assert pair["cpu_ratio"] == pytest.approx(
+            pair["on"]["hop_cpu_ms"] / pair["off"]["hop_cpu_ms"]
+        )
+    # Until the gateway exports spans, the sink's count may be 0: reported, not judged.
+    assert set(tracing["sink"]) == {"requests", "bytes", "cpu_seconds"}
+    names = {t["name"]: t for t in data["targets"]}
+    for steps, endpoint in (("0", "/0"), ("3", "/3")):
+        check = names[f"tracing: {steps}-step throughput, every run traced / tracing off (c=32)"]
+        assert check["value"] == tracing[endpoint]["rps_ratio"]
+    assert "## Tracing: every run traced against tracing off" in text
+    assert "| `/3` | on |" in text
+
+
 def table_rows(module: str, *args: str) -> list[list[str]]:
     """Run `python -m <module> <args>` and answer the cells of the table it prints last."""
     cmd = [sys.executable, "-m", module, *args]

@@ -80,3 +80,19 @@ def test_the_admin_token_is_reloaded_and_the_rest_kept_as_started() -> None:
         "security.secret",
     )
     assert done.describe().endswith("3 unchanged; admin token changed")
+
+
+def test_tracing_is_kept_as_started_and_named_for_a_restart() -> None:
+    running = config(BASE)
+    traced = BASE.replace(
+        "routes:\n",
+        "tracing: {otlp_endpoint: 'http://127.0.0.1:4318', sample_ratio: 0.5}\nroutes:\n",
+    )
+    done = plan(running, config(traced))
+    assert done.config.tracing == running.tracing and not done.config.tracing.enabled
+    assert done.needs_restart == ("tracing.otlp_endpoint", "tracing.sample_ratio")
+    assert done.summary()["needs_restart"] == ["tracing.otlp_endpoint", "tracing.sample_ratio"]
+    # And back: a gateway started with tracing keeps exporting until it restarts.
+    back = plan(config(traced), running)
+    assert back.config.tracing.traces_url == "http://127.0.0.1:4318/v1/traces"
+    assert back.needs_restart == ("tracing.otlp_endpoint", "tracing.sample_ratio")
