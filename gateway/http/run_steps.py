@@ -1,9 +1,10 @@
 """The `steps` of the admin run view: each step with its tries and their durations.
 
-Pure: shapes rows the store gave back; never reads the store itself. Backends report no
-timings yet, so a try's duration is what the gateway saw: the time from the previous
-thing the same attempt did (its start, or its previous step record or error) to this
-record. Each duration says so in `timing`, ready for timings a backend reports later.
+Pure: shapes rows the store gave back; never reads the store itself. A completed step's
+duration is the one its backend reported (`timing: "backend"`) when it sent one; else,
+as for every failed try, what the gateway saw: the time from the previous thing the same
+attempt did (its start, or its previous step record or error) to this record
+(`timing: "gateway"`). Its `started_at` is the backend's, or null.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from gateway.store import AttemptRow, StepErrorRow, StepRow
 
 GATEWAY_TIMING: Final = "gateway"
 """`timing` of a duration derived from when the gateway saw the records."""
+BACKEND_TIMING: Final = "backend"
+"""`timing` of a duration the backend reported with the step."""
 
 
 def steps_view(
@@ -23,8 +26,9 @@ def steps_view(
     """Completed steps in the order recorded, then steps that only ever failed, in the
     order of their first error; each with its errors in the order recorded.
 
-    A completed step keeps `attempt`, `created_at` and `output_bytes` (the attempt that
-    completed it, when, its size); a step that never completed has them null.
+    A completed step keeps `attempt`, `created_at`, `output_bytes` and `started_at` (the
+    attempt that completed it, when, its size, when its backend says its work began); a
+    step that never completed has them null.
     """
     step_times, error_times = _durations(attempts, steps, errors)
     view: dict[str, dict[str, Any]] = {}
@@ -35,7 +39,8 @@ def steps_view(
             "attempt": step.attempt,
             "created_at": step.created_at,
             "output_bytes": step.output_bytes,
-            **_timed(took),
+            "started_at": step.started_at,
+            **_timed(took, step.duration_ms),
             "errors": [],
         }
     for error, took in zip(errors, error_times, strict=True):
@@ -47,6 +52,7 @@ def steps_view(
                 "attempt": None,
                 "created_at": None,
                 "output_bytes": None,
+                "started_at": None,
                 **_timed(None),
                 "errors": [],
             }
@@ -88,7 +94,10 @@ def _durations(
     return step_times, error_times
 
 
-def _timed(seconds: float | None) -> dict[str, Any]:
+def _timed(seconds: float | None, reported_ms: float | None = None) -> dict[str, Any]:
+    """A record's duration: the backend's when it reported one, else the gateway's."""
+    if reported_ms is not None:
+        return {"duration_ms": reported_ms, "timing": BACKEND_TIMING}
     if seconds is None:
         return {"duration_ms": None, "timing": None}
     return {"duration_ms": round(seconds * 1000, 3), "timing": GATEWAY_TIMING}

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.engine.stream import Stream
+from gateway.engine.traces import trace_of
 from gateway.errors import BadRequest, NotFound
 from gateway.http.run_steps import steps_view
 from gateway.http.services import SERVICES
@@ -96,8 +97,13 @@ async def get_run(request: web.Request) -> web.Response:
             "event": first.event,
             "match": orjson.loads(first.match) if first.match else None,
         }
+    # From the stored headers as they are, before redaction: traceparent is never sealed.
+    trace_id = trace_of(run_id, state.request.headers).trace_id
+    ui_url = services.config.tracing.ui_url
     body: dict[str, Any] = {
         "run_id": run_id,
+        "trace_id": trace_id,
+        "trace_url": None if ui_url is None else ui_url.replace("{trace_id}", trace_id),
         "route": state.route,
         "status": state.status,
         "attempt": state.attempt,

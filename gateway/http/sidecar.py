@@ -6,15 +6,17 @@ the run. Answers from memory for live runs; reads the store only for runs not li
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
 from gateway.engine.runs import StepResult, steps_envelope
 from gateway.engine.suspensions import Answer
+from gateway.engine.traces import NO_TIMING, StepTiming
 from gateway.errors import (
     BadRequest,
     BodyTooLarge,
@@ -157,16 +159,17 @@ async def put_step(
         raise BadRequest(f"body is not JSON: {exc}", run_id=run_id) from None
     if not isinstance(body, dict) or ("output" in body) == ("error" in body):
         raise BadRequest('body must be {"output": …} or {"error": {"message": …}}', run_id=run_id)
+    timing = _timing(body, time.time(), run_id)
     if "error" in body:
         error = body["error"]
         message = error.get("message") if isinstance(error, dict) else None
         if not isinstance(message, str):
             raise BadRequest('"error" must be {"message": "…"}', run_id=run_id)
-        driver.step_error(run_id, attempt, step_id, message)
+        driver.step_error(run_id, attempt, step_id, message, timing)
         return web.Response(body=b'{"recorded":"error"}', content_type=_JSON)
     output = orjson.dumps(body["output"], option=orjson.OPT_SORT_KEYS)
     sync = durable == "sync"
-    result = await driver.put_step(run_id, attempt, step_id, output, sync)
+    result = await driver.put_step(run_id, attempt, step_id, output, sync, timing)
     if result is StepResult.CREATED:
         return web.Response(status=201, body=b'{"created":true}', content_type=_JSON)
     if result is StepResult.SAME:
@@ -176,6 +179,55 @@ async def put_step(
             f"step {step_id!r} already completed with a different output", run_id=run_id
         )
     raise BodyTooLarge(_TOO_LARGE[result], run_id=run_id)
+
+
+MAX_STEP_AGE: Final = 30 * 86400
+"""How long before now a step's `started_at` may be, in seconds, and the longest
+`duration_ms` a backend may report (as seconds): past it, a value is a broken clock
+or unit, not a step."""
+MAX_CLOCK_SKEW: Final = 300
+"""How far after the gateway's now a backend's `started_at` may be, in seconds: its
+clock may run a little ahead of ours."""
+
+
+def _timing(body: dict[str, Any], now: float, run_id: str) -> StepTiming:
+    """A step write's optional timing: `started_at` (Unix seconds, or RFC 3339 with an
+    offset) and `duration_ms`; null is the same as absent. A bad value is a 400 before
+    anything is stored, so a backend learns of its broken clock instead of a wrong trace.
+    """
+    started, took = body.get("started_at"), body.get("duration_ms")
+    if started is None and took is None:
+        return NO_TIMING
+    if isinstance(started, str):
+        try:
+            started = wire.parse_timestamp(started).timestamp()
+        except ValueError as exc:
+            raise BadRequest(f'"started_at": {exc}', run_id=run_id) from None
+    elif started is not None and not _number(started):
+        raise BadRequest(
+            '"started_at" must be Unix seconds (a number) or an RFC 3339 time with an offset',
+            run_id=run_id,
+        )
+    if started is not None and not now - MAX_STEP_AGE <= started <= now + MAX_CLOCK_SKEW:
+        raise BadRequest(
+            '"started_at" must be within the last 30 days (and at most 5 minutes ahead'
+            " of the gateway's clock)",
+            run_id=run_id,
+        )
+    if took is not None and (not _number(took) or not 0 <= took <= MAX_STEP_AGE * 1000):
+        raise BadRequest(
+            '"duration_ms" must be a number of milliseconds from 0 to 30 days', run_id=run_id
+        )
+    return StepTiming(
+        None if started is None else float(started), None if took is None else float(took)
+    )
+
+
+def _number(value: Any) -> bool:
+    """A finite JSON number: not a boolean, which Python counts as an int."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 async def _call(

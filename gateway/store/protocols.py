@@ -198,7 +198,8 @@ class RunQueries(Protocol):
         """
 
     async def list_steps(self, run_id: str) -> list[StepRow]:
-        """A run's completed steps in the order they were recorded, with their sizes."""
+        """A run's completed steps in the order they were recorded, with their sizes and
+        the timing their backend reported (None where it sent none)."""
 
     async def list_step_errors(self, run_id: str) -> tuple[list[StepErrorRow], int]:
         """A run's kept step errors in the order they were recorded, and how many more

@@ -53,7 +53,15 @@ def params(write: Write | CreatedFinished) -> tuple[Any, ...]:
     """
     match write:
         case PutStep():
-            return (write.run_id, write.step_id, write.output, write.attempt, write.created_at)
+            return (
+                write.run_id,
+                write.step_id,
+                write.output,
+                write.attempt,
+                write.created_at,
+                write.started_at,
+                write.duration_ms,
+            )
         case CreateRun(request=req):
             return (
                 write.run_id,
@@ -129,7 +137,13 @@ def params(write: Write | CreatedFinished) -> tuple[Any, ...]:
         case DropPending():
             return (write.run_id, write.step_id)
         case SuspendRun():
-            return (write.attempt, write.wake_at, write.updated_at, write.run_id)
+            return (
+                write.attempt,
+                write.wake_at,
+                write.updated_at,
+                write.suspended_on,
+                write.run_id,
+            )
         case CancelRun(response=resp):
             return (
                 resp.status,
@@ -193,7 +207,7 @@ def keyed_params(write: CreateRun) -> tuple[Any, ...]:
 RUN_COLUMNS: Final = (
     "run_id, route, status, attempt, created_at, updated_at, finished_at, wake_at,"
     " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body,"
-    " owner, lease_until, resp_kept"
+    " owner, lease_until, resp_kept, suspended_on"
 )
 
 
@@ -215,6 +229,7 @@ def run_row(row: Any) -> RunRow:
         response=response,
         owner=row[15],
         lease_until=row[16],
+        suspended_on=row[18],
     )
 
 

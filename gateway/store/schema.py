@@ -349,6 +349,22 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             )""",
         ),
     ),
+    # Tracing: a step's timing as its backend reported it (NULL when it sent none), and
+    # what a run is suspended on, so a node that resumes it can close its suspension
+    # span. Nullable columns at the end: adding them rewrites no row in either dialect.
+    Migration(
+        version=7,
+        sqlite=(
+            "ALTER TABLE steps ADD COLUMN started_at REAL",
+            "ALTER TABLE steps ADD COLUMN duration_ms REAL",
+            "ALTER TABLE runs ADD COLUMN suspended_on TEXT",
+        ),
+        postgres=(
+            "ALTER TABLE steps ADD COLUMN started_at DOUBLE PRECISION",
+            "ALTER TABLE steps ADD COLUMN duration_ms DOUBLE PRECISION",
+            "ALTER TABLE runs ADD COLUMN suspended_on TEXT",
+        ),
+    ),
 )
 
 

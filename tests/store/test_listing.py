@@ -198,6 +198,29 @@ async def test_list_steps_gives_sizes_in_recorded_order(store: FullStore) -> Non
     assert await store.list_steps("unknown") == []
 
 
+async def test_list_steps_gives_the_timing_a_backend_reported(store: FullStore) -> None:
+    # One batch: several steps go in one statement (arrays on PostgreSQL, a multi-row
+    # VALUES on SQLite), with and without timing side by side.
+    await store.apply(
+        [
+            create("r1", 100.0),
+            PutStep("r1", "both", b"1", 1, 110.0, started_at=109.25, duration_ms=750.5),
+            PutStep("r1", "neither", b"2", 1, 111.0),
+            PutStep("r1", "start", b"3", 1, 112.0, started_at=111.5),
+            PutStep("r1", "took", b"4", 1, 113.0, duration_ms=0.0),
+        ]
+    )
+    # First write wins: a replay with other timing changes nothing.
+    await store.apply([PutStep("r1", "both", b"1", 2, 120.0, started_at=1.0, duration_ms=2.0)])
+
+    assert await store.list_steps("r1") == [
+        StepRow("both", 1, 110.0, 1, 109.25, 750.5),
+        StepRow("neither", 1, 111.0, 1, None, None),
+        StepRow("start", 1, 112.0, 1, 111.5, None),
+        StepRow("took", 1, 113.0, 1, None, 0.0),
+    ]
+
+
 # --- SQLite: every read on its index ------------------------------------------------
 
 

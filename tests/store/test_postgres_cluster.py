@@ -43,6 +43,9 @@ async def test_an_owner_is_absent_once_its_session_ends_and_its_runs_can_be_take
         await a.cluster.join("node-a:1", lambda n, r: None)
         await b.cluster.join("node-b:1", lambda n, r: None)
         await a.apply([create(f"r{i}", owner="node-a:1", lease_until=1e12) for i in range(3)])
+        # A run woken from a sleep by node-a: taken over, it still says what it slept on.
+        await a.apply([SuspendRun("r0", 1, 50.0, 60.0, "sleep:nap")])
+        assert ids(await a.claim_due("node-a:1", 70.0, 1e12)) == ["r0"]
         assert await b.cluster.absent("node-b:1", 100.0) == []  # alive: its lock is held
         await a.cluster.leave()  # as a killed process's session ends
 
@@ -54,6 +57,8 @@ async def test_an_owner_is_absent_once_its_session_ends_and_its_runs_can_be_take
         assert len(taken) == 2 and all(row.owner == "node-b:1" for row in taken)
         rest = await b.cluster.take_over("node-b:1", ["node-a:1"], 100.0, 10.0, 2)
         assert len(rest) == 1 and set(ids(taken + rest)) == {"r0", "r1", "r2"}
+        on = {row.run_id: row.suspended_on for row in taken + rest}
+        assert on == {"r0": "sleep:nap", "r1": None, "r2": None}
         lost = await b.cluster.taken("node-a:1", ["r0", "r1", "r2", "unknown"])
         assert sorted(lost) == ["r0", "r1", "r2"]  # an unknown (uncommitted) run is not lost
         assert await b.cluster.taken("node-b:1", ["r0", "r1", "r2"]) == []

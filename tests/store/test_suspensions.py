@@ -187,11 +187,42 @@ async def test_suspend_run_parks_it_and_releases_its_lease(store: FullStore) -> 
 
 async def test_suspend_run_never_revives_a_finished_run(store: FullStore) -> None:
     await store.apply([create("r1"), FinishRun("r1", "succeeded", DONE, 120.0)])
-    await store.apply([SuspendRun("r1", 2, 500.0, 130.0)])
+    await store.apply([SuspendRun("r1", 2, 500.0, 130.0, "sleep:nap")])
 
     run = await run_of(store, "r1")
 
     assert (run.status, run.attempt, run.wake_at, run.response) == ("succeeded", 1, None, DONE)
+    assert run.suspended_on is None
+
+
+async def test_a_run_keeps_what_its_last_suspension_was_on(store: FullStore) -> None:
+    await store.apply(
+        [
+            create("nap", owner="node-a", lease_until=130.0),
+            create("paid", owner="node-a", lease_until=130.0),
+            create("never"),
+            # One batch: both suspensions go in one statement.
+            SuspendRun("nap", 1, 150.0, 101.0, "sleep:nap"),
+            SuspendRun("paid", 1, None, 101.0, "wait:paid"),
+        ]
+    )
+    assert (await run_of(store, "nap")).suspended_on == "sleep:nap"
+    assert (await run_of(store, "paid")).suspended_on == "wait:paid"
+    assert (await run_of(store, "never")).suspended_on is None
+
+    # Woken, it still says what it slept on: a resumed run's suspension span needs it.
+    [due] = await store.claim_due("node-b", 200.0, TTL)
+    assert (due.run_id, due.status, due.suspended_on) == ("nap", "running", "sleep:nap")
+    assert await store.get_run("nap") == due
+    # Its node died: recovery reads it back too.
+    claimed = await store.claim_unfinished("node-c", 300.0, TTL)
+    assert {row.run_id: row.suspended_on for row in claimed} == {"nap": "sleep:nap", "never": None}
+
+    # The next suspension replaces it, and one that names nothing clears it.
+    await store.apply([SuspendRun("nap", 2, 400.0, 301.0, "wait:ok")])
+    assert (await run_of(store, "nap")).suspended_on == "wait:ok"
+    await store.apply([SuspendRun("nap", 3, 400.0, 302.0)])
+    assert (await run_of(store, "nap")).suspended_on is None
 
 
 async def test_claim_unfinished_leaves_suspended_runs_to_claim_due(store: FullStore) -> None:

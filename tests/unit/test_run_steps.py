@@ -36,6 +36,7 @@ def test_a_step_that_failed_then_completed_lists_both_tries() -> None:
             "attempt": 1,
             "created_at": 10.1,
             "output_bytes": 12,
+            "started_at": None,
             "duration_ms": 100.0,
             "timing": "gateway",
             "errors": [],
@@ -46,6 +47,7 @@ def test_a_step_that_failed_then_completed_lists_both_tries() -> None:
             "attempt": 2,
             "created_at": 11.3,
             "output_bytes": 7,
+            "started_at": None,
             "duration_ms": 300.0,  # from attempt 2's start: quote came back memoized
             "timing": "gateway",
             "errors": [
@@ -78,7 +80,7 @@ def test_steps_that_only_failed_come_after_the_completed_ones() -> None:
         ("c", False),
     ]
     b = view[1]
-    assert (b["attempt"], b["created_at"], b["output_bytes"], b["duration_ms"]) == (
+    assert (b["attempt"], b["created_at"], b["output_bytes"], b["started_at"]) == (
         None,
         None,
         None,
@@ -116,3 +118,28 @@ def test_a_clock_stepped_back_gives_zero_not_a_negative_duration() -> None:
 
 def test_no_steps_no_errors() -> None:
     assert steps_view([attempt(1, 0.0, 1.0)], [], []) == []
+
+
+def test_a_backends_timing_wins_over_what_the_gateway_saw() -> None:
+    view = steps_view(
+        [attempt(1, 10.0, 12.0)],
+        [
+            StepRow("timed", 1, 10.5, 1, started_at=10.1, duration_ms=350.25),
+            StepRow("started", 1, 11.0, 1, started_at=10.9),
+            StepRow("plain", 1, 11.25, 1),
+        ],
+        [StepErrorRow("timed", 1, "flaky", 10.25)],
+    )
+
+    timed, started, plain = view
+    assert (timed["started_at"], timed["duration_ms"], timed["timing"]) == (10.1, 350.25, "backend")
+    # Only a start: the duration is still the gateway's, from the previous record.
+    assert (started["started_at"], started["duration_ms"], started["timing"]) == (
+        10.9,
+        500.0,
+        "gateway",
+    )
+    assert (plain["started_at"], plain["duration_ms"], plain["timing"]) == (None, 250.0, "gateway")
+    # A failed try stores no timing of its own: the gateway's, from the attempt's start.
+    assert timed["errors"][0]["duration_ms"] == 250.0
+    assert timed["errors"][0]["timing"] == "gateway"

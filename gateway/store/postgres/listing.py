@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 STEPS: Final = (
-    "SELECT step_id, attempt, created_at, octet_length(output) FROM steps"
+    "SELECT step_id, attempt, created_at, octet_length(output), started_at, duration_ms FROM steps"
     " WHERE run_id = $1 ORDER BY created_at, step_id"
 )
 # In the order they were recorded; `dropped` counts errors after the last kept one.

@@ -121,7 +121,8 @@ STATEMENTS: Final[dict[type[Any], Statement]] = {
     ),
     PutStep: _insert(
         "steps",
-        "run_id text, step_id text, output bytea, attempt int4, created_at float8",
+        "run_id text, step_id text, output bytea, attempt int4, created_at float8,"
+        " started_at float8, duration_ms float8",
         "ON CONFLICT (run_id, step_id) DO NOTHING",
     ),
     RecordAttempt: _insert(
@@ -143,7 +144,7 @@ STATEMENTS: Final[dict[type[Any], Statement]] = {
     ReplaceResult: _update(_FINISH, also=_CLEARED),
     # Guarded: a suspension that lost a race with a final write must not revive the run.
     SuspendRun: _update(
-        "attempt int4, wake_at float8, updated_at float8, run_id text",
+        "attempt int4, wake_at float8, updated_at float8, suspended_on text, run_id text",
         also=f"status = '{RunStatus.SUSPENDED}', owner = NULL, lease_until = NULL",
         guard=UNFINISHED,
     ),

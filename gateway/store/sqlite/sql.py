@@ -56,8 +56,8 @@ _SQL: Final[dict[type[Any], str]] = {
         " ON CONFLICT (run_id) DO NOTHING"
     ),
     PutStep: (
-        "INSERT INTO steps (run_id, step_id, output, attempt, created_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
+        "INSERT INTO steps (run_id, step_id, output, attempt, created_at, started_at,"
+        " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, step_id) DO NOTHING"
     ),
     # The next free seq of the run, up to the last kept one: once that is taken, the
     # conflict counts the error in its row instead (see the schema's version 5).
@@ -89,7 +89,7 @@ _SQL: Final[dict[type[Any], str]] = {
     # Guarded: a suspension that lost a race with a final write must not revive the run.
     SuspendRun: (
         f"UPDATE runs SET status = '{RunStatus.SUSPENDED}', attempt = ?, wake_at = ?,"
-        " updated_at = ?,"
+        " updated_at = ?, suspended_on = ?,"
         f" owner = NULL, lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
     ),
     # Guarded: a run that finished first keeps its real result.
