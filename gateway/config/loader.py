@@ -621,11 +621,17 @@ def _pairs(at: _At, *, header_names: bool = False) -> tuple[tuple[str, str], ...
             return ()
         raise at.error("must be a mapping of name: value")
     names = [key.value for key, _ in at.node.value if isinstance(key, yaml.ScalarNode)]
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for name, value in _fields(at, names).items():
-        if header_names and not _HEADER_NAME.fullmatch(name):
-            raise value.error("must be an HTTP header name such as Authorization")
-        pairs.append((name, _string(value)))
+        text = _string(value)
+        if header_names:
+            if not _HEADER_NAME.fullmatch(name):
+                raise value.error("must be an HTTP header name such as Authorization")
+            if any(name.lower() == seen.lower() for seen, _ in pairs):
+                raise value.error("repeats a header named above (names ignore case)")
+            if any(ord(c) < 0x20 and c != "\t" or c == "\x7f" for c in text):
+                raise value.error("must not contain control characters such as line breaks")
+        pairs.append((name, text))
     return tuple(pairs)
 
 

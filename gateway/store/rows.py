@@ -142,6 +142,7 @@ def params(write: Write | CreatedFinished) -> tuple[Any, ...]:
                 write.wake_at,
                 write.updated_at,
                 write.suspended_on,
+                write.updated_at,
                 write.run_id,
             )
         case CancelRun(response=resp):
@@ -207,7 +208,7 @@ def keyed_params(write: CreateRun) -> tuple[Any, ...]:
 RUN_COLUMNS: Final = (
     "run_id, route, status, attempt, created_at, updated_at, finished_at, wake_at,"
     " method, path_qs, req_headers, req_body, resp_status, resp_headers, resp_body,"
-    " owner, lease_until, resp_kept, suspended_on"
+    " owner, lease_until, resp_kept, suspended_on, suspended_at"
 )
 
 
@@ -230,6 +231,7 @@ def run_row(row: Any) -> RunRow:
         owner=row[15],
         lease_until=row[16],
         suspended_on=row[18],
+        suspended_at=row[19],
     )
 
 

@@ -358,11 +358,13 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "ALTER TABLE steps ADD COLUMN started_at REAL",
             "ALTER TABLE steps ADD COLUMN duration_ms REAL",
             "ALTER TABLE runs ADD COLUMN suspended_on TEXT",
+            "ALTER TABLE runs ADD COLUMN suspended_at REAL",
         ),
         postgres=(
             "ALTER TABLE steps ADD COLUMN started_at DOUBLE PRECISION",
             "ALTER TABLE steps ADD COLUMN duration_ms DOUBLE PRECISION",
             "ALTER TABLE runs ADD COLUMN suspended_on TEXT",
+            "ALTER TABLE runs ADD COLUMN suspended_at DOUBLE PRECISION",
         ),
     ),
 )

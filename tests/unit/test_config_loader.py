@@ -1319,11 +1319,6 @@ def test_tracing_errors_name_key_path_and_line(
     assert error_of(text + ROUTE) == f"cfg.yaml:{line} {path}: {message}"
 
 
-@pytest.mark.xfail(
-    reason="the loader keeps header names that differ only in case, and values with CR/LF"
-    " that the exporter's HTTP client refuses on every export",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("headers", "where"),
     [

@@ -138,13 +138,15 @@ STATEMENTS: Final[dict[type[Any], Statement]] = {
     # (fencing stops the node first; this keeps a write queued before it noticed out).
     UpdateRun: _update(
         "status text, attempt int4, wake_at float8, updated_at float8, run_id text",
+        also="suspended_on = NULL, suspended_at = NULL",
         guard=f"runs.{UNFINISHED}",
     ),
     FinishRun: _update(_FINISH, also=_CLEARED, guard=f"runs.{UNFINISHED}"),
     ReplaceResult: _update(_FINISH, also=_CLEARED),
     # Guarded: a suspension that lost a race with a final write must not revive the run.
     SuspendRun: _update(
-        "attempt int4, wake_at float8, updated_at float8, suspended_on text, run_id text",
+        "attempt int4, wake_at float8, updated_at float8, suspended_on text,"
+        " suspended_at float8, run_id text",
         also=f"status = '{RunStatus.SUSPENDED}', owner = NULL, lease_until = NULL",
         guard=UNFINISHED,
     ),

@@ -74,8 +74,8 @@ _SQL: Final[dict[type[Any], str]] = {
     ),
     # Guarded: a final result is never overwritten (the same guard as PostgreSQL's).
     UpdateRun: (
-        "UPDATE runs SET status = ?, attempt = ?, wake_at = ?, updated_at = ? WHERE run_id = ?"
-        f" AND {UNFINISHED}"
+        "UPDATE runs SET status = ?, attempt = ?, wake_at = ?, updated_at = ?,"
+        f" suspended_on = NULL, suspended_at = NULL WHERE run_id = ? AND {UNFINISHED}"
     ),
     FinishRun: _FINISH + f" AND {UNFINISHED}",
     ReplaceResult: _FINISH,
@@ -89,7 +89,7 @@ _SQL: Final[dict[type[Any], str]] = {
     # Guarded: a suspension that lost a race with a final write must not revive the run.
     SuspendRun: (
         f"UPDATE runs SET status = '{RunStatus.SUSPENDED}', attempt = ?, wake_at = ?,"
-        " updated_at = ?, suspended_on = ?,"
+        " updated_at = ?, suspended_on = ?, suspended_at = ?,"
         f" owner = NULL, lease_until = NULL WHERE run_id = ? AND {UNFINISHED}"
     ),
     # Guarded: a run that finished first keeps its real result.
