@@ -8,7 +8,7 @@
 //
 // Endpoints and failure knobs are those of examples/backend.py:
 //   GET|POST /demo/steps?n=3[&fail_at=K&fail_times=F&mode=500|503|drop|hang|400|noretry
-//                          &retry_after=S&delay_ms=D]
+//                          &retry_after=S&raise_at=K&work_ms=W&delay_ms=D]
 //   GET|POST /demo/sleep?seconds=N&n=2          step-1, durable sleep "nap", step-2..n
 //   GET|POST /demo/wait?event=order.paid&order_id=42[&timeout=30][&lookback=10m]
 //                                                step-1, wait "paid" for the event, step-2
@@ -142,8 +142,22 @@ function refusal(status, json) {
 }
 
 /**
+ * When a try of a step's work began and how long it has run, for its PUT (SPEC.md §4.3):
+ * the start from the wall clock, the duration from the monotonic one.
+ */
+function stopwatch() {
+  const startedAt = Date.now() / 1000; // Unix seconds
+  const start = performance.now();
+  return () => ({
+    started_at: startedAt,
+    duration_ms: Math.round((performance.now() - start) * 1000) / 1000,
+  });
+}
+
+/**
  * Run `fn` as the step `baseId`, or hand back its output if an earlier attempt finished it.
  * Repeated ids in one attempt become id, id:1, id:2, ... (SPEC.md §4, "Repeated ids").
+ * Both the output and a failed try are sent with the work's timing.
  */
 async function step(ctx, baseId, fn, { sync = false } = {}) {
   if (ctx === null) return await fn(); // not behind the gateway: just run it
@@ -154,20 +168,21 @@ async function step(ctx, baseId, fn, { sync = false } = {}) {
   if (Object.hasOwn(done, stepId)) return done[stepId]; // memoized: skip the work
 
   const path = `/steps/${stepPath(stepId)}`;
+  const timing = stopwatch();
   let output;
   try {
     output = await fn();
   } catch (err) {
     // Record the failed try for tracing; best effort, never masks the real error.
-    await sidecar(ctx, "PUT", path, { error: { message: String(err?.message ?? err) } }).catch(
-      () => {},
-    );
+    const error = { message: String(err?.message ?? err) };
+    await sidecar(ctx, "PUT", path, { error, ...timing() }).catch(() => {});
     throw err;
   }
 
   // `?durable=sync`: answered only once the gateway has committed the step.
   const { status, json } = await sidecar(ctx, "PUT", sync ? `${path}?durable=sync` : path, {
     output,
+    ...timing(),
   });
   if (status === 200 || status === 201) return output; // recorded (201) or already identical (200)
   if (status === 409 && problemSlug(json) !== "stale-attempt") {
@@ -251,13 +266,17 @@ function intParam(query, name, fallback) {
   return value;
 }
 
+class StepFailed extends Error {} // what raise_at makes a step's work throw
+
 async function demoSteps(req, res, query) {
-  let n, failAt, failTimes, retryAfter, delayMs, mode;
+  let n, failAt, failTimes, retryAfter, raiseAt, workMs, delayMs, mode;
   try {
     n = intParam(query, "n", 3);
     failAt = intParam(query, "fail_at", 0);
     failTimes = intParam(query, "fail_times", 1);
     retryAfter = intParam(query, "retry_after", 1);
+    raiseAt = intParam(query, "raise_at", 0);
+    workMs = intParam(query, "work_ms", 0);
     delayMs = intParam(query, "delay_ms", 0);
     mode = query.get("mode") ?? "500";
     if (!MODES.includes(mode)) throw new RangeError(`mode must be one of ${MODES.join(", ")}`);
@@ -276,16 +295,20 @@ async function demoSteps(req, res, query) {
     if (i === failAt && attempt <= failTimes) return fail(req, res, mode, attempt, retryAfter);
     if (i > n) break;
     const stepId = `step-${i}`;
-    const result = await step(
-      ctx,
-      stepId,
-      () => {
-        runCounts.set(stepId, (runCounts.get(stepId) ?? 0) + 1);
-        return { step: i, value: `computed on attempt ${attempt}` };
-      },
-      { sync: args["steps-sync"] },
-    );
-    results.push(result);
+    const work = async () => {
+      runCounts.set(stepId, (runCounts.get(stepId) ?? 0) + 1);
+      if (workMs) await sleep(workMs);
+      if (i === raiseAt && attempt <= failTimes) {
+        throw new StepFailed(`${stepId} failed on attempt ${attempt}`);
+      }
+      return { step: i, value: `computed on attempt ${attempt}` };
+    };
+    try {
+      results.push(await step(ctx, stepId, work, { sync: args["steps-sync"] }));
+    } catch (err) {
+      if (!(err instanceof StepFailed)) throw err;
+      return sendJson(res, 500, { error: err.message, attempt }); // the try is recorded already
+    }
   }
   if (delayMs) await sleep(delayMs);
   sendJson(res, 200, { run_id: ctx?.runId ?? null, attempt, results });

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -257,9 +258,29 @@ NO_GATEWAY_WAIT: Final = (
 )
 
 
-def output_body(step_id: str, value: object) -> bytes:
+@final
+class Stopwatch:
+    """Times one try of a step's work for its PUT (SPEC.md §4.3): the wall-clock start,
+    and the duration on the monotonic clock, so a clock step cannot skew it."""
+
+    __slots__ = ("started_at", "_start")
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self._start = time.perf_counter()
+
+    def duration_ms(self) -> float:
+        """Milliseconds since the start, to the microsecond (cut with int(): round(x, 3)
+        costs more than the rest of the timing together)."""
+        return int((time.perf_counter() - self._start) * 1_000_000) / 1000
+
+
+def output_body(step_id: str, value: object, watch: Stopwatch | None = None) -> bytes:
+    """The PUT body that records a step's output; with its timing when it ran here."""
     try:
-        return wire.put_output_body(value)
+        if watch is None:
+            return wire.put_output_body(value)
+        return wire.put_output_body(value, watch.started_at, watch.duration_ms())
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
         raise TypeError(f"output of step {step_id!r} is not JSON-serialisable: {exc}") from exc
 
@@ -289,9 +310,11 @@ def put_path(path: str, sync: bool) -> str:
     return f"{path}?{wire.SYNC_QUERY}" if sync else path
 
 
-def error_body(exc: Exception) -> bytes:
-    """The PUT body that reports a failed try of a step."""
-    return wire.put_error_body(str(exc) or type(exc).__name__)
+def error_body(exc: Exception, watch: Stopwatch) -> bytes:
+    """The PUT body that reports a failed try of a step, and how long it ran."""
+    return wire.put_error_body(
+        str(exc) or type(exc).__name__, watch.started_at, watch.duration_ms()
+    )
 
 
 def unreachable(exc: BaseException) -> SidecarError:

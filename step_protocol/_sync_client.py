@@ -26,6 +26,7 @@ from step_protocol._context import (
     PutResult,
     RunInfo,
     StepProtocolError,
+    Stopwatch,
     Suspend,
     error_body,
     json_ok,
@@ -138,7 +139,8 @@ class SyncRunContext(ContextBase):
         """The step's output: memoized if a previous attempt completed it, else `fn()` recorded.
 
         Same rules as `RunContext.step`: JSON-serialisable outputs, `id:1`, `id:2`, … for
-        repeated ids, failures of `fn` reported (best effort) and re-raised.
+        repeated ids, failures of `fn` reported (best effort) and re-raised, `fn`'s timing
+        sent with either record.
         """
         step_id = self._journal.next_id(step_id)
         if self._info is None:
@@ -149,14 +151,15 @@ class SyncRunContext(ContextBase):
         if step_id in memo:
             return cast(T, memo[step_id])
         path = step_path(step_id)
+        watch = Stopwatch()
         try:
             value = fn()
         except Suspend:
             raise  # not a failed try: nothing to report
         except Exception as exc:
-            self._report_failure(path, exc)
+            self._report_failure(path, exc, watch)
             raise
-        body = output_body(step_id, value)
+        body = output_body(step_id, value, watch)
         status, answer = self._request("PUT", put_path(path, sync), body)
         if put_outcome(status, answer) is PutResult.CONFLICT:
             return cast(T, json_ok(*self._request("GET", path)).get("output"))
@@ -207,9 +210,9 @@ class SyncRunContext(ContextBase):
             self._journal.memo = steps_from(json_ok(*self._request("GET", "/steps")))
         return self._journal.memo
 
-    def _report_failure(self, path: str, exc: Exception) -> None:
+    def _report_failure(self, path: str, exc: Exception, watch: Stopwatch) -> None:
         try:
-            self._request("PUT", path, error_body(exc))
+            self._request("PUT", path, error_body(exc, watch))
         except Exception as report_exc:  # best effort: the original error matters more
             log.debug("could not record failed try at %s: %s", path, report_exc)
 

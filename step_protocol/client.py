@@ -24,6 +24,7 @@ from step_protocol._context import (
     TIMEOUT,
     ContextBase,
     PutResult,
+    Stopwatch,
     error_body,
     json_ok,
     local_delay,
@@ -97,6 +98,7 @@ class RunContext(ContextBase):
 
         `sync=True` returns only once the gateway has committed the step to storage.
         If `fn` raises, the failure is reported to the sidecar (best effort) and re-raised.
+        Either record carries when `fn` started and how long it ran (SPEC.md §4.3).
         """
         step_id = self._journal.next_id(step_id)  # before any await: keeps gather() stable
         if self._info is None:
@@ -107,14 +109,15 @@ class RunContext(ContextBase):
         if step_id in memo:
             return cast(T, memo[step_id])
         path = step_path(step_id)
+        watch = Stopwatch()
         try:
             value = await _call(fn)
         except Suspend:
             raise  # not a failed try: nothing to report
         except Exception as exc:
-            await self._report_failure(path, exc)
+            await self._report_failure(path, exc, watch)
             raise
-        body = output_body(step_id, value)
+        body = output_body(step_id, value, watch)
         status, answer = await self._request("PUT", put_path(path, sync), body)
         if put_outcome(status, answer) is PutResult.CONFLICT:
             stored = json_ok(*await self._request("GET", path))
@@ -179,9 +182,9 @@ class RunContext(ContextBase):
                 self._journal.memo = steps_from(json_ok(*await self._request("GET", "/steps")))
             return self._journal.memo
 
-    async def _report_failure(self, path: str, exc: Exception) -> None:
+    async def _report_failure(self, path: str, exc: Exception, watch: Stopwatch) -> None:
         try:
-            await self._request("PUT", path, error_body(exc))
+            await self._request("PUT", path, error_body(exc, watch))
         except Exception as report_exc:  # best effort: the original error matters more
             log.debug("could not record failed try at %s: %s", self._sidecar + path, report_exc)
 

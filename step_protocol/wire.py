@@ -109,14 +109,37 @@ def problem_slug(type_uri: object) -> str:
 
 
 # Sidecar bodies.
-def put_output_body(output: Any) -> bytes:
-    """Body of `PUT {base}/steps/{id}` that records a completed step."""
-    return orjson.dumps({"output": output})
+STARTED_AT: Final = "started_at"
+"""Step PUT member: when the step's work began (Unix seconds, or RFC 3339). Optional."""
+DURATION_MS: Final = "duration_ms"
+"""Step PUT member: how long the step's work took, in milliseconds. Optional."""
 
 
-def put_error_body(message: str) -> bytes:
-    """Body of `PUT {base}/steps/{id}` that records a failed try of a step."""
-    return orjson.dumps({"error": {"message": message}})
+def put_output_body(
+    output: Any, started_at: float | None = None, duration_ms: float | None = None
+) -> bytes:
+    """Body of `PUT {base}/steps/{id}` that records a completed step, with its timing
+    when measured (SPEC.md §4.3)."""
+    return orjson.dumps(_timed({"output": output}, started_at, duration_ms))
+
+
+def put_error_body(
+    message: str, started_at: float | None = None, duration_ms: float | None = None
+) -> bytes:
+    """Body of `PUT {base}/steps/{id}` that records a failed try of a step, with its
+    timing when measured (SPEC.md §4.4)."""
+    return orjson.dumps(_timed({"error": {"message": message}}, started_at, duration_ms))
+
+
+def _timed(
+    body: dict[str, Any], started_at: float | None, duration_ms: float | None
+) -> dict[str, Any]:
+    """`body` with the timing members that were measured; absent ones are left out."""
+    if started_at is not None:
+        body[STARTED_AT] = started_at
+    if duration_ms is not None:
+        body[DURATION_MS] = duration_ms
+    return body
 
 
 # Sleep and wait (protocol v2).

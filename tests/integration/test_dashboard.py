@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
+from decimal import ROUND_HALF_UP, Decimal
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -189,6 +193,203 @@ def colour_pixels(image: Image.Image, rgb: tuple[int, int, int], tolerance: int 
     )
 
 
+# ── the page on a stand-in runs API: exact values ─────────────────────────
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACE_URL = f"http://jaeger.test:16686/trace/{TRACE_ID}"
+HOSTILE = '<img src=x onerror="document.title=1">'
+"""A step id the page must show as text, never as markup."""
+
+
+def timed_run(run_id: str, start: float, trace_url: str | None) -> dict[str, Any]:
+    """A finished run of ten seconds as `GET /v1/runs/{id}` gives it once backends report
+    their steps' timing: attempt 1 (0-4 s, a 500) and attempt 2 (5-10 s, a 200).
+
+    Times are offsets from `start`, so each one is its percentage of the axis divided by 10.
+    """
+
+    def at(offset: float) -> float:
+        return start + offset
+
+    def step(step_id: str, attempt: int, created: float, **extra: Any) -> dict[str, Any]:
+        timing = {"started_at": None, "duration_ms": None, "timing": None} | extra
+        return {
+            "step_id": step_id,
+            "completed": True,
+            "attempt": attempt,
+            "created_at": at(created),
+            "output_bytes": 12,
+            **timing,
+            "errors": [],
+        }
+
+    charge = step("charge", 2, 8.0, started_at=at(6.0), duration_ms=1500.0, timing="backend")
+    charge["errors"] = [
+        {
+            "attempt": 1,
+            "message": "provider timeout",
+            "created_at": at(3.6),
+            "started_at": at(3.0),
+            "duration_ms": 400.0,
+            "timing": "backend",
+        }
+    ]
+    return {
+        "run_id": run_id,
+        "route": "demo",
+        "status": "succeeded",
+        "attempt": 2,
+        "created_at": start,
+        "updated_at": at(10.0),
+        "finished_at": at(10.0),
+        "wake_at": None,
+        "waiting": None,
+        "owner": None,
+        "trace_id": TRACE_ID,
+        "trace_url": trace_url,
+        "request": {"method": "POST", "path": "/demo/x", "body_bytes": 2, "headers": []},
+        "attempts": [
+            {
+                "attempt": 1,
+                "started_at": at(0.0),
+                "ended_at": at(4.0),
+                "outcome": "response",
+                "status": 500,
+                "detail": None,
+            },
+            {
+                "attempt": 2,
+                "started_at": at(5.0),
+                "ended_at": at(10.0),
+                "outcome": "response",
+                "status": 200,
+                "detail": None,
+            },
+        ],
+        "steps": [
+            step(HOSTILE, 1, 2.0, started_at=at(1.0), duration_ms=500.0, timing="backend"),
+            charge,
+            step("legacy", 2, 9.0),  # an older backend: no timing, placed by its record
+            step("only-start", 2, 9.5, started_at=at(8.5)),  # placed by its start
+        ],
+        "step_errors_dropped": 0,
+        "suspension": None,
+        "response": {
+            "status": 200,
+            "body_bytes": 2,
+            "body_kept": True,
+            "content_type": "application/json",
+        },
+        "stream": None,
+    }
+
+
+@pytest.fixture
+async def stand_in_admin() -> AsyncIterator[tuple[str, dict[str, dict[str, Any]]]]:
+    """The real dashboard files beside a stand-in of the runs API that answers the runs
+    a test puts in its dict: the page's own logic, fed exact values."""
+    runs: dict[str, dict[str, Any]] = {}
+
+    async def list_runs(request: web.Request) -> web.Response:
+        keys = ("run_id", "route", "status", "attempt", "created_at", "finished_at")
+        items = [{k: run[k] for k in keys} for run in runs.values()]
+        return web.json_response({"runs": items, "next_cursor": None})
+
+    async def get_run(request: web.Request) -> web.Response:
+        return web.json_response(runs[request.match_info["run_id"]])
+
+    async def list_routes(request: web.Request) -> web.Response:
+        return web.json_response({"routes": [{"name": "demo", "path": "/demo/*"}]})
+
+    app = web.Application(middlewares=[problems_middleware])
+    app.add_routes(dashboard.routes())
+    app.router.add_get("/v1/routes", list_routes)
+    app.router.add_get("/v1/runs", list_runs)
+    app.router.add_get("/v1/runs/{run_id}", get_run)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/"), runs
+    await server.close()
+
+
+@needs_chromium
+async def test_dashboard_places_steps_by_their_timing_and_links_the_trace(
+    stand_in_admin: tuple[str, dict[str, dict[str, Any]]], tmp_path: Path
+) -> None:
+    url, runs = stand_in_admin
+    start = time.time() - 60
+    runs["timed"] = timed_run("timed", start, TRACE_URL)
+    dom = await dump_dom(tmp_path, f"{url}/#run=timed")
+    assert dom.values("data-step-id") == [HOSTILE, "charge", "legacy", "only-start"]
+    assert "img" not in [e[""] for e in dom.elements] and HOSTILE in dom.texts
+
+    # Each band is a try's work, from the start its backend reported; its mark at its end.
+    bands = dom.with_class("step-span")
+    assert [(percent(b, "left"), percent(b, "width")) for b in bands] == [
+        pytest.approx((10, 5), abs=0.01),
+        pytest.approx((60, 15), abs=0.01),
+    ]
+    marks = [percent(m, "left") for m in dom.with_class("step-mark")]
+    assert marks == pytest.approx([15, 75, 90, 85], abs=0.01)
+    [band] = dom.with_class("step-error-span")
+    assert (percent(band, "left"), percent(band, "width")) == pytest.approx((30, 4), abs=0.01)
+    [ring] = dom.with_class("step-error-mark")
+    assert percent(ring, "left") == pytest.approx(34, abs=0.01)
+    # The durations, on the timeline and in the tables; nothing for a step without one.
+    labels = dom.with_class("took-label")
+    assert [label["data-step"] for label in labels] == [HOSTILE, "charge", "charge"]
+    assert not any("hidden" in label for label in labels)  # room for each on a wide page
+    # Timeline labels (attempt 1's lane, then 2's), then the steps and failed tries tables.
+    shown = ("500 ms", "400 ms", "1.5 s")
+    assert [t for t in dom.texts if t in shown] == [*shown, "500 ms", "1.5 s", "400 ms"]
+    tips = [m["title"] for m in dom.with_class("step-mark")]
+    assert "took 500 ms" in tips[0] and "took 1.5 s" in tips[1]
+    assert "took" not in tips[2] and "took" not in tips[3]
+
+    [link] = [e for e in dom.elements if e[""] == "a"]
+    assert link["href"] == TRACE_URL
+    assert (link["target"], link["rel"]) == ("_blank", "noopener")
+    assert "Open trace" in dom.texts and TRACE_ID in dom.texts
+
+
+@needs_chromium
+@pytest.mark.parametrize("trace_url", [None, "javascript:alert(1)", "data:text/html,hi"])
+async def test_dashboard_links_only_a_web_trace_url(
+    stand_in_admin: tuple[str, dict[str, dict[str, Any]]], tmp_path: Path, trace_url: str | None
+) -> None:
+    url, runs = stand_in_admin
+    runs["run"] = timed_run("run", time.time() - 60, trace_url)
+    html = await chromium(tmp_path, f"{url}/#run=run", "--dump-dom")
+    dom = Dom(html)
+    assert dom.values("data-step-id")  # the run rendered
+    assert [e for e in dom.elements if e[""] == "a"] == []
+    assert "Open trace" not in dom.texts
+    assert TRACE_ID in dom.texts
+
+
+@needs_chromium
+async def test_dashboard_hides_duration_labels_that_would_overlap(
+    stand_in_admin: tuple[str, dict[str, dict[str, Any]]], tmp_path: Path
+) -> None:
+    url, runs = stand_in_admin
+    run = timed_run("busy", time.time() - 60, None)
+    first, second = run["steps"][:2]
+    first.update(started_at=run["created_at"] + 1.0, duration_ms=1000.0)
+    second.update(attempt=1, started_at=run["created_at"] + 2.0, duration_ms=50.0, errors=[])
+    run["steps"] = [first, second]
+    runs["busy"] = run
+    dom = await dump_dom(tmp_path, f"{url}/#run=busy")
+    # Marks at 20% and 20.5% of the axis: the earlier try keeps its label.
+    assert [percent(m, "left") for m in dom.with_class("step-mark")] == pytest.approx([20, 20.5])
+    kept, hidden = dom.with_class("took-label")
+    assert "hidden" not in kept and "hidden" in hidden
+    assert "took 50 ms" in hidden["title"]  # still in its tooltip, and in the steps table:
+    assert dom.texts.count("50 ms") == 2  # there and in the hidden label
+
+
+# ── the page on a real gateway ─────────────────────────────────────────────
+
+
 @needs_chromium
 @pytest.mark.both_stores
 async def test_dashboard_renders_runs_and_timeline(
@@ -257,6 +458,68 @@ async def test_dashboard_renders_runs_and_timeline(
     assert colour_pixels(image, (0x16, 0xA3, 0x4A)) > 1000
     # The failed try's duration band, in its own dark red.
     assert colour_pixels(image, (0x7F, 0x1D, 0x1D), tolerance=8) > 100
+
+
+UI_URL = "http://jaeger.test:16686/trace/{trace_id}"
+
+
+def shown(ms: float) -> str:
+    """A duration under a minute as the page writes it: `duration(ms / 1000)` in
+    dashboard.js, with the same float steps (`Math.round` and `toFixed` take halves up)."""
+    seconds = ms / 1000
+    if seconds < 1:
+        return f"{js_round(seconds * 1000)} ms"
+    if seconds < 10:
+        return f"{Decimal(seconds).quantize(Decimal('0.1'), ROUND_HALF_UP)} s"
+    return f"{js_round(seconds)} s"
+
+
+def js_round(value: float) -> int:
+    whole = math.floor(value)
+    return whole + 1 if value - whole >= 0.5 else whole
+
+
+@needs_chromium
+async def test_dashboard_shows_reported_durations_and_the_trace_link(
+    gateway_factory: GatewayFactory, backend: Backend, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    gw = gateway_factory(
+        durable_route(backend.url, retry="{initial_backoff: 50ms}"),
+        extra_yaml=f"security:\n  admin_token: {TOKEN}\ntracing:\n  ui_url: {UI_URL}\n",
+    )
+    async with http.post(gw.ingress + "/demo/steps?n=3&raise_at=2&work_ms=150") as resp:
+        assert resp.status == 200, await resp.text()
+        run_id = resp.headers["Durable-Run-Id"]
+
+    async def recorded() -> dict[str, Any]:
+        detail: dict[str, Any] = await get_json(http, f"{gw.admin}/v1/runs/{run_id}", headers=AUTH)
+        assert detail["trace_url"] is not None, "the config sets tracing.ui_url"
+        assert detail["finished_at"] is not None
+        assert all(a["ended_at"] is not None for a in detail["attempts"])
+        assert [s["started_at"] is not None for s in detail["steps"]] == [True, True, True]
+        return detail
+
+    detail = await assert_eventually(recorded)
+    trace_url = UI_URL.replace("{trace_id}", detail["trace_id"])
+    assert detail["trace_url"] == trace_url
+
+    dom = await dump_dom(tmp_path, f"{gw.admin}/#token={TOKEN}&run={run_id}")
+    assert dom.values("data-step-id") == ["step-1", "step-2", "step-3"]
+    [link] = [e for e in dom.elements if e[""] == "a"]
+    assert (link["href"], link["target"], link["rel"]) == (trace_url, "_blank", "noopener")
+    assert "Open trace" in dom.texts and detail["trace_id"] in dom.texts
+    # Each step's band runs from the start its backend reported for the time it took, and
+    # ends at the step's mark, the duration beside it.
+    marks = dom.with_class("step-mark")
+    bands = dom.with_class("step-span")
+    assert len(marks) == len(bands) == 3
+    for mark, band, step in zip(marks, bands, detail["steps"], strict=True):
+        assert abs(percent(band, "left") + percent(band, "width") - percent(mark, "left")) < 0.1
+        assert f"took {shown(step['duration_ms'])}" in mark["title"]
+    labelled = [label["data-step"] for label in dom.with_class("took-label")]
+    assert labelled.count("step-1") == labelled.count("step-3") == 1
+    for step in detail["steps"]:
+        assert dom.texts.count(shown(step["duration_ms"])) >= 1
 
 
 @needs_chromium

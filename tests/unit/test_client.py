@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ async def test_new_steps_are_put_with_the_bearer_token(sidecar: Sidecar, make_ct
         ("PUT", f"/v1/runs/{RUN}/steps/quote", "Bearer tok-1"),
         ("PUT", f"/v1/runs/{RUN}/steps/charge", "Bearer tok-1"),
     ]
-    assert sidecar.calls[0].body == {"output": {"total": 42}}
+    assert sidecar.calls[0].body["output"] == {"total": 42}
+    assert set(sidecar.calls[0].body) == {"output", "started_at", "duration_ms"}
     assert sidecar.calls[0].query == ""
 
 
@@ -177,6 +179,45 @@ async def test_failed_step_is_reported_and_reraised(sidecar: Sidecar, make_ctx: 
         await ctx.step("charge", fail)
 
 
+WORK_S = 0.02
+"""How long the timed step functions below take, at least."""
+
+
+def assert_timed(body: dict[str, Any], before: float, after: float) -> None:
+    """`started_at` and `duration_ms` of a step PUT fit inside the call that made it,
+    and the duration covers the step's work."""
+    started_at, took = body["started_at"], body["duration_ms"]
+    assert type(started_at) is float and type(took) is float, body
+    # Two clocks (wall and monotonic), each read to the microsecond: allow one ms.
+    assert before - 0.001 <= started_at <= after
+    assert WORK_S * 1000 <= took <= (after - before) * 1000 + 1
+    assert started_at + took / 1000 <= after + 0.001
+
+
+async def test_each_try_is_put_with_its_timing(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(sidecar.headers())
+
+    def work() -> str:
+        time.sleep(WORK_S)
+        return "done"
+
+    def fail() -> None:
+        time.sleep(WORK_S)
+        raise RuntimeError("provider timeout")
+
+    before = time.time()
+    with pytest.raises(RuntimeError):
+        await ctx.step("charge", fail)
+    between = time.time()
+    assert await ctx.step("charge", work) == "done"
+    after = time.time()
+    error, output = (c.body for c in sidecar.calls)
+    assert error["error"] == {"message": "provider timeout"}
+    assert_timed(error, before, between)
+    assert output["output"] == "done"
+    assert_timed(output, between, after)
+
+
 async def test_sync_writes_ask_for_commit(sidecar: Sidecar, make_ctx: MakeCtx) -> None:
     ctx = make_ctx(sidecar.headers())
     await ctx.step("pay", lambda: 1, sync=True)
@@ -255,13 +296,16 @@ async def test_unreachable_sidecar_raises(make_ctx: MakeCtx, unused_tcp_port: in
 
 async def test_async_functions_are_awaited(sidecar: Sidecar) -> None:
     async def quote() -> dict[str, int]:
-        await asyncio.sleep(0)
+        await asyncio.sleep(WORK_S)
         return {"total": 42}
 
     async with StepClient() as client:
         ctx = client.context(sidecar.headers())
+        before = time.time()
         assert await ctx.step("quote", quote) == {"total": 42}
+        after = time.time()
     assert sidecar.steps == {"quote": {"total": 42}}
+    assert_timed(sidecar.calls[0].body, before, after)  # the await is part of the work
 
 
 async def test_gathered_steps_are_numbered_in_call_order(sidecar: Sidecar) -> None:
@@ -472,6 +516,36 @@ async def test_backend_resumes_from_the_failed_step(
     assert everything[RUN] == counts["counts"]
     assert all(c.auth == "Bearer tok-1" for c in sidecar.calls[:1])
     assert all(c.auth == "Bearer tok-2" for c in sidecar.calls[1:])
+
+
+async def test_backend_puts_each_try_with_its_timing(
+    backend: Backend, http: aiohttp.ClientSession, sidecar: Sidecar
+) -> None:
+    """Both example backends time each step's work: the output and the failed try."""
+    work_ms = 20
+    url = f"{backend.url}/demo/steps?n=2&raise_at=2&work_ms={work_ms}"
+    before = time.time()
+    status, body, _ = await get_json(http, "POST", url, headers=sidecar.headers())
+    after = time.time()
+    assert (status, body["error"]) == (500, "step-2 failed on attempt 1")
+    assert sidecar.steps == {"step-1": {"step": 1, "value": "computed on attempt 1"}}
+    assert sidecar.errors == [("step-2", "step-2 failed on attempt 1")]
+    recorded, failed = (c.body for c in sidecar.calls)
+    assert (set(recorded), set(failed)) == (
+        {"output", "started_at", "duration_ms"},
+        {"error", "started_at", "duration_ms"},
+    )
+    ends = []
+    for put in (recorded, failed):
+        started_at, took = put["started_at"], put["duration_ms"]
+        assert isinstance(started_at, int | float) and isinstance(took, int | float), put
+        assert not isinstance(started_at, bool) and not isinstance(took, bool)
+        # Node's wall clock counts whole ms and its timers may fire up to 1 ms early.
+        assert before - 0.001 <= started_at <= after
+        assert work_ms - 1 <= took <= (after - before) * 1000 + 1
+        ends.append(started_at + took / 1000)
+    assert ends[0] <= failed["started_at"] + 0.001  # step-2 began once step-1 was done
+    assert ends[1] <= after + 0.001
 
 
 async def test_backend_fetches_large_step_state(

@@ -130,6 +130,24 @@ def test_bodies() -> None:
         wire.put_output_body(object())
 
 
+def test_bodies_carry_the_timing_that_was_measured() -> None:
+    timed = {"started_at": 1764896523.125, "duration_ms": 812.5}
+    assert orjson.loads(wire.put_output_body(0, 1764896523.125, 812.5)) == {"output": 0} | timed
+    assert (
+        orjson.loads(wire.put_error_body("x", 1764896523.125, 812.5))
+        == {"error": {"message": "x"}} | timed
+    )
+    # What was not measured is left out, not sent as null (SPEC.md §4.3).
+    assert orjson.loads(wire.put_output_body(None, duration_ms=0.0)) == {
+        "output": None,
+        "duration_ms": 0.0,
+    }
+    assert orjson.loads(wire.put_error_body("x", started_at=5.0)) == {
+        "error": {"message": "x"},
+        "started_at": 5.0,
+    }
+
+
 def test_gateway_headers_are_the_request_headers() -> None:
     assert wire.GATEWAY_HEADERS == (
         "Durable-Run-Id",

@@ -39,8 +39,8 @@ function el(tag, attrs = {}, ...children) {
 }
 
 function badge(status) {
-  const known = STATUSES.includes(status) ? status : "unknown";
-  return el("span", { class: `badge s-${known}`, text: status || "?" });
+  const kind = STATUSES.includes(status) ? status : "unknown";
+  return el("span", { class: `badge s-${kind}`, text: status || "?" });
 }
 
 function httpBadge(status) {
@@ -283,15 +283,31 @@ async function openRun(runId) {
   for (const bar of panel.querySelectorAll(".bar")) {
     if (bar.scrollWidth > bar.clientWidth) bar.textContent = "";
   }
+  for (const track of panel.querySelectorAll(".track")) unclutter(track);
 }
 
-function detailHeader(runId, status) {
+/** A link for a URL the API gave, only when it is a web address (never `javascript:`). */
+function webUrl(url) {
+  if (typeof url !== "string" || !url) return null;
+  try {
+    const parsed = new URL(url, location.href);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function detailHeader(runId, status, traceUrl = null) {
+  const trace = webUrl(traceUrl);
   return el(
     "div",
     { class: "detail-head" },
     el("h2", {}, "Run ", el("code", { class: "run-id", text: runId })),
     status ? badge(status) : null,
     el("span", { class: "spacer" }),
+    // noopener: the trace viewer's tab gets no handle on this one (nor, by the page's
+    // Referrer-Policy, its address with the run in it).
+    trace ? el("a", { class: "trace-link", href: trace, target: "_blank", rel: "noopener", text: "Open trace" }) : null,
     el("button", {
       type: "button",
       class: "link close",
@@ -314,9 +330,10 @@ function renderRun(run) {
     ["Attempts", String(run.attempt)],
   ];
   if (run.wake_at && !run.finished_at) facts.push(["Next wake", wakeText(run.wake_at)]);
+  if (run.trace_id) facts.push(["Trace", el("code", { text: run.trace_id })]);
   return [
-    detailHeader(run.run_id, run.status),
-    el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])),
+    detailHeader(run.run_id, run.status, run.trace_url),
+    el("dl", { class: "facts" }, ...facts.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)])),
     actions(run),
     el("h3", { text: "Timeline" }),
     timeline(run),
@@ -398,10 +415,21 @@ function timeline(run) {
   let end = run.finished_at ?? nowSeconds();
   // Stretch to whatever was recorded, so a little clock skew never pushes a bar off the axis.
   for (const a of run.attempts) end = Math.max(end, a.ended_at ?? a.started_at ?? start);
+  // Every try of a step, placed: [attempt, step id, try, its place, its kind, its tooltip].
+  const tries = [];
   for (const s of run.steps) {
-    if (s.created_at !== null && s.created_at !== undefined) end = Math.max(end, s.created_at);
-    for (const e of stepErrors(s)) end = Math.max(end, e.created_at);
+    if (isCompleted(s)) {
+      const p = placed(s);
+      const tip = `${s.step_id} · ${bytes(s.output_bytes)} · ${when(s, p, start)} (attempt ${s.attempt})${tookText(s)}`;
+      tries.push([s.attempt, s.step_id, s, p, "step", tip]);
+    }
+    for (const e of stepErrors(s)) {
+      const p = placed(e);
+      const tip = `${s.step_id} failed · ${when(e, p, start)} (attempt ${e.attempt})${tookText(e)} · ${e.message}`;
+      tries.push([e.attempt, s.step_id, e, p, "step-error", tip]);
+    }
   }
+  for (const [, , , p] of tries) end = Math.max(end, p.at); // a mark is where a try ended
   const span = Math.max(end - start, 0.001);
   const pct = (t) => Math.min(100, Math.max(0, ((t - start) / span) * 100));
   const place = (node, left, width) => {
@@ -436,31 +464,68 @@ function timeline(run) {
   if (!lanes.size) box.append(el("p", { class: "empty", text: "No attempt has started yet." }));
 
   const lastLane = [...lanes.values()].pop();
-  // Each try's duration as a band on its attempt's bar, ending at its mark: a diamond for
-  // a completed step, a red ring for a failed try. Bands first, so marks sit on top.
-  const marks = [];
-  for (const s of run.steps) {
-    if (isCompleted(s)) {
-      const tip = `${s.step_id} · ${bytes(s.output_bytes)} · +${duration(s.created_at - start)} (attempt ${s.attempt})${tookText(s)}`;
-      marks.push([s.attempt, s.created_at, s.duration_ms, "step", tip]);
-    }
-    for (const e of stepErrors(s)) {
-      const tip = `${s.step_id} failed · +${duration(e.created_at - start)} (attempt ${e.attempt})${tookText(e)} · ${e.message}`;
-      marks.push([e.attempt, e.created_at, e.duration_ms, "step-error", tip]);
-    }
-  }
-  for (const [attempt, at, ms, kind, tip] of marks) {
+  // Each try's work as a band on its attempt's bar, ending at its mark (a diamond for a
+  // completed step, a red ring for a failed try) with its duration beside it. Bands
+  // first, so marks sit on top.
+  for (const [attempt, , , p, kind, tip] of tries) {
     const track = lanes.get(attempt) || lastLane;
-    if (!track || ms === null || ms === undefined) continue;
-    const left = pct(at - ms / 1000);
-    track.append(place(el("span", { class: `${kind}-span`, title: tip }), left, Math.max(pct(at) - left, 0.3)));
+    if (!track || p.from === null) continue;
+    const left = pct(p.from);
+    track.append(place(el("span", { class: `${kind}-span`, title: tip }), left, Math.max(pct(p.to) - left, 0.3)));
   }
-  for (const [attempt, at, , kind, tip] of marks) {
+  for (const [attempt, stepId, item, p, kind, tip] of tries) {
     const track = lanes.get(attempt) || lastLane;
-    if (track) track.append(place(el("span", { class: `${kind}-mark`, title: tip }), pct(at)));
+    if (!track) continue;
+    track.append(place(el("span", { class: `${kind}-mark`, title: tip }), pct(p.at)));
+    if (known(item.duration_ms)) {
+      const label = el("span", { class: "took-label", "data-step": stepId, title: tip, text: duration(item.duration_ms / 1000) });
+      track.append(place(label, pct(p.at)));
+    }
   }
   if (!run.finished_at) box.classList.add("open-ended");
   return box;
+}
+
+/**
+ * Where a try of a step sits on the timeline. The backend's `started_at` places it when it
+ * sent one, else the gateway's record of it (`created_at`). `from`..`to` is its work when
+ * its duration is known (both null otherwise); `at`, its mark, is where the work ended, or
+ * the one time known.
+ */
+function placed(item) {
+  const took = known(item.duration_ms) ? item.duration_ms / 1000 : null;
+  if (known(item.started_at)) {
+    const to = took === null ? null : item.started_at + took;
+    return { from: took === null ? null : item.started_at, to, at: to ?? item.started_at };
+  }
+  if (took === null) return { from: null, to: null, at: item.created_at };
+  return { from: item.created_at - took, to: item.created_at, at: item.created_at };
+}
+
+/** "started +1.2 s" when the backend said, else "+1.2 s" for when the gateway recorded it. */
+function when(item, p, start) {
+  return known(item.started_at) ? `started +${duration(item.started_at - start)}` : `+${duration(p.at - start)}`;
+}
+
+/** Hide the duration labels of a lane that would cover its bar's label or one another
+ * (left to right: the earlier try keeps its label); every tooltip still has them. */
+function unclutter(track) {
+  const taken = [];
+  for (const bar of track.querySelectorAll(".bar")) {
+    if (!bar.textContent) continue;
+    const text = document.createRange();
+    text.selectNodeContents(bar);
+    const box = text.getBoundingClientRect();
+    taken.push([box.left, box.right]);
+  }
+  const labels = [...track.querySelectorAll(".took-label")];
+  labels.sort((a, b) => a.getBoundingClientRect().left - b.getBoundingClientRect().left);
+  for (const label of labels) {
+    const box = label.getBoundingClientRect();
+    const clash = taken.some(([left, right]) => box.left < right + 4 && box.right + 4 > left);
+    if (clash || box.right > track.getBoundingClientRect().right) label.hidden = true;
+    else taken.push([box.left, box.right]);
+  }
 }
 
 function legend() {
@@ -477,7 +542,7 @@ function legend() {
     ...items.map(([cls, text]) => el("span", {}, el("i", { class: `swatch o-${cls}` }), text)),
     el("span", {}, el("i", { class: "swatch step" }), "step recorded"),
     el("span", {}, el("i", { class: "swatch step-error" }), "step failed"),
-    el("span", {}, el("i", { class: "swatch took" }), "step duration (as the gateway saw it)"),
+    el("span", {}, el("i", { class: "swatch took" }), "step duration"),
   );
 }
 
@@ -537,25 +602,31 @@ function attemptsTable(run) {
 
 /** A step's recorded failed tries (none from a gateway that does not list them). */
 const stepErrors = (step) => step.errors || [];
+/** A time or duration the API gave (null when the backend did not report it). */
+const known = (value) => typeof value === "number" && isFinite(value);
 const isCompleted = (step) => step.completed !== false && step.created_at !== null && step.created_at !== undefined;
 
-/** " · took 12 ms" for a try with a duration; the gateway measures it until backends report one. */
+/** " · took 12 ms" for a try with a duration: its backend's, or else the gateway's guess. */
 function tookText(item) {
-  if (item.duration_ms === null || item.duration_ms === undefined) return "";
+  if (!known(item.duration_ms)) return "";
   return ` · took ${duration(item.duration_ms / 1000)}${item.timing === "gateway" ? " (seen by the gateway)" : ""}`;
 }
 
 function tookCell(item) {
-  const known = item.duration_ms !== null && item.duration_ms !== undefined;
+  const took = known(item.duration_ms);
   return el("td", {
     class: "num",
-    title: known && item.timing === "gateway" ? "from the attempt's previous record, as the gateway saw it" : null,
-    text: known ? duration(item.duration_ms / 1000) : "—",
+    title: took && item.timing === "gateway" ? "from the attempt's previous record, as the gateway saw it" : null,
+    text: took ? duration(item.duration_ms / 1000) : "—",
   });
 }
 
-function sinceStart(run, t) {
-  return el("td", { title: dateTime(t), text: `+${duration(t - run.created_at)}` });
+/** When a try began, as its backend reported it, or else when the gateway recorded it. */
+function sinceStart(run, item) {
+  const began = known(item.started_at);
+  const t = began ? item.started_at : item.created_at;
+  const title = began ? `started ${dateTime(t)} · recorded ${dateTime(item.created_at)}` : dateTime(t);
+  return el("td", { title, text: `+${duration(t - run.created_at)}` });
 }
 
 function stepsTable(run) {
@@ -575,7 +646,7 @@ function stepsTable(run) {
           { "data-step-id": s.step_id, class: done ? null : "incomplete" },
           el("td", {}, el("code", { text: s.step_id })),
           el("td", { text: done ? s.attempt : "—" }),
-          done ? sinceStart(run, s.created_at) : el("td", { text: "—" }),
+          done ? sinceStart(run, s) : el("td", { text: "—" }),
           done ? tookCell(s) : el("td", { class: "num", text: "—" }),
           el("td", { text: done ? bytes(s.output_bytes) : "not completed" }),
           el("td", { class: errors.length ? "num error" : "num", text: errors.length }),
@@ -605,7 +676,7 @@ function errorsTable(run) {
             { "data-error-step": s.step_id, "data-error-attempt": e.attempt },
             el("td", {}, el("code", { text: s.step_id })),
             el("td", { text: e.attempt }),
-            sinceStart(run, e.created_at),
+            sinceStart(run, e),
             tookCell(e),
             el("td", { class: "detail-text error", title: e.message, text: e.message }),
           ),
