@@ -24,9 +24,9 @@ from gateway.engine.credentials import Credentials
 from gateway.engine.driver import Driver, new_owner
 from gateway.engine.leases import Leases
 from gateway.engine.limits import Limits
-from gateway.engine.otlp import OtlpExporter
 from gateway.engine.runner import Runner
 from gateway.engine.scheduler import Scheduler
+from gateway.engine.span_pipe import SpanPipe
 from gateway.engine.spans import Spans
 from gateway.engine.tokens import Tokens, new_secret
 from gateway.engine.view import RunView
@@ -108,7 +108,7 @@ def _spans(config: TracingConfig) -> Spans:
     """The spans of runs, exported over OTLP when `tracing:` names a collector."""
     if not config.enabled:
         return Spans(None)
-    return Spans(OtlpExporter(config), config.sample_ratio)
+    return Spans(SpanPipe(config), config.sample_ratio)
 
 
 def build_apps(
@@ -258,7 +258,7 @@ async def _shutdown(services: Services, runners: list[web.BaseRunner]) -> None:
     await services.session.close()
     await services.driver.runner.pool.close()
     await services.store.close()
-    exporter = services.driver.runner.spans.exporter
-    if exporter is not None:  # the spans of the runs that just ended
-        await exporter.close()
+    sink = services.driver.runner.spans.sink
+    if sink is not None:  # the spans of the runs that just ended
+        await sink.close()
     log.info("stopped")

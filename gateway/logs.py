@@ -67,6 +67,15 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+def current() -> tuple[str, LogFormat]:
+    """The level and format `setup` gave, for a child process to log alike."""
+    root = logging.getLogger()
+    fmt: LogFormat = (
+        "json" if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers) else "text"
+    )
+    return logging.getLevelName(root.level).lower(), fmt
+
+
 def setup(level: str = "info", fmt: LogFormat = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

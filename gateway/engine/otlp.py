@@ -1,4 +1,6 @@
-"""Spans out over OTLP/HTTP: encoded here as OTLP protobuf, posted in batches.
+"""Spans out over OTLP/HTTP: encoded here as OTLP protobuf, posted in batches, by a
+process of its own (`python -m gateway.engine.otlp`, started by `span_pipe.py`), so none
+of it takes the gateway's event loop.
 
 Why not the OpenTelemetry SDK and its exporter: building a `ReadableSpan` and encoding it
 through them took about 70 µs of CPU per span here, a quarter of what a whole 0-step
@@ -7,8 +9,8 @@ attributes that recur (a route, a status) encoded once, takes a fraction of that
 bench/README). The wire format is OTLP's `ExportTraceServiceRequest`, which the tests
 decode with opentelemetry-proto's generated classes.
 
-Spans are encoded as they end, on the event loop, and kept as bytes until posted, so
-the queue is bounded in bytes: past `QUEUE_BYTES` new spans are dropped and counted.
+Spans are encoded as their events arrive and kept as bytes until posted, so the queue
+is bounded in bytes: past `QUEUE_BYTES` new spans are dropped and counted.
 One task posts a batch when it is full or a second old; a collector that fails or is
 down gets the batch again after a backoff (doubling to 30 s), so nothing waits on it.
 """
@@ -16,17 +18,22 @@ down gets the batch again after a backoff (doubling to 30 s), so nothing waits o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
+import signal
 import struct
+import sys
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
+import orjson
 
-from gateway import metrics
+from gateway import logs, metrics
 from gateway.config import TracingConfig
-from gateway.engine.spans import Span, Value
+from gateway.engine.spans import Span, Value, build
 from gateway.logs import Burst
 from gateway.tasks import spawn
 
@@ -161,6 +168,7 @@ def _resource_head(config: TracingConfig) -> bytes:
     return _field(0x0A, attributes(items.items(), 0x0A))
 
 
+@functools.cache
 def _scope() -> bytes:
     """The `InstrumentationScope` of every span: this gateway and its version."""
     return _field(0x0A, _field(0x0A, b"durable-gateway") + _field(0x12, _version().encode()))
@@ -168,7 +176,7 @@ def _scope() -> bytes:
 
 def request_body(head: bytes, spans: Iterable[bytes]) -> bytes:
     """An `ExportTraceServiceRequest` of encoded spans, all of one resource and scope."""
-    scope_spans = _scope() + b"".join(_field(0x12, span) for span in spans)
+    scope_spans = _scope() + b"".join([_field(0x12, span) for span in spans])
     return _field(0x0A, head + _field(0x12, scope_spans))
 
 
@@ -282,3 +290,71 @@ class OtlpExporter:
             log.warning("%d bytes of spans not exported at shutdown", self._queued)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# ── the exporter's process ──────────────────────────────────────────────────────
+
+MAX_LINE: Final = 64 * 1024 * 1024
+"""Longest line of events the gateway writes (it writes far shorter ones)."""
+REPORT_EVERY: Final = 1.0
+
+
+def config_line(config: TracingConfig) -> bytes:
+    """The first line the gateway writes: what to export to, and how to log."""
+    level, fmt = logs.current()
+    return orjson.dumps({"tracing": dataclasses.asdict(config), "log": [level, fmt]}) + b"\n"
+
+
+def _config(data: dict[str, Any]) -> TracingConfig:
+    fields: dict[str, Any] = dict(data)
+    for name in ("resource_attributes", "headers"):  # JSON made its pairs lists
+        fields[name] = tuple(tuple(pair) for pair in fields[name])
+    return TracingConfig(**fields)
+
+
+def _counts() -> dict[str, float]:
+    return {
+        "exported": metrics.SPANS_EXPORTED.labels().value,
+        **{reason: metrics.child(metrics.SPANS_DROPPED, reason).value for reason in DROPPED},
+    }
+
+
+DROPPED: Final = ("queue_full", "refused")
+
+
+async def _report() -> None:
+    """Write the counts (cumulative) to stdout every second, for the gateway's metrics."""
+    while True:
+        sys.stdout.buffer.write(orjson.dumps(_counts()) + b"\n")
+        sys.stdout.buffer.flush()
+        await asyncio.sleep(REPORT_EVERY)
+
+
+async def _serve() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    first = orjson.loads(await reader.readline())
+    level, fmt = first["log"]
+    logs.setup(level, fmt)
+    exporter = OtlpExporter(_config(first["tracing"]))
+    reporting = spawn(_report(), name="otlp-report")
+    while line := await reader.readline():  # until the gateway closes the pipe (or dies)
+        for event in orjson.loads(line):
+            exporter.export(build(event))
+    await exporter.close()
+    reporting.cancel()
+    sys.stdout.buffer.write(orjson.dumps(_counts()) + b"\n")
+
+
+def main() -> None:
+    """Ignore the signals a terminal or service manager sends the gateway's whole group:
+    this process stops when the gateway closes its end of the pipe, once it has posted
+    what it holds."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    asyncio.run(_serve())
+
+
+if __name__ == "__main__":
+    main()

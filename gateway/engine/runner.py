@@ -360,7 +360,7 @@ class Runner:
             return _Tried(outcome)
         took = time.perf_counter() - sent
         latency = metrics.child(metrics.UPSTREAM_LATENCY, run.route.name)
-        if self.spans.exporter is not None and run.trace.sampled:  # links to the attempt's span
+        if self.spans.sink is not None and run.trace.sampled:  # links to the attempt's span
             trace = run.trace
             latency.observe(
                 took, {"trace_id": trace.trace_id, "span_id": trace.attempt_span(attempt)}

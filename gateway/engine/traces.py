@@ -11,6 +11,7 @@ Pure: no I/O, no clock, no OpenTelemetry (`otel.py` exports the spans).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -21,8 +22,10 @@ _TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2}
 _RATIO_BITS: Final = 1 << 64
 
 
+@functools.lru_cache(maxsize=8192)
 def _derived(run_id: str, part: str, size: int) -> str:
-    """A stable id of `size` bytes, lower-case hex, never all zero (invalid in W3C)."""
+    """A stable id of `size` bytes, lower-case hex, never all zero (invalid in W3C).
+    Cached: an attempt's id is asked for its `traceparent`, its span and its exemplar."""
     raw = hashlib.blake2b(f"{run_id}\x00{part}".encode(), digest_size=size).digest()
     return raw.hex() if any(raw) else "0" * (2 * size - 1) + "1"
 
@@ -43,10 +46,6 @@ class TraceContext:
 
     def attempt_span(self, attempt: int) -> str:
         return _derived(self.run_id, f"attempt {attempt}", 8)
-
-    def span(self, *parts: object) -> str:
-        """The id of another span of the run (a step's, a backoff's), named by `parts`."""
-        return _derived(self.run_id, "/".join(map(str, parts)), 8)
 
     def traceparent(self, attempt: int) -> str:
         """The `traceparent` an attempt's backend gets: the attempt's span is its parent."""

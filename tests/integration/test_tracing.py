@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -16,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from step_protocol import StepClient, aiohttp_middleware
-from tests.conftest import Backend, GatewayFactory, durable_route
+from tests.conftest import Backend, Gateway, GatewayFactory, durable_route
 from tests.helpers import accept, assert_eventually, final, free_port, get_json
 from tests.otlp import OtlpReceiver, Span
 
@@ -66,6 +67,12 @@ async def traced() -> AsyncIterator[Traced]:
     finally:
         await steps.close()
         await runner.cleanup()
+
+
+async def stopped(gw: Gateway) -> None:
+    """Stop a gateway in a thread: the receiver serves on this loop while the gateway's
+    exporter posts its last spans (stopping it from the fixture would block both)."""
+    assert await asyncio.to_thread(gw.proc.stop, signal.SIGTERM) == 0
 
 
 def one(spans: list[Span], name: str) -> Span:
@@ -133,9 +140,14 @@ async def test_a_run_with_a_retry_and_a_sleep_is_one_trace_under_the_client(
     charge = one(spans, "step charge")
     assert charge.attributes["durable.step_id"] == "charge"
     assert charge.attributes["durable.attempt"] == 3
+    # Timed by the backend (the reference client sends started_at and duration_ms): the
+    # step's work lies within its attempt.
+    assert attempts[2].start <= charge.start <= charge.end <= attempts[2].end
     assert run.start <= first.start and attempts[2].start < run.end
+    await stopped(gw)
 
 
+@pytest.mark.both_stores
 async def test_a_run_resumed_after_kill_9_continues_its_trace(
     backend: Backend,
     otlp: OtlpReceiver,
@@ -169,6 +181,7 @@ async def test_a_run_resumed_after_kill_9_continues_its_trace(
     assert cut.attributes["durable.outcome"] == "interrupted" and cut.status == "STATUS_CODE_ERROR"
     assert cut.parent_span_id == second.parent_span_id == run.span_id
     assert {s.name for s in otlp.children(second)} == {"step step-2", "step step-3"}
+    await stopped(gw)
 
 
 async def test_sampling_follows_the_client_and_the_ratio(
@@ -191,6 +204,7 @@ async def test_sampling_follows_the_client_and_the_ratio(
     await otlp.wait_for(lambda s: s.trace_id == CLIENT_TRACE, count=2)
     await asyncio.sleep(1.5)  # a second export interval: nothing else comes
     assert {s.trace_id for s in otlp.spans} == {CLIENT_TRACE}
+    await stopped(gw)
 
 
 async def test_run_logs_carry_the_trace_id_in_text_and_json(
@@ -216,7 +230,7 @@ async def test_run_logs_carry_the_trace_id_in_text_and_json(
         else:
             entry = orjson.loads(retried[0])
             assert (entry["run_id"], entry["trace_id"]) == (run_id, CLIENT_TRACE)
-        gw.proc.stop()
+        await stopped(gw)
 
 
 async def test_a_failing_collector_holds_no_run_back_and_gets_the_spans_later(
@@ -237,6 +251,7 @@ async def test_a_failing_collector_holds_no_run_back_and_gets_the_spans_later(
     assert [e.status for e in otlp.exports[:2]] == [503, 503]
     text = await (await http.get(f"{gw.admin}/metrics")).text()
     assert "durable_trace_spans_exported_total" in text
+    await stopped(gw)
 
 
 async def test_openmetrics_exemplars_link_latency_to_attempt_spans(
@@ -259,3 +274,43 @@ async def test_openmetrics_exemplars_link_latency_to_attempt_spans(
     ), text
     async with http.get(f"{gw.admin}/metrics") as resp:  # the classic format has none
         assert "# {" not in await resp.text()
+    await stopped(gw)
+
+
+def exporter_pid(gw_pid: int) -> int:
+    """The gateway's span exporter process (its only child)."""
+    children = Path(f"/proc/{gw_pid}/task/{gw_pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+async def test_an_exporter_that_dies_is_started_again_and_shutdown_flushes_it(
+    backend: Backend,
+    otlp: OtlpReceiver,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    gw = gateway_factory(durable_route(backend.url), extra_yaml=tracing(otlp))
+
+    async def traced_run() -> str:
+        async with http.get(gw.url("/demo/steps?n=1")) as resp:
+            assert resp.status == 200
+            run_id: str = resp.headers["Durable-Run-Id"]
+            return run_id
+
+    await otlp.run_trace(await traced_run())
+    first = exporter_pid(gw.proc.popen.pid)
+    os.kill(first, signal.SIGKILL)
+
+    async def replaced() -> int:
+        pid = exporter_pid(gw.proc.popen.pid)
+        assert pid != first
+        return pid
+
+    await assert_eventually(replaced, within=10)
+    await otlp.run_trace(await traced_run())
+    assert "the span exporter stopped, starting it again" in gw.proc.output()
+    # A run that ends just before SIGTERM: its spans are posted as the gateway stops.
+    last = await traced_run()
+    await stopped(gw)
+    await otlp.run_trace(last, within=1)
