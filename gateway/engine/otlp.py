@@ -1,6 +1,8 @@
-"""Spans out over OTLP/HTTP: encoded here as OTLP protobuf, posted in batches, by a
-process of its own (`python -m gateway.engine.otlp`, started by `span_pipe.py`), so none
-of it takes the gateway's event loop.
+"""Spans out over OTLP/HTTP, by a process of its own: `python -m gateway.engine.otlp`.
+
+The gateway (`span_pipe.py`) writes what happened to its runs to this process's stdin,
+as JSON lines of events (`spans.Spans`); here each becomes its span (`build`), is encoded
+as OTLP protobuf, and is posted in batches. None of it takes the gateway's event loop.
 
 Why not the OpenTelemetry SDK and its exporter: building a `ReadableSpan` and encoding it
 through them took about 70 µs of CPU per span here, a quarter of what a whole 0-step
@@ -9,33 +11,37 @@ attributes that recur (a route, a status) encoded once, takes a fraction of that
 bench/README). The wire format is OTLP's `ExportTraceServiceRequest`, which the tests
 decode with opentelemetry-proto's generated classes.
 
-Spans are encoded as their events arrive and kept as bytes until posted, so the queue
-is bounded in bytes: past `QUEUE_BYTES` new spans are dropped and counted.
-One task posts a batch when it is full or a second old; a collector that fails or is
-down gets the batch again after a backoff (doubling to 30 s), so nothing waits on it.
+Kept lean (the standard library, orjson, the config's shape): one thread reads and
+encodes, the main one posts. Spans wait as bytes until posted, bounded in bytes: past
+`QUEUE_BYTES` new ones are dropped and counted. A batch goes out when full or a second
+old; a collector that fails or is down gets it again after a backoff (doubling to 30 s).
+At the end of stdin (the gateway stopped, or died) what is queued is posted, for up to
+`GRACE` seconds, and the process exits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
+import http.client
 import logging
+import random
 import signal
 import struct
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Final
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
-from gateway import logs, metrics
-from gateway.config import TracingConfig
-from gateway.engine.spans import Span, Value, build
+from gateway import logs
+from gateway.config.model import TracingConfig
 from gateway.logs import Burst
-from gateway.tasks import spawn
 
 log = logging.getLogger("gateway.engine.otlp")
 
@@ -48,8 +54,192 @@ DELAY: Final = 1.0
 TIMEOUT: Final = 10.0
 """Longest one post may take."""
 MAX_BACKOFF: Final = 30.0
+GRACE: Final = 5.0
+"""Seconds given at the end of stdin to post what is queued."""
 _RETRIED: Final = frozenset({429, 502, 503, 504})
 """Statuses OTLP/HTTP says to retry; any other failure drops the batch."""
+DROPPED: Final = ("queue_full", "refused")
+"""Why spans were not exported, as counted (`durable_trace_spans_dropped_total`)."""
+MAX_LINE: Final = 64 * 1024 * 1024
+"""Longest line of events the gateway writes (it writes far shorter ones)."""
+
+Kind = Literal["server", "client", "internal"]
+Value = str | int | float | bool
+
+
+@dataclass(slots=True)
+class Span:
+    """One finished span, as plain data (`otlp.py` encodes it)."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: Kind
+    start: float
+    """Unix seconds, like `end`."""
+    end: float
+    attributes: dict[str, Value]
+    events: Sequence[tuple[str, float, dict[str, Value]]] = ()
+    error: str | None = None
+    """Set when the span failed: its status is then ERROR with this description."""
+    remote_parent: bool = False
+    """The parent is the client's span, not one of the gateway's."""
+
+
+def build(event: Sequence[Any]) -> Span:
+    """The span an event of `spans.Spans` reports; a list (from JSON) or the tuple."""
+    return _BUILDERS[event[0]](*event[1:])
+
+
+def _random_id() -> str:
+    """A span id nothing else refers to (steps, waits): random, as W3C asks."""
+    return f"{random.getrandbits(64) or 1:016x}"
+
+
+def _run(
+    trace_id: str,
+    span_id: str,
+    client_span: str | None,
+    run_id: str,
+    route: str,
+    pattern: str,
+    method: str,
+    path_qs: str,
+    status: int,
+    attempts: int,
+    start: float,
+    end: float,
+) -> Span:
+    attributes: dict[str, Value] = {
+        "durable.run_id": run_id,
+        "durable.route": route,
+        "http.request.method": method,
+        "url.path": path_qs.partition("?")[0],
+        "http.route": pattern,
+        "http.response.status_code": status,
+        "durable.attempts": attempts,
+    }
+    error = None
+    if status >= 500:
+        attributes["error.type"] = str(status)
+        error = f"the run ended with status {status}"
+    name = f"{method} {pattern}"
+    span = Span(trace_id, span_id, client_span, name, "server", start, end, attributes)
+    span.error, span.remote_parent = error, client_span is not None
+    return span
+
+
+def _attempt(
+    trace_id: str,
+    span_id: str,
+    run_span: str,
+    run_id: str,
+    route: str,
+    method: str,
+    upstream: str,
+    path_qs: str,
+    attempt: int,
+    start: float,
+    end: float,
+    how: str,
+    status: int | None,
+    detail: str | None,
+    retried: bool | None,
+    reason: str | None,
+    delay: float | None,
+) -> Span:
+    host, port = _server(upstream)
+    attributes: dict[str, Value] = {
+        "durable.run_id": run_id,
+        "durable.route": route,
+        "durable.attempt": attempt,
+        "durable.outcome": how,
+        "http.request.method": method,
+        "url.full": upstream + path_qs.partition("?")[0],  # a query may hold secrets
+        "server.address": host,
+        "server.port": port,
+    }
+    error = None
+    if how == "interrupted":
+        error = "the attempt was cut off: the gateway stopped or lost the run"
+    elif how not in ("suspended", "response"):
+        attributes["error.type"] = how
+        error = detail or how
+    if status is not None:
+        attributes["http.response.status_code"] = status
+        if status >= 400:
+            attributes["error.type"] = str(status)
+            error = f"status {status}"
+    events: list[tuple[str, float, dict[str, Value]]] = []
+    if retried is not None:
+        event: dict[str, Value] = {"durable.retry.reason": reason or ""}
+        if retried and delay is not None:
+            event["durable.retry.delay_s"] = round(delay, 6)
+        events.append(("retry" if retried else "final", end, event))
+    name = f"attempt {attempt}"
+    return Span(trace_id, span_id, run_span, name, "client", start, end, attributes, events, error)
+
+
+def _waited(
+    trace_id: str,
+    run_span: str,
+    run_id: str,
+    route: str,
+    name: str,
+    start: float,
+    end: float,
+    more: dict[str, Value],
+) -> Span:
+    attributes: dict[str, Value] = {"durable.run_id": run_id, "durable.route": route}
+    for key, value in more.items():
+        attributes[f"durable.{key}"] = value
+    return Span(trace_id, _random_id(), run_span, name, "internal", start, end, attributes)
+
+
+def _step(
+    trace_id: str,
+    attempt_span: str,
+    run_id: str,
+    route: str,
+    attempt: int,
+    step_id: str,
+    start: float,
+    end: float,
+    size: int | None,
+    error: str | None,
+) -> Span:
+    attributes: dict[str, Value] = {
+        "durable.run_id": run_id,
+        "durable.route": route,
+        "durable.attempt": attempt,
+        "durable.step_id": step_id,
+    }
+    if size is not None:
+        attributes["durable.step.output_bytes"] = size
+    events: list[tuple[str, float, dict[str, Value]]] = []
+    if error is not None:  # the semantic conventions' event for a failure
+        events.append(("exception", end, {"exception.message": error}))
+    name = f"step {step_id}"
+    span = Span(trace_id, _random_id(), attempt_span, name, "internal", start, end, attributes)
+    span.events, span.error = events, error
+    return span
+
+
+_BUILDERS: dict[str, Callable[..., Span]] = {
+    "run": _run,
+    "attempt": _attempt,
+    "waited": _waited,
+    "step": _step,
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _server(upstream: str) -> tuple[str, int]:
+    """An upstream URL's host and port, as attempt spans name them."""
+    parts = urlsplit(upstream)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
 
 # ── protobuf wire format, the few shapes OTLP's trace messages need ──────────────
 
@@ -98,15 +288,16 @@ def _pair(tag: int, key: str, value: Value) -> bytes:
     return _field(tag, _field(0x0A, key.encode()) + _field(0x12, _value(value)))
 
 
-_PAIRS: dict[tuple[int, str, Value], bytes] = {}
-"""Encoded attributes by (tag, key, value): most recur (an attempt number, a status)."""
+_PAIRS: dict[tuple[int, str, type, Value], bytes] = {}
+"""Encoded attributes by (tag, key, type, value): most recur (an attempt number, a
+status). The type tells True from 1 and 1.0, which are equal as keys."""
 PAIRS_KEPT: Final = 4096
 """Then the cache starts again (one-off values, such as step ids, must not keep it full)."""
 
 
 def _recurring(tag: int, key: str, value: Value) -> bytes:
     """`_pair`, from `_PAIRS` when it was seen lately."""
-    cached = (tag, key, value)
+    cached = (tag, key, type(value), value)
     found = _PAIRS.get(cached)
     if found is None:
         if len(_PAIRS) >= PAIRS_KEPT:
@@ -190,113 +381,129 @@ def _version() -> str:
 # ── the exporter ────────────────────────────────────────────────────────────────
 
 
-class OtlpExporter:
-    """`spans.Exporter` to an OTLP/HTTP collector (`tracing.otlp_endpoint`)."""
+# ── the exporter ────────────────────────────────────────────────────────────────
+
+
+class Exporter:
+    """Spans encoded as they come (`export`, from the reading thread) and posted in
+    batches by `post_until_closed` (the main thread)."""
 
     def __init__(self, config: TracingConfig) -> None:
         assert config.traces_url is not None
         self.url = config.traces_url
+        parts = urlsplit(self.url)
+        self._connect: Callable[[], http.client.HTTPConnection] = functools.partial(
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection,
+            parts.hostname or "",
+            parts.port,
+            timeout=TIMEOUT,
+        )
+        self._target = parts.path + (f"?{parts.query}" if parts.query else "")
         self._headers = {"Content-Type": "application/x-protobuf", **dict(config.headers)}
         self._head = _resource_head(config)
         self._spans: list[bytes] = []
         self._queued = 0
         """Bytes of encoded spans not yet posted, the batch being posted included."""
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._changed = threading.Condition()
+        self._closing_at: float | None = None
+        self._conn: http.client.HTTPConnection | None = None
         self._failing = Burst(log, f"exporting spans to {self.url}")
+        self.counts = dict.fromkeys(("exported", *DROPPED), 0)
 
     def export(self, span: Span) -> None:
         data = encode_span(span)
-        if self._queued + len(data) > QUEUE_BYTES:
-            metrics.child(metrics.SPANS_DROPPED, "queue_full").inc()
-            return
-        self._spans.append(data)
-        self._queued += len(data)
-        if self._queued >= BATCH_BYTES:
-            self._full.set()
-        if self._task is None:
-            self._task = spawn(self._post_forever(), name="otlp-export")
+        with self._changed:
+            if self._queued + len(data) > QUEUE_BYTES:
+                self.counts["queue_full"] += 1
+                return
+            self._spans.append(data)
+            self._queued += len(data)
+            if self._queued >= BATCH_BYTES:
+                self._changed.notify()
 
-    async def _post_forever(self) -> None:
-        async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=TIMEOUT), headers=self._headers
-        ) as session:
-            backoff = 0.0
-            batch: list[bytes] = []
-            while True:
+    def close(self, grace: float = GRACE) -> None:
+        """No more spans come: post what is queued for up to `grace` seconds, then stop."""
+        with self._changed:
+            self._closing_at = time.monotonic() + grace
+            self._changed.notify()
+
+    def post_until_closed(self, report: Callable[[dict[str, int]], None]) -> None:
+        """Post batches until closed and empty (or out of grace); `report` gets the counts
+        after each batch, and once a second."""
+        batch: list[bytes] = []
+        backoff = 0.0
+        while True:
+            if not batch:
+                batch = self._next_batch()
+                report(self.counts)
                 if not batch:
-                    try:
-                        await asyncio.wait_for(self._full.wait(), DELAY)
-                    except TimeoutError:
-                        pass
-                    batch = self._take()
-                    if not batch:
-                        continue
-                retry_after = await self._post(session, batch)
-                if retry_after is None:
-                    self._queued -= sum(map(len, batch))
-                    batch, backoff = [], 0.0
+                    if self._closing_at is not None:
+                        return
                     continue
-                backoff = min(MAX_BACKOFF, max(1.0, backoff * 2, retry_after))
-                await asyncio.sleep(backoff)
+            if self._out_of_grace():
+                self.counts["queue_full"] += len(batch) + len(self._spans)
+                report(self.counts)
+                log.warning("%d spans not exported at shutdown", len(batch) + len(self._spans))
+                return
+            retry_after = self._post(batch)
+            if retry_after is None:
+                with self._changed:
+                    self._queued -= sum(map(len, batch))
+                batch, backoff = [], 0.0
+                continue
+            backoff = min(MAX_BACKOFF, max(1.0, backoff * 2, retry_after))
+            with self._changed:  # a wait that closing cuts short
+                self._changed.wait_for(self._out_of_grace, backoff)
 
-    def _take(self) -> list[bytes]:
-        """The next batch: spans up to BATCH_BYTES (at least one)."""
-        self._full.clear()
-        size, count = 0, 0
-        for data in self._spans:
-            if count and size + len(data) > BATCH_BYTES:
-                break
-            size += len(data)
-            count += 1
-        batch, self._spans = self._spans[:count], self._spans[count:]
-        if self._queued - size >= BATCH_BYTES:
-            self._full.set()
-        return batch
+    def _out_of_grace(self) -> bool:
+        return self._closing_at is not None and time.monotonic() >= self._closing_at
 
-    async def _post(self, session: aiohttp.ClientSession, batch: list[bytes]) -> float | None:
+    def _next_batch(self) -> list[bytes]:
+        """Spans up to BATCH_BYTES (at least one), once there are enough, a second has
+        passed, or closing asks for the rest."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._queued >= BATCH_BYTES or self._closing_at is not None, DELAY
+            )
+            size, count = 0, 0
+            for data in self._spans:
+                if count and size + len(data) > BATCH_BYTES:
+                    break
+                size += len(data)
+                count += 1
+            batch, self._spans = self._spans[:count], self._spans[count:]
+            return batch
+
+    def _post(self, batch: list[bytes]) -> float | None:
         """Post one batch: None once it is done with (sent, or refused for good), else the
         seconds to wait before it is tried again."""
+        body = request_body(self._head, batch)
         try:
-            async with session.post(self.url, data=request_body(self._head, batch)) as resp:
-                await resp.read()
-                status = resp.status
-                retry_after = resp.headers.get("Retry-After", "")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if self._conn is None:
+                self._conn = self._connect()
+            self._conn.request("POST", self._target, body, self._headers)
+            resp = self._conn.getresponse()
+            resp.read()
+            status, retry_after = resp.status, resp.getheader("Retry-After") or ""
+        except (OSError, http.client.HTTPException) as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
             self._failing.failed(f"{type(exc).__name__}: {exc}")
             return 0.0
         if status < 300:
             self._failing.ok()
-            metrics.SPANS_EXPORTED.inc(len(batch))
+            self.counts["exported"] += len(batch)
             return None
         if status in _RETRIED:
             self._failing.failed(f"status {status}")
             return float(retry_after) if retry_after.isdigit() else 0.0
         self._failing.failed(f"status {status}: the batch of {len(batch)} spans is dropped")
-        metrics.child(metrics.SPANS_DROPPED, "refused").inc(len(batch))
+        self.counts["refused"] += len(batch)
         return None
 
-    async def close(self, grace: float = 5.0) -> None:
-        """Post what is queued, for up to `grace` seconds; then stop."""
-        task = self._task
-        if task is None:
-            return
-        try:
-            async with asyncio.timeout(grace):
-                while self._queued and not task.done():
-                    self._full.set()
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            log.warning("%d bytes of spans not exported at shutdown", self._queued)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
-
-# ── the exporter's process ──────────────────────────────────────────────────────
-
-MAX_LINE: Final = 64 * 1024 * 1024
-"""Longest line of events the gateway writes (it writes far shorter ones)."""
-REPORT_EVERY: Final = 1.0
+# ── the process ─────────────────────────────────────────────────────────────────
 
 
 def config_line(config: TracingConfig) -> bytes:
@@ -312,39 +519,24 @@ def _config(data: dict[str, Any]) -> TracingConfig:
     return TracingConfig(**fields)
 
 
-def _counts() -> dict[str, float]:
-    return {
-        "exported": metrics.SPANS_EXPORTED.labels().value,
-        **{reason: metrics.child(metrics.SPANS_DROPPED, reason).value for reason in DROPPED},
-    }
+def _read(exporter: Exporter) -> None:
+    """Events from stdin into the exporter, until the gateway closes the pipe."""
+    stdin = sys.stdin.buffer
+    try:
+        while line := stdin.readline(MAX_LINE):
+            for event in orjson.loads(line):
+                exporter.export(build(event))
+    finally:
+        exporter.close()
 
 
-DROPPED: Final = ("queue_full", "refused")
-
-
-async def _report() -> None:
-    """Write the counts (cumulative) to stdout every second, for the gateway's metrics."""
-    while True:
-        sys.stdout.buffer.write(orjson.dumps(_counts()) + b"\n")
+def _report(counts: dict[str, int], last: list[bytes] = [b""]) -> None:  # noqa: B006
+    """The counts on stdout, for the gateway's metrics, when they changed."""
+    line = orjson.dumps(counts) + b"\n"
+    if line != last[0]:
+        sys.stdout.buffer.write(line)
         sys.stdout.buffer.flush()
-        await asyncio.sleep(REPORT_EVERY)
-
-
-async def _serve() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=MAX_LINE)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    first = orjson.loads(await reader.readline())
-    level, fmt = first["log"]
-    logs.setup(level, fmt)
-    exporter = OtlpExporter(_config(first["tracing"]))
-    reporting = spawn(_report(), name="otlp-report")
-    while line := await reader.readline():  # until the gateway closes the pipe (or dies)
-        for event in orjson.loads(line):
-            exporter.export(build(event))
-    await exporter.close()
-    reporting.cancel()
-    sys.stdout.buffer.write(orjson.dumps(_counts()) + b"\n")
+        last[0] = line
 
 
 def main() -> None:
@@ -353,7 +545,11 @@ def main() -> None:
     what it holds."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    asyncio.run(_serve())
+    first = orjson.loads(sys.stdin.buffer.readline(MAX_LINE))
+    logs.setup(*first["log"])
+    exporter = Exporter(_config(first["tracing"]))
+    threading.Thread(target=_read, args=(exporter,), name="otlp-read", daemon=True).start()
+    exporter.post_until_closed(_report)
 
 
 if __name__ == "__main__":
