@@ -22,6 +22,7 @@ from gateway.engine.breaker import Admission, Breaker, Breakers
 from gateway.engine.budget import Budgets
 from gateway.engine.live import LiveRun
 from gateway.engine.retries import AttemptOutcome, OutcomeKind
+from gateway.engine.spans import Spans
 from gateway.store import RunStatus, UpdateRun
 from gateway.store.writer import Writer
 
@@ -53,8 +54,12 @@ def failed(outcome: AttemptOutcome, policy: RetryPolicy) -> bool:
 
 
 class Gate:
-    def __init__(self, writer: Writer, budgets: Budgets, breakers: Breakers) -> None:
+    def __init__(
+        self, writer: Writer, budgets: Budgets, breakers: Breakers, spans: Spans | None = None
+    ) -> None:
         self.writer = writer
+        self.spans = spans or Spans()
+        """A wait here is a span of the run's trace."""
         self.budgets = budgets
         self.breakers = breakers
         """Both are looked up by route name at each attempt, so a reload that replaces
@@ -140,7 +145,10 @@ class Gate:
             self.writer.post(UpdateRun(run.run_id, run.status, run.attempt, until, time.time()))
         live.notify()
         gauge.inc()
+        start = time.time()
         try:
             yield
         finally:
             gauge.dec()
+            name = reason.value.replace("_", " ")
+            self.spans.waited(run, name, start, time.time(), waiting=reason.value)

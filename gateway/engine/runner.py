@@ -102,12 +102,12 @@ class Runner:
         self.tokens = tokens
         self.sidecar_url = sidecar_url.rstrip("/")
         self.limits = limits
-        self.gate = Gate(writer, budgets or Budgets(), breakers or Breakers())
+        self.spans = spans or Spans()
+        """The runs' trace spans (off unless an exporter is configured)."""
+        self.gate = Gate(writer, budgets or Budgets(), breakers or Breakers(), self.spans)
         """Retry budgets and circuit breakers: what may hold an attempt back."""
         self.registry = registry or Registry()
         """The live runs, which the driver shares."""
-        self.spans = spans or Spans()
-        """The runs' trace spans (off unless an exporter is configured)."""
         self.timers_changed = asyncio.Event()
         """Set when a suspension commits or an event wakes a run: the scheduler, which
         waits on it, re-reads its next wake time."""

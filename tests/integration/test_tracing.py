@@ -314,3 +314,26 @@ async def test_an_exporter_that_dies_is_started_again_and_shutdown_flushes_it(
     last = await traced_run()
     await stopped(gw)
     await otlp.run_trace(last, within=1)
+
+
+async def test_a_retry_held_by_an_open_circuit_breaker_is_a_span_of_its_own(
+    backend: Backend,
+    otlp: OtlpReceiver,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    route = durable_route(
+        backend.url,
+        retry="{initial_backoff: 10ms}",
+        circuit_breaker="{failures: 1, interval: 500ms}",
+    )
+    gw = gateway_factory(route, extra_yaml=tracing(otlp))
+    async with http.get(gw.url("/demo/steps?n=1&fail_at=1&retry_after=0")) as resp:
+        assert resp.status == 200
+        run_id = resp.headers["Durable-Run-Id"]
+    spans = await otlp.run_trace(run_id)
+    held = one(spans, "circuit open")
+    assert held.attributes["durable.waiting"] == "circuit_open"
+    assert held.parent_span_id == one(spans, "GET /demo/*").span_id
+    assert one(spans, "attempt 1").end <= held.start <= held.end <= one(spans, "attempt 2").start
+    await stopped(gw)
