@@ -1,4 +1,4 @@
-"""Hands the engine's span events to the exporter's own process (`otlp.py`).
+"""Hands the engine's span events to the exporter's own process (`span_export.py`).
 
 The event loop only appends each event to a list; every 50 ms the list goes to the
 exporter's stdin as one JSON line, written without waiting. So building, encoding and
@@ -23,7 +23,7 @@ import orjson
 
 from gateway import metrics
 from gateway.config import TracingConfig
-from gateway.engine.otlp import DROPPED, MAX_LINE, config_line
+from gateway.engine.span_export import DROPPED, MAX_LINE, config_line
 from gateway.engine.spans import Event
 from gateway.logs import Burst
 from gateway.tasks import spawn
@@ -88,7 +88,7 @@ class SpanPipe:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "gateway.engine.otlp",
+            "gateway.engine.span_export",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=MAX_LINE,

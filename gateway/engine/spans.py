@@ -7,10 +7,10 @@ the backend). Nothing is held open, so a run resumed after a restart, or on anot
 node, just goes on reporting spans of the same trace (`traces.py` names them all).
 
 The event loop only records what happened, as a flat tuple of plain values (an event);
-`otlp.build` turns an event into its span in the exporter's own process (`otlp.py`, fed
-by `span_pipe.py`). Building and encoding a run's spans took about 20 µs of CPU per 0-step
-request, 7% of what the request costs the gateway; recording the events takes a tenth
-of that. Off (no sink), every report returns at once.
+`span_build.build` turns an event into its span in the exporter's own process
+(`span_export.py`, fed by `span_pipe.py`). Building and encoding a run's spans took
+about 20 µs of CPU per 0-step request, 7% of what the request costs the gateway;
+recording the events takes a fifth of that. Off (no sink), every report returns at once.
 
 Attribute names follow OpenTelemetry's HTTP semantic conventions; the run's own are
 `durable.*`.

@@ -246,7 +246,7 @@ def test_tracing_needs_no_opentelemetry_package(tmp_path: Path) -> None:
     config = config_with_storage(tmp_path, f"sqlite:///{tmp_path}/gw.db")
     config.write_text(config.read_text() + "tracing:\n  otlp_endpoint: http://127.0.0.1:4318\n")
     code = (
-        "import sys; sys.modules['opentelemetry'] = None; import gateway.engine.otlp; "
+        "import sys; sys.modules['opentelemetry'] = None; import gateway.engine.span_export; "
         f"from gateway.cli import main; sys.exit(main(['check', '--config', {str(config)!r}]))"
     )
     result = subprocess.run(

@@ -9,8 +9,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from gateway.config import TracingConfig
-from gateway.engine import otlp
-from gateway.engine.otlp import Span
+from gateway.engine import otlp, span_build
+from gateway.engine.span_build import Span
 from tests.otlp import decode
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -18,7 +18,7 @@ TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 def exported(spans: list[Span], config: TracingConfig | None = None) -> ExportTraceServiceRequest:
     config = config or TracingConfig(otlp_endpoint="http://127.0.0.1:4318")
-    body = otlp.request_body(otlp._resource_head(config), [otlp.encode_span(s) for s in spans])
+    body = otlp.request_body(otlp.resource_head(config), [otlp.encode_span(s) for s in spans])
     message = ExportTraceServiceRequest()
     message.ParseFromString(body)
     return message
@@ -83,14 +83,14 @@ def test_a_root_span_has_no_parent_and_an_unset_status() -> None:
 
 
 def test_events_build_the_spans_the_engine_reports() -> None:
-    run = otlp.build(
+    run = span_build.build(
         ["run", TRACE, "1111111111111111", None, "r1", "orders", "/orders/*", "POST"]
         + ["/orders/7?token=secret", 502, 3, 10.0, 12.0]
     )
     assert run.name == "POST /orders/*" and run.kind == "server" and run.parent_id is None
     assert run.attributes["url.path"] == "/orders/7"  # the query may hold secrets
     assert run.attributes["error.type"] == "502" and run.error
-    attempt = otlp.build(
+    attempt = span_build.build(
         ["attempt", TRACE, "2222222222222222", "1111111111111111", "r1", "orders", "POST"]
         + ["https://api.example:8443/v1", "/orders/7?token=secret", 2, 10.5, 11.0]
         + ["timeout", None, "no response within 30s", True, "timeout; retry 3 of 5", 1.5]
@@ -109,11 +109,12 @@ def test_events_build_the_spans_the_engine_reports() -> None:
             {"durable.retry.reason": "timeout; retry 3 of 5", "durable.retry.delay_s": 1.5},
         )
     ]
-    step = otlp.build(
+    step = span_build.build(
         ["step", TRACE, "2222222222222222", "r1", "orders", 2, "charge", 10.6, 10.9, None, "boom"]
     )
     assert step.parent_id == "2222222222222222" and step.error == "boom"
     assert step.events == [("exception", 10.9, {"exception.message": "boom"})]
     assert (
-        step.span_id != otlp.build(["step", TRACE, "2", "r1", "o", 2, "c", 1, 2, 3, None]).span_id
+        step.span_id
+        != span_build.build(["step", TRACE, "2", "r1", "o", 2, "c", 1, 2, 3, None]).span_id
     )
