@@ -315,7 +315,8 @@ SPANS_EXPORTED = Counter(
 )
 SPANS_DROPPED = Counter(
     "durable_trace_spans_dropped_total",
-    "Spans not exported: queue_full (the collector is down or slow), refused (it said no).",
+    "Spans not exported: queue_full (the collector is down or slow), refused (it said"
+    " no), exporter_down (the exporter's process was starting again).",
     ("reason",),
 )
 ADMIN_ACTIONS = Counter(

@@ -81,7 +81,7 @@ class SpanPipe:
             pause = min(MAX_RESTART, max(1.0, pause * 2))
             dropped = len(self._events)
             self._events = []
-            metrics.child(metrics.SPANS_DROPPED, "queue_full").inc(dropped)
+            metrics.child(metrics.SPANS_DROPPED, "exporter_down").inc(dropped)
             await asyncio.sleep(pause)
 
     async def _start(self) -> asyncio.subprocess.Process:
@@ -103,7 +103,10 @@ class SpanPipe:
         """The events so far, as lines on the exporter's stdin; never waits."""
         events, self._events = self._events, []
         stdin = proc.stdin
-        if not events or stdin is None or stdin.is_closing():
+        if not events:
+            return
+        if stdin is None or stdin.is_closing():  # it is exiting: `_run` starts another
+            metrics.child(metrics.SPANS_DROPPED, "exporter_down").inc(len(events))
             return
         for i in range(0, len(events), LINE_EVENTS):
             line = orjson.dumps(events[i : i + LINE_EVENTS]) + b"\n"
