@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from step_protocol import StepClient, aiohttp_middleware
-from tests.conftest import Backend, Gateway, GatewayFactory, durable_route
+from tests.conftest import Backend, ClusterFactory, Gateway, GatewayFactory, durable_route
 from tests.helpers import accept, assert_eventually, final, free_port, get_json
 from tests.otlp import OtlpReceiver, Span
 
@@ -337,3 +337,38 @@ async def test_a_retry_held_by_an_open_circuit_breaker_is_a_span_of_its_own(
     assert held.parent_span_id == one(spans, "GET /demo/*").span_id
     assert one(spans, "attempt 1").end <= held.start <= held.end <= one(spans, "attempt 2").start
     await stopped(gw)
+
+
+async def test_a_run_taken_over_by_another_node_continues_its_trace(
+    sync_backend: Backend,
+    otlp: OtlpReceiver,
+    cluster_factory: ClusterFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    a, b = cluster_factory(
+        durable_route(sync_backend.url),
+        lease="30s",
+        storage="durability: sync",
+        extra_yaml=tracing(otlp),
+    )
+    run_id, location = await accept(
+        http, a.url("/demo/steps?n=3&pause_ms=1500"), headers={"traceparent": CLIENT_PARENT}
+    )
+
+    async def first_step_stored() -> None:
+        detail = await get_json(http, f"{b.admin}/v1/runs/{run_id}")
+        assert [s["step_id"] for s in detail["steps"] if s["completed"]] == ["step-1"]
+
+    await assert_eventually(first_step_stored)
+    a.kill()
+    status, body = await final(http, location.replace(a.ingress, b.ingress))
+    assert status == 200 and body["attempt"] == 2
+    spans = await otlp.run_trace(run_id)
+    run = one(spans, "POST /demo/*")
+    assert {s.trace_id for s in spans} == {CLIENT_TRACE} and run.parent_span_id == CLIENT_SPAN
+    cut, second = one(spans, "attempt 1"), one(spans, "attempt 2")
+    assert cut.attributes["durable.outcome"] == "interrupted"
+    assert cut.parent_span_id == second.parent_span_id == run.span_id
+    taking = [line for line in b.logs().splitlines() if "taking over a run" in line]
+    assert taking and taking[0].endswith(f"run_id={run_id} trace_id={CLIENT_TRACE}")
+    await stopped(b)
