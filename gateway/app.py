@@ -187,6 +187,8 @@ async def serve(
             await _bind(runner, name, host, port)
         await services.leases.join()
         services.ready = True
+        if (sink := services.driver.runner.spans.sink) is not None:
+            sink.start()  # before recovery, which reports the attempts a stop cut off
         await recovery.recover(services.driver)
         background += [
             spawn(services.scheduler.run_forever(), name="scheduler"),

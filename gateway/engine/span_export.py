@@ -124,8 +124,19 @@ class Exporter:
                 batch, backoff = [], 0.0
                 continue
             backoff = min(MAX_BACKOFF, max(1.0, backoff * 2, retry_after))
-            with self._changed:  # a wait that closing cuts short
-                self._changed.wait_for(self._out_of_grace, backoff)
+            self._pause(backoff)
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before a batch is tried again: `seconds`, or until the grace of a close
+        that comes meanwhile is over."""
+        deadline = time.monotonic() + seconds
+        with self._changed:
+            while True:
+                end = deadline if self._closing_at is None else min(deadline, self._closing_at)
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(left)
 
     def _out_of_grace(self) -> bool:
         return self._closing_at is not None and time.monotonic() >= self._closing_at

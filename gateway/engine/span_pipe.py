@@ -53,13 +53,18 @@ class SpanPipe:
         self._counted = dict.fromkeys(("exported", *DROPPED), 0.0)
         """What the running exporter has reported so far (its counts start at 0)."""
 
+    def start(self) -> None:
+        """Start the exporter's process (the first event would, else)."""
+        if self._task is None:
+            self._task = spawn(self._run(), name="span-pipe")
+
     def put(self, event: Event) -> None:
         if len(self._events) >= MAX_EVENTS:
             metrics.child(metrics.SPANS_DROPPED, "queue_full").inc()
             return
         self._events.append(event)
         if self._task is None:
-            self._task = spawn(self._run(), name="span-pipe")
+            self.start()
 
     async def _run(self) -> None:
         pause = 0.0
@@ -97,6 +102,13 @@ class SpanPipe:
         assert proc.stdin is not None
         proc.stdin.write(config_line(self._config))  # secrets stay out of its command line
         self._proc = proc
+        config = self._config
+        log.info(
+            "tracing: spans go to %s as %s (exporter pid %d)",
+            config.traces_url,
+            config.service_name,
+            proc.pid,
+        )
         return proc
 
     def _write(self, proc: asyncio.subprocess.Process) -> None:

@@ -29,6 +29,9 @@ Event = tuple[Any, ...]
 
 
 class Sink(Protocol):
+    def start(self) -> None:
+        """Get ready to export (at the gateway's start)."""
+
     def put(self, event: Event) -> None:
         """Take an event for export; never blocks, drops when its bounded queue is full."""
 

@@ -372,3 +372,26 @@ async def test_a_run_taken_over_by_another_node_continues_its_trace(
     taking = [line for line in b.logs().splitlines() if "taking over a run" in line]
     assert taking and taking[0].endswith(f"run_id={run_id} trace_id={CLIENT_TRACE}")
     await stopped(b)
+
+
+async def test_a_collector_that_is_down_costs_one_warning_and_a_bounded_stop(
+    backend: Backend, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    closed = free_port()  # nothing listens there
+    gw = gateway_factory(
+        durable_route(backend.url),
+        extra_yaml=f"tracing:\n  otlp_endpoint: http://127.0.0.1:{closed}\n",
+    )
+    for _ in range(20):
+        async with http.get(gw.url("/demo/steps?n=1")) as resp:
+            assert resp.status == 200
+
+    async def warned() -> None:
+        assert "failing, retrying: ConnectionRefusedError" in gw.proc.output()
+
+    await assert_eventually(warned)
+    assert await asyncio.to_thread(gw.proc.stop, signal.SIGTERM, 12.0) == 0
+    output = gw.proc.output()
+    assert output.count("failing, retrying") == 1
+    assert "spans not exported at shutdown" in output
+    assert "did not stop" not in output  # the exporter gave up within its grace
