@@ -243,13 +243,19 @@ class RouteConfig:
 
 def upstream_origin(url: str) -> str:
     """`scheme://host:port` of an http(s) URL, lower-cased, with the default port spelt out."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
+    host, port = host_port(url)
     if ":" in host:
         host = f"[{host}]"
-    port = parts.port or (443 if scheme == "https" else 80)
-    return f"{scheme}://{host}:{port}"
+    return f"{urlsplit(url).scheme.lower()}://{host}:{port}"
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """The host (lower-cased, IPv6 without brackets) and port of an http(s) URL, the
+    default port spelt out."""
+    parts = urlsplit(url)
+    return (parts.hostname or "").lower(), parts.port or (
+        443 if parts.scheme.lower() == "https" else 80
+    )
 
 
 def local_url(address: tuple[str, int]) -> str:

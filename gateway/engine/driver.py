@@ -477,20 +477,24 @@ class Driver:
             live.notify()
         await asyncio.shield(committed)
         metrics.child(metrics.RUNS, route, RunStatus.CANCELLED.value).inc()
-        ended = live.run if live is not None else self._stored(row)
+        if live is not None:
+            ended: Run | None = live.run
+        else:
+            assert row is not None  # read above: an unknown run was refused
+            ended = self._stored(row)
         if ended is not None:
             self.runner.spans.run(ended, 409, time.time())
-        trace = (
-            ended.trace
-            if ended is not None
-            else trace_of(run_id, row.request.headers if row else ())
-        )
+            trace = ended.trace
+        else:  # its route is gone: the row still names the trace
+            assert row is not None
+            trace = trace_of(run_id, row.request.headers)
         log.info("cancelled by an operator", extra=trace.log)
 
-    def _stored(self, row: RunRow | None) -> Run | None:
-        """A run only in the store, as far as its row tells (no steps): to end its trace."""
-        route = None if row is None else self.routes.get(row.route)
-        if row is None or route is None:
+    def _stored(self, row: RunRow) -> Run | None:
+        """A run only in the store, as far as its row tells (no steps): to end its trace;
+        None when its route is gone."""
+        route = self.routes.get(row.route)
+        if route is None:
             return None
         ratio = self.runner.spans.sample_ratio
         return Run(row.run_id, route, row.request, row.created_at, row.attempt, sample_ratio=ratio)

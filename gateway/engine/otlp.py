@@ -126,7 +126,7 @@ def encode_span(span: Span) -> bytes:
 
 
 def resource_head(config: TracingConfig) -> bytes:
-    """`ResourceSpans` up to its spans: the resource, then the scope's opening."""
+    """A `ResourceSpans`' first field: the resource (`request_body` adds its spans)."""
     items: dict[str, Value] = dict(config.resource_attributes)
     items["service.name"] = config.service_name
     items.setdefault("service.version", _version())

@@ -12,8 +12,9 @@ import functools
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Final, Literal
+
+from gateway.config.model import host_port
 
 Kind = Literal["server", "client", "internal"]
 Value = str | int | float | bool
@@ -173,10 +174,14 @@ def _step(
     if error is not None:  # the semantic conventions' event for a failure
         events.append(("exception", end, {"exception.message": error}))
     name = f"step {step_id}"
-    span = Span(trace_id, _random_id(), attempt_span, name, "internal", start, end, attributes)
-    span.events, span.error = events, error
-    return span
+    span_id = _random_id()
+    return Span(
+        trace_id, span_id, attempt_span, name, "internal", start, end, attributes, events, error
+    )
 
+
+_server: Final = functools.lru_cache(maxsize=256)(host_port)
+"""An upstream's host and port, as attempt spans name them."""
 
 _BUILDERS: dict[str, Callable[..., Span]] = {
     "run": _run,
@@ -184,10 +189,3 @@ _BUILDERS: dict[str, Callable[..., Span]] = {
     "waited": _waited,
     "step": _step,
 }
-
-
-@functools.lru_cache(maxsize=256)
-def _server(upstream: str) -> tuple[str, int]:
-    """An upstream URL's host and port, as attempt spans name them."""
-    parts = urlsplit(upstream)
-    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)

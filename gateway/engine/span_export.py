@@ -52,6 +52,8 @@ _RETRIED: Final = frozenset({429, 502, 503, 504})
 """Statuses OTLP/HTTP says to retry; any other failure drops the batch."""
 DROPPED: Final = ("queue_full", "refused")
 """Why spans were not exported, as counted (`durable_trace_spans_dropped_total`)."""
+MAX_RESPONSE: Final = 64 * 1024
+"""Bytes of a collector's answer read at most (it says little: its status matters)."""
 MAX_LINE: Final = 64 * 1024 * 1024
 """Longest line of events the gateway writes (it writes far shorter ones)."""
 
@@ -166,7 +168,10 @@ class Exporter:
                 self._conn = self._connect()
             self._conn.request("POST", self._target, body, self._headers)
             resp = self._conn.getresponse()
-            resp.read()
+            resp.read(MAX_RESPONSE)
+            if not resp.isclosed():  # more than a collector says: not worth reading
+                self._conn.close()
+                self._conn = None
             status, retry_after = resp.status, resp.getheader("Retry-After") or ""
         except (OSError, http.client.HTTPException) as exc:
             if self._conn is not None:
@@ -213,13 +218,19 @@ def _read(exporter: Exporter) -> None:
         exporter.close()
 
 
-def _report(counts: dict[str, int], last: list[bytes] = [b""]) -> None:  # noqa: B006
-    """The counts on stdout, for the gateway's metrics, when they changed."""
-    line = orjson.dumps(counts) + b"\n"
-    if line != last[0]:
-        sys.stdout.buffer.write(line)
-        sys.stdout.buffer.flush()
-        last[0] = line
+def _reporter() -> Callable[[dict[str, int]], None]:
+    """Writes the counts on stdout, for the gateway's metrics, when they changed."""
+    last = b""
+
+    def report(counts: dict[str, int]) -> None:
+        nonlocal last
+        line = orjson.dumps(counts) + b"\n"
+        if line != last:
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            last = line
+
+    return report
 
 
 def main() -> None:
@@ -232,7 +243,7 @@ def main() -> None:
     logs.setup(*first["log"])
     exporter = Exporter(_config(first["tracing"]))
     threading.Thread(target=_read, args=(exporter,), name="otlp-read", daemon=True).start()
-    exporter.post_until_closed(_report)
+    exporter.post_until_closed(_reporter())
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from typing import Final
 
 import orjson
 
 from gateway import metrics
 from gateway.config import TracingConfig
-from gateway.engine.span_export import DROPPED, MAX_LINE, config_line
+from gateway.engine.span_export import DROPPED, config_line
 from gateway.engine.spans import Event
 from gateway.logs import Burst
 from gateway.tasks import spawn
@@ -69,6 +70,7 @@ class SpanPipe:
     async def _run(self) -> None:
         pause = 0.0
         while not self._closing:
+            started = time.monotonic()
             try:
                 proc = await self._start()
             except OSError as exc:
@@ -83,6 +85,8 @@ class SpanPipe:
                     return
                 await asyncio.gather(reading, return_exceptions=True)
                 self._failing.failed(f"it exited with status {proc.returncode}")
+            if time.monotonic() - started > MAX_RESTART:  # it ran a while: not a crash loop
+                pause = 0.0
             pause = min(MAX_RESTART, max(1.0, pause * 2))
             dropped = len(self._events)
             self._events = []
@@ -95,8 +99,7 @@ class SpanPipe:
             "-m",
             "gateway.engine.span_export",
             stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=MAX_LINE,
+            stdout=asyncio.subprocess.PIPE,  # its counts: short lines (the default limit)
         )
         self._counted = dict.fromkeys(self._counted, 0.0)
         assert proc.stdin is not None

@@ -131,10 +131,8 @@ class Spans:
         if (sink := self._to(run)) is None:
             return
         trace = run.trace
-        sink.put(
-            ("waited", trace.trace_id, trace.run_span, run.run_id, run.route.name)
-            + (name, start, end, more)
-        )
+        run_id, route = run.run_id, run.route.name
+        sink.put(("waited", trace.trace_id, trace.run_span, run_id, route, name, start, end, more))
 
     def suspension(self, run: Run, end: float) -> None:
         """The run's suspension (`run.parked`) is over: its next attempt begins."""
@@ -164,7 +162,19 @@ class Spans:
             return
         trace = run.trace
         start, end = timing.span(received)
+        attempt = run.attempt
         sink.put(
-            ("step", trace.trace_id, trace.attempt_span(run.attempt), run.run_id, run.route.name)
-            + (run.attempt, step_id, start, end, size, error)
+            (
+                "step",
+                trace.trace_id,
+                trace.attempt_span(attempt),
+                run.run_id,
+                run.route.name,
+                attempt,
+                step_id,
+                start,
+                end,
+                size,
+                error,
+            )
         )

@@ -6,19 +6,19 @@ from the run id too. So any node, before or after a restart, names the same span
 run without storing an id, and a resumed run continues its trace. Each attempt's backend
 gets its own attempt's span id as parent, so the backend's spans nest under that attempt.
 
-Pure: no I/O, no clock, no OpenTelemetry (`otel.py` exports the spans).
+Pure: no I/O, no clock; `spans.py` reports the spans these ids name.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+from gateway.upstream.headers import parse_traceparent
+
 _RATIO_BITS: Final = 1 << 64
 
 
@@ -41,8 +41,11 @@ class TraceContext:
     client_span: str | None
     """The span id the client's `traceparent` named: the run span's parent."""
     sampled: bool
-    run_span: str
-    """The run span's id (the attempts' parent)."""
+
+    @property
+    def run_span(self) -> str:
+        """The run span's id (the attempts' parent): only made when a span needs it."""
+        return _derived(self.run_id, "run", 8)
 
     def attempt_span(self, attempt: int) -> str:
         return _derived(self.run_id, f"attempt {attempt}", 8)
@@ -70,18 +73,15 @@ def trace_of(
     """
     for name, value in headers:
         if len(name) == 11 and name.lower() == "traceparent":
-            found = _TRACEPARENT.fullmatch(value.strip().lower())
-            if found and int(found[1], 16) and int(found[2], 16):
-                sampled = bool(int(found[3], 16) & 1)
-                return TraceContext(run_id, found[1], found[2], sampled, _run_span(run_id))
+            parsed = parse_traceparent(value.lower())
+            if parsed is not None:
+                trace_id, parent, flags = parsed
+                sampled = bool(int(flags, 16) & 1)
+                return TraceContext(run_id, trace_id, parent, sampled)
             break
     trace_id = _derived(run_id, "trace", 16)
     sampled = int(trace_id[16:], 16) < sample_ratio * _RATIO_BITS
-    return TraceContext(run_id, trace_id, None, sampled, _run_span(run_id))
-
-
-def _run_span(run_id: str) -> str:
-    return _derived(run_id, "run", 8)
+    return TraceContext(run_id, trace_id, None, sampled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,25 +34,24 @@ def new_session() -> aiohttp.ClientSession:
 
 def upstream_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     """The client's headers as an upstream gets them: hop-by-hop ones out, X-Forwarded-* in."""
-    return upstream_request_headers(
-        request.headers,
-        client_ip=request.remote,
-        scheme=request.scheme,
-        host=request.host,
-        traceparent=traceparent_for(request.headers.get("traceparent"), random_bytes),
-    )
+    traceparent = traceparent_for(request.headers.get("traceparent"), random_bytes)
+    return _forwarded(request, traceparent)
 
 
 def stored_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     """The headers a run stores, as its attempts send them but for `traceparent`: the
     client's, kept as sent, since the run's trace derives from it (each attempt sends its
     own, see `engine.traces`)."""
+    return _forwarded(request, request.headers.get("traceparent"))
+
+
+def _forwarded(request: web.BaseRequest, traceparent: str | None) -> list[tuple[str, str]]:
     return upstream_request_headers(
         request.headers,
         client_ip=request.remote,
         scheme=request.scheme,
         host=request.host,
-        traceparent=request.headers.get("traceparent"),
+        traceparent=traceparent,
     )
 
 

@@ -134,16 +134,25 @@ def upstream_request_headers(
     return out
 
 
+def parse_traceparent(value: str) -> tuple[str, str, str] | None:
+    """A valid W3C `traceparent`'s trace id, parent id and flags (hex); None otherwise
+    (all-zero ids are invalid)."""
+    found = _TRACEPARENT.fullmatch(value.strip())
+    if found and int(found[1], 16) and int(found[2], 16):
+        return found[1], found[2], found[3]
+    return None
+
+
 def traceparent_for(incoming: str | None, random_bytes: Callable[[int], bytes]) -> str:
     """The W3C `traceparent` for the upstream request.
 
     A valid incoming one keeps its trace id and flags and gets a fresh parent id, since
     the gateway is a hop in the trace; anything else starts a new, sampled trace.
     """
-    if incoming is not None:
-        found = _TRACEPARENT.fullmatch(incoming.strip())
-        if found and int(found[1], 16) and int(found[2], 16):
-            return f"00-{found[1]}-{_nonzero_hex(random_bytes, 8)}-{found[3]}"
+    parsed = None if incoming is None else parse_traceparent(incoming)
+    if parsed is not None:
+        trace_id, _, flags = parsed
+        return f"00-{trace_id}-{_nonzero_hex(random_bytes, 8)}-{flags}"
     return f"00-{_nonzero_hex(random_bytes, 16)}-{_nonzero_hex(random_bytes, 8)}-01"
 
 

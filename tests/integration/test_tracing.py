@@ -75,6 +75,16 @@ async def stopped(gw: Gateway) -> None:
     assert await asyncio.to_thread(gw.proc.stop, signal.SIGTERM) == 0
 
 
+async def first_step_stored(http: aiohttp.ClientSession, gw: Gateway, run_id: str) -> None:
+    """Wait until the run's first step, and only it, is in the store (as `gw` reads it)."""
+
+    async def stored() -> None:
+        detail = await get_json(http, f"{gw.admin}/v1/runs/{run_id}")
+        assert [s["step_id"] for s in detail["steps"] if s["completed"]] == ["step-1"]
+
+    await assert_eventually(stored)
+
+
 def one(spans: list[Span], name: str) -> Span:
     found = [s for s in spans if s.name == name]
     assert len(found) == 1, f"{name}: {[s.name for s in spans]}"
@@ -161,11 +171,7 @@ async def test_a_run_resumed_after_kill_9_continues_its_trace(
         http, gw.url("/demo/steps?n=3&pause_ms=1500"), headers={"traceparent": CLIENT_PARENT}
     )
 
-    async def first_step_stored() -> None:
-        detail = await get_json(http, f"{gw.admin}/v1/runs/{run_id}")
-        assert [s["step_id"] for s in detail["steps"] if s["completed"]] == ["step-1"]
-
-    await assert_eventually(first_step_stored)
+    await first_step_stored(http, gw, run_id)
     os.kill(gw.proc.popen.pid, signal.SIGKILL)
     gw.proc.popen.wait()
     gw.restart()
@@ -355,11 +361,7 @@ async def test_a_run_taken_over_by_another_node_continues_its_trace(
         http, a.url("/demo/steps?n=3&pause_ms=1500"), headers={"traceparent": CLIENT_PARENT}
     )
 
-    async def first_step_stored() -> None:
-        detail = await get_json(http, f"{b.admin}/v1/runs/{run_id}")
-        assert [s["step_id"] for s in detail["steps"] if s["completed"]] == ["step-1"]
-
-    await assert_eventually(first_step_stored)
+    await first_step_stored(http, b, run_id)
     a.kill()
     status, body = await final(http, location.replace(a.ingress, b.ingress))
     assert status == 200 and body["attempt"] == 2
