@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import socket
@@ -115,10 +116,17 @@ class Lab:
         """The gateway's `--loop`: auto (uvloop when installed), asyncio or uvloop."""
         self._services: list[Service] = []
 
-    def _spawn(self, name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    def _spawn(
+        self, name: str, args: list[str], cwd: Path = ROOT, cpus: set[int] | None = None
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start `args` in `cwd`, its output to `<name>.log`; pinned to `cpus` when given
+        (from the start, so every thread it makes is pinned too)."""
         log_path = self.workdir / f"{name}.log"
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         with open(log_path, "ab") as log:
-            popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            popen = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, preexec_fn=pin
+            )
         return popen, log_path
 
     async def _start(self, service: Service, health: str) -> None:
@@ -172,18 +180,24 @@ class Lab:
         db_path: Path | None = None,
         store_url: str | None = None,
         extra_yaml: str = "",
+        checkout: Path = ROOT,
+        cpus: set[int] | None = None,
     ) -> Gateway:
         """A gateway on three free ports and its own SQLite file (fresh unless given), or
-        on `store_url` (a PostgreSQL database) with `extra_yaml` (its `cluster:`) added."""
+        on `store_url` (a PostgreSQL database) with `extra_yaml` (its `cluster:`) added.
+        `checkout`: another build's directory, run with its own `.venv` when it has one
+        (`bench.compare`); `cpus`: the CPUs it is pinned to."""
         ingress, sidecar, admin = free_ports(3)
         db = db_path or self.workdir / f"{name}.db"
         url = store_url or f"sqlite:///{db}"
         config = self.workdir / f"{name}.yaml"
         text = gateway_config(ingress, sidecar, admin, url, durability, routes_yaml, extra_yaml)
         config.write_text(text)
-        args = [sys.executable, "-m", "gateway", "--config", str(config), "--log-level", "warning"]
+        python = checkout / ".venv" / "bin" / "python"
+        exe = str(python) if checkout != ROOT and python.exists() else sys.executable
+        args = [exe, "-m", "gateway", "--config", str(config), "--log-level", "warning"]
         args += ["--loop", self.gateway_loop]
-        popen, log = self._spawn(name, args)
+        popen, log = self._spawn(name, args, checkout, cpus)
         service = Gateway(
             name,
             f"http://127.0.0.1:{ingress}",

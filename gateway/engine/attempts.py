@@ -13,6 +13,7 @@ from gateway import upstream
 from gateway.engine.retries import AttemptOutcome, OutcomeKind, parse_retry_after
 from gateway.engine.runs import Run
 from gateway.engine.tokens import Tokens
+from gateway.engine.traces import client_traceparent
 from step_protocol import wire
 
 
@@ -32,13 +33,18 @@ def build_request(run: Run, attempt: int, tokens: Tokens, sidecar_url: str) -> A
     """The stored request with this attempt's Durable-* headers and completed steps.
 
     The stored headers never carry Durable-* ones (the ingress strips what a client
-    sends), so the gateway's are appended, not replaced. The client's `traceparent` is
-    replaced by the attempt's: its span is the backend's parent.
+    sends), so the gateway's are appended, not replaced. The client's `traceparent`, the
+    last stored header when it sent one, is replaced by the attempt's: its span is the
+    backend's parent.
     """
     req = run.request
     run_id = run.run_id
-    headers = [pair for pair in req.headers if pair[0].lower() != "traceparent"]
-    headers.append(("traceparent", run.trace.traceparent(attempt)))
+    headers = list(req.headers)
+    traceparent = ("traceparent", run.trace.traceparent(attempt))
+    if client_traceparent(headers) is None:
+        headers.append(traceparent)
+    else:
+        headers[-1] = traceparent
     headers.append((wire.RUN_ID, run_id))
     headers.append((wire.ATTEMPT, str(attempt)))
     headers.append((wire.SIDECAR, f"{sidecar_url}/v1/runs/{run_id}"))

@@ -11,26 +11,28 @@ Pure: no I/O, no clock; `spans.py` reports the spans these ids name.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.upstream.headers import parse_traceparent
 
 _RATIO_BITS: Final = 1 << 64
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
 
 
-@functools.lru_cache(maxsize=8192)
 def _derived(run_id: str, part: str, size: int) -> str:
     """A stable id of `size` bytes, lower-case hex, never all zero (invalid in W3C).
-    Cached: an attempt's id is asked for its `traceparent`, its span and its exemplar."""
-    raw = hashlib.blake2b(f"{run_id}\x00{part}".encode(), digest_size=size).digest()
-    return raw.hex() if any(raw) else "0" * (2 * size - 1) + "1"
+    One-way, so a trace id handed on to third parties does not give the run id away."""
+    hexed = hashlib.blake2b(f"{run_id}\x00{part}".encode(), digest_size=size).hexdigest()
+    return hexed if hexed not in (_ZERO_TRACE, _ZERO_SPAN) else hexed[:-1] + "1"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made for every run, and a frozen dataclass's `__init__` (a
+# `object.__setattr__` per field) cost three times as much. Nothing assigns to it.
+@dataclass(slots=True)
 class TraceContext:
     """Where a run's spans go: its trace, the client's span above it, and whether its
     spans are recorded (the client's sampled flag, or `sample_ratio` of new traces)."""
@@ -41,6 +43,8 @@ class TraceContext:
     client_span: str | None
     """The span id the client's `traceparent` named: the run span's parent."""
     sampled: bool
+    _attempt: tuple[int, str] = field(default=(0, ""), repr=False, compare=False)
+    """The last attempt's span id, asked for by its `traceparent`, span and exemplar."""
 
     @property
     def run_span(self) -> str:
@@ -48,7 +52,11 @@ class TraceContext:
         return _derived(self.run_id, "run", 8)
 
     def attempt_span(self, attempt: int) -> str:
-        return _derived(self.run_id, f"attempt {attempt}", 8)
+        number, span = self._attempt
+        if number != attempt:
+            span = _derived(self.run_id, f"attempt {attempt}", 8)
+            self._attempt = (attempt, span)
+        return span
 
     def traceparent(self, attempt: int) -> str:
         """The `traceparent` an attempt's backend gets: the attempt's span is its parent."""
@@ -61,8 +69,16 @@ class TraceContext:
         return {"run_id": self.run_id, "trace_id": self.trace_id}
 
 
+def client_traceparent(headers: Sequence[tuple[str, str]]) -> str | None:
+    """The `traceparent` a client sent, as its run stores it: last of the stored headers,
+    where `upstream_request_headers` puts it, so finding it costs no scan."""
+    if headers and headers[-1][0] == "traceparent":
+        return headers[-1][1]
+    return None
+
+
 def trace_of(
-    run_id: str, headers: Iterable[tuple[str, str]], sample_ratio: float = 1.0
+    run_id: str, headers: Sequence[tuple[str, str]], sample_ratio: float = 1.0
 ) -> TraceContext:
     """The run's trace from its stored request headers.
 
@@ -71,20 +87,17 @@ def trace_of(
     run id and sampled when its low 64 bits fall below `sample_ratio` (OpenTelemetry's
     TraceIdRatioBased rule, so every node decides alike).
     """
-    for name, value in headers:
-        if len(name) == 11 and name.lower() == "traceparent":
-            parsed = parse_traceparent(value.lower())
-            if parsed is not None:
-                trace_id, parent, flags = parsed
-                sampled = bool(int(flags, 16) & 1)
-                return TraceContext(run_id, trace_id, parent, sampled)
-            break
+    sent = client_traceparent(headers)
+    parsed = None if sent is None else parse_traceparent(sent.lower())
+    if parsed is not None:
+        trace_id, parent, flags = parsed
+        return TraceContext(run_id, trace_id, parent, bool(int(flags, 16) & 1))
     trace_id = _derived(run_id, "trace", 16)
-    sampled = int(trace_id[16:], 16) < sample_ratio * _RATIO_BITS
+    sampled = sample_ratio >= 1.0 or int(trace_id[16:], 16) < sample_ratio * _RATIO_BITS
     return TraceContext(run_id, trace_id, None, sampled)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per step write (see TraceContext)
 class StepTiming:
     """When a step's work ran, as its backend reported it on `PUT …/steps/{id}`
     (`started_at`, `duration_ms`; either, both or neither)."""

@@ -40,8 +40,8 @@ def upstream_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
 
 def stored_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     """The headers a run stores, as its attempts send them but for `traceparent`: the
-    client's, kept as sent, since the run's trace derives from it (each attempt sends its
-    own, see `engine.traces`)."""
+    client's, kept as sent and last (where `traces.client_traceparent` looks), since the
+    run's trace derives from it (each attempt sends its own, see `engine.traces`)."""
     return _forwarded(request, request.headers.get("traceparent"))
 
 

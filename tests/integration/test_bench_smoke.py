@@ -244,3 +244,14 @@ def test_the_event_matching_comparison_runs() -> None:
         ("fits all", "index", "300"),
     ]
     assert all(float(row[3]) > 0 and float(row[4]) > 0 for row in rows)
+
+
+@pytest.mark.timeout(60)
+def test_the_build_comparison_runs() -> None:
+    """`python -m bench.compare` runs two gateways (here this build twice) and prints the
+    CPU each spent per request, durable and plain, with the durable path's own ratio."""
+    rows = table_rows("bench.compare", str(ROOT), "--rounds", "1", "--duration", "1")
+    assert [row[0] for row in rows] == ["/0", "/plain/0"]
+    for path, this, other, ratio, own in rows:
+        assert float(this) > 0 and float(other) > 0 and float(ratio) > 0
+        assert (own == "") == (path == "/plain/0")
