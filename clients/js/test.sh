@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the JS client's dev dependencies (typescript, @types/node: from package-lock.json),
+# builds it and runs its tests with Node's test runner against a real gateway process.
+# Needs Node 20+ and `durable-gateway` on PATH (or its path in $DURABLE_GATEWAY).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+command -v node >/dev/null || { echo "clients/js: node is not installed" >&2; exit 1; }
+major=$(node -p 'process.versions.node.split(".")[0]')
+if (( major < 20 )); then
+  echo "clients/js: tests need Node 20+ (node --test), found $(node --version)" >&2
+  exit 1
+fi
+if [[ -z "${DURABLE_GATEWAY:-}" ]] && ! command -v durable-gateway >/dev/null; then
+  echo "clients/js: durable-gateway is not on PATH (pip install -e . at the repository root)" >&2
+  exit 1
+fi
+
+npm ci --no-audit --no-fund --loglevel=error
+npm run build
+# The package as published (built just above, so no prepack again) must hold every entry point.
+npm pack --dry-run --json --ignore-scripts --loglevel=error | node -e '
+  const [pack] = JSON.parse(require("fs").readFileSync(0, "utf8"));
+  const files = new Set(pack.files.map((f) => f.path));
+  for (const f of ["dist/index.js", "dist/index.d.ts", "dist/node.js", "dist/node.d.ts", "dist/web.js", "dist/web.d.ts"]) {
+    if (!files.has(f)) { console.error(`npm pack is missing ${f}`); process.exit(1); }
+  }
+  console.log(`npm pack: ${pack.filename}, ${pack.files.length} files`);
+'
+node --test --test-timeout=60000 test/*.test.mjs
