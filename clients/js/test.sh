@@ -27,4 +27,4 @@ npm pack --dry-run --json --ignore-scripts --loglevel=error | node -e '
   }
   console.log(`npm pack: ${pack.filename}, ${pack.files.length} files`);
 '
-node --test --test-timeout=60000 test/*.test.mjs
+node --test test/*.test.mjs

@@ -173,3 +173,58 @@ test("the core and the Web adapter load and decode without Node's Buffer", () =>
   });
   assert.equal(out.trim(), "ok");
 });
+
+/** A sidecar answer for the adapters' tests: every call is told to suspend. */
+const suspending = async () =>
+  new Response(JSON.stringify({ done: false, wake_at: "2030-01-01T00:00:00.000Z" }), { status: 202 });
+
+test("the node:http adapter answers a Suspend with the 202 suspend response, other errors with 500", async () => {
+  const { durableListener } = await import("../dist/node.js");
+  const http = await import("node:http");
+  const listener = durableListener(
+    async (ctx, req, res) => {
+      if (req.url === "/boom") throw new Error("boom");
+      await ctx.sleep("nap", 60_000);
+      res.writeHead(200).end("not suspended");
+    },
+    { fetch: suspending, onError: (err, req, res) => res.writeHead(500).end(String(err.message)) },
+  );
+  const server = http.createServer(listener);
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const base = `http://127.0.0.1:${server.address().port}`;
+  try {
+    const res = await fetch(`${base}/`, { headers: DURABLE });
+    assert.equal(res.status, 202);
+    assert.deepEqual(await res.json(), {
+      suspended: true,
+      kind: "sleep",
+      wake_at: "2030-01-01T00:00:00.000Z",
+      step_id: "nap",
+    });
+    const boom = await fetch(`${base}/boom`);
+    assert.equal(boom.status, 500);
+    assert.equal(await boom.text(), "boom");
+  } finally {
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
+});
+
+test("the Web adapter answers a Suspend with the 202 suspend response and passes extra arguments on", async () => {
+  const { durableHandler } = await import("../dist/web.js");
+  const seen = [];
+  const handler = durableHandler(
+    async (request, ctx, routeContext) => {
+      seen.push(routeContext);
+      if (request.url.endsWith("/boom")) throw new Error("boom");
+      await ctx.waitForEvent("paid", { event: "order.paid" });
+      return new Response("not suspended");
+    },
+    { fetch: suspending },
+  );
+  const res = await handler(new Request("http://x/", { headers: DURABLE }), { params: { id: "1" } });
+  assert.equal(res.status, 202);
+  assert.deepEqual(await res.json(), { suspended: true, kind: "wait", wake_at: null, step_id: "paid" });
+  await assert.rejects(handler(new Request("http://x/boom"), {}), /boom/);
+  assert.deepEqual(seen, [{ params: { id: "1" } }, {}]);
+});

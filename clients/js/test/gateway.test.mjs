@@ -51,7 +51,10 @@ function finished(runId) {
   });
 }
 
-describe("through the gateway", () => {
+// Each scenario is bounded, so a hang fails the run instead of eating the CI budget.
+const BOUND = { timeout: 45_000 };
+
+describe("through the gateway", BOUND, () => {
   test("a run that fails at step 2 resumes there without running step 1 again", async () => {
     const { status, body, headers } = await request(`${gateway.ingress}/js/steps?n=3&fail_at=2`);
     assert.equal(status, 200, JSON.stringify(body));
@@ -181,7 +184,7 @@ describe("through the gateway", () => {
   });
 });
 
-describe("outside the gateway", () => {
+describe("outside the gateway", BOUND, () => {
   test("steps just run, once each, and nothing is recorded", async () => {
     counts.delete("local");
     const { status, body } = await request(`${nodeBackend.url}/js/steps?n=2`);
