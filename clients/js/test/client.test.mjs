@@ -13,6 +13,8 @@ import {
   noRetry,
   parseHeaders,
   retryAfter,
+  SidecarError,
+  StaleAttempt,
   StepProtocolError,
   stepPath,
   Suspend,
@@ -227,4 +229,39 @@ test("the Web adapter answers a Suspend with the 202 suspend response and passes
   assert.deepEqual(await res.json(), { suspended: true, kind: "wait", wake_at: null, step_id: "paid" });
   await assert.rejects(handler(new Request("http://x/boom"), {}), /boom/);
   assert.deepEqual(seen, [{ params: { id: "1" } }, {}]);
+});
+
+test("sidecar answers: one GET for `fetch`, first write wins, stale attempts and timeouts throw", async () => {
+  const calls = [];
+  const problem = (slug) => JSON.stringify({ type: `https://durable-gateway.dev/problems/${slug}`, status: 409 });
+  const fetch = async (url, init) => {
+    const path = new URL(url).pathname.replace("/v1/runs/run1", "");
+    calls.push(`${init.method} ${path}`);
+    if (path === "/steps") return Response.json({ steps: { done: { output: "stored" } } });
+    if (path === "/steps/raced" && init.method === "PUT") return new Response(problem("step-conflict"), { status: 409 });
+    if (path === "/steps/raced") return Response.json({ output: "theirs" });
+    if (path === "/steps/late") return new Response(problem("stale-attempt"), { status: 409 });
+    if (path === "/steps/slow") {
+      // Never answers; the held timer stands for the open socket that keeps a real call alive.
+      const hold = setTimeout(() => {}, 10_000);
+      return new Promise((_, reject) =>
+        init.signal.addEventListener("abort", () => (clearTimeout(hold), reject(init.signal.reason))),
+      );
+    }
+    return new Response("{}", { status: 201 });
+  };
+  const ctx = durable({ ...DURABLE, "Durable-Steps": "fetch" }, { fetch, timeoutMs: 50 });
+  const [done, fresh] = await Promise.all([ctx.step("done", () => "again"), ctx.step("fresh", () => "new")]);
+  assert.deepEqual([done, fresh], ["stored", "new"]);
+  assert.equal(await ctx.step("raced", () => "mine"), "theirs");
+  await assert.rejects(ctx.step("late", () => 1), StaleAttempt);
+  await assert.rejects(ctx.step("slow", () => 1), (err) => err instanceof SidecarError && err.status === null && /within 50 ms/.test(err.message));
+  assert.deepEqual(calls, [
+    "GET /steps",
+    "PUT /steps/fresh",
+    "PUT /steps/raced",
+    "GET /steps/raced",
+    "PUT /steps/late",
+    "PUT /steps/slow",
+  ]);
 });
