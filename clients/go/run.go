@@ -33,8 +33,9 @@ type Run struct {
 	sidecar string // base URL, no trailing slash
 	token   string
 
-	mu        sync.Mutex     // guards uses and suspended
-	uses      map[string]int // base id -> times handed out
+	mu        sync.Mutex          // guards uses, given and suspended
+	uses      map[string]int      // base id -> times handed out
+	given     map[string]struct{} // every id handed out
 	suspended *Suspend
 
 	memoMu sync.Mutex                 // held across the one GET of all steps
@@ -103,21 +104,34 @@ func (run *Run) Attempt() int {
 
 // nextID is base the first time, then base:1, base:2, …: stable for a deterministic
 // handler. Taken before any I/O, so concurrent steps started in order keep their ids.
+// An id that comes out twice (a hand-made "item:1" after a repeated "item") is refused.
 func (run *Run) nextID(base string) (string, error) {
 	if base == "" {
 		return "", errors.New("durable: a step id must not be empty")
 	}
-	id := base
-	if run != nil {
-		run.mu.Lock()
-		n := run.uses[base]
-		run.uses[base] = n + 1
-		run.mu.Unlock()
-		if n > 0 {
-			id = base + ":" + strconv.Itoa(n)
-		}
+	if run == nil {
+		return base, checkStepID(base)
 	}
-	return id, checkStepID(id)
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	n := run.uses[base]
+	run.uses[base] = n + 1
+	id := base
+	if n > 0 {
+		id = base + ":" + strconv.Itoa(n)
+	}
+	if err := checkStepID(id); err != nil {
+		return "", err
+	}
+	// "item:1" given by hand after a second "item": both would read one step's output.
+	if _, taken := run.given[id]; taken {
+		return "", fmt.Errorf("durable: step id %q used twice in one run: an id ending in :<number> clashes with a repeated base id", id)
+	}
+	if run.given == nil {
+		run.given = map[string]struct{}{}
+	}
+	run.given[id] = struct{}{}
+	return id, nil
 }
 
 // completed looks a step up among the completed ones, reading them from the sidecar
