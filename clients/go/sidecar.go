@@ -33,6 +33,7 @@ func NewClient(timeout time.Duration) *Client {
 	transport := &http.Transport{
 		Proxy:               nil, // the sidecar is local: never through HTTP_PROXY
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 5 * time.Second,
 		MaxIdleConns:        256,
 		MaxIdleConnsPerHost: 64, // the sidecar is one host: keep its connections
 		IdleConnTimeout:     60 * time.Second,
