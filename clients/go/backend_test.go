@@ -176,8 +176,8 @@ func (b *testBackend) sleep(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"attempt": run.Attempt()})
 }
 
-// wait: reserve, wait for the order's payment, wait for an event that never comes
-// (a short timeout), ship.
+// wait: reserve, wait for an event that came before (lookback), wait for the order's
+// payment, wait for an event that never comes (a short timeout), ship.
 func (b *testBackend) wait(w http.ResponseWriter, r *http.Request) {
 	ctx, run := r.Context(), durable.FromContext(r.Context())
 	order := r.URL.Query().Get("order")
@@ -192,12 +192,26 @@ func (b *testBackend) wait(w http.ResponseWriter, r *http.Request) {
 		fail(w, err)
 		return
 	}
+	// Posted before the request: only the lookback lets the wait see it, at its first call.
+	early, err := run.WaitForEvent(ctx, "early", durable.Wait{
+		Event: "go.order.placed", Match: map[string]any{"data.order_id": order}, Lookback: time.Hour,
+	})
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if early != nil {
+		b.count(run, "early:"+early.ID)
+	}
 	paid, err := run.WaitForEvent(ctx, "paid", durable.Wait{
 		Event: "go.order.paid", Match: map[string]any{"data.order_id": order}, Timeout: time.Minute,
 	})
 	if err != nil {
 		fail(w, err)
 		return
+	}
+	if paid != nil { // every attempt after the event must see it, called or memoized
+		b.count(run, "paid:"+paid.ID)
 	}
 	late, err := run.WaitForEvent(ctx, "late", durable.Wait{Event: "go.never", Timeout: 300 * time.Millisecond})
 	if err != nil {

@@ -58,28 +58,25 @@ func TestFailedTryIsReportedAsTheStepsError(t *testing.T) {
 		RunID string `json:"run_id"`
 	}
 	r.json(t, &body)
-	view := adminRun(t, body.RunID)
-	found := map[string]bool{}
-	for _, step := range view.Steps {
-		found[step.StepID] = true
-		if !step.Completed || step.StartedAt == nil || step.Timing == nil || *step.Timing != "backend" {
-			t.Errorf("step %s: completed %v, started_at %v, timing %v: want the backend's timing",
-				step.StepID, step.Completed, step.StartedAt, step.Timing)
+	// Step writes are acknowledged once queued for the store: poll until both show.
+	eventually(t, 10*time.Second, func() error {
+		view := adminRun(t, body.RunID)
+		if len(view.Steps) != 2 {
+			return fmt.Errorf("steps %+v", view.Steps)
 		}
-		switch step.StepID {
-		case "one":
-			if len(step.Errors) != 0 {
-				t.Errorf("step one never failed: %+v", step.Errors)
+		for _, step := range view.Steps {
+			if !step.Completed || step.StartedAt == nil || step.Timing == nil || *step.Timing != "backend" {
+				return fmt.Errorf("step %s: completed %v, started_at %v, timing %v: want the backend's timing",
+					step.StepID, step.Completed, step.StartedAt, step.Timing)
 			}
-		case "two":
-			if len(step.Errors) != 1 || step.Errors[0].Attempt != 1 || step.Errors[0].Message != "card declined: try again" {
-				t.Errorf("step two's errors: %+v", step.Errors)
+			errs := fmt.Sprintf("%+v", step.Errors)
+			want := map[string]string{"one": "[]", "two": "[{Attempt:1 Message:card declined: try again}]"}[step.StepID]
+			if errs != want {
+				return fmt.Errorf("step %s's errors: %s, want %s", step.StepID, errs, want)
 			}
 		}
-	}
-	if !found["one"] || !found["two"] {
-		t.Fatalf("steps %+v", view.Steps)
-	}
+		return nil
+	})
 }
 
 func TestDurableSleep(t *testing.T) {
@@ -109,6 +106,12 @@ func TestDurableSleep(t *testing.T) {
 func TestWaitForAnEventPostedToTheGateway(t *testing.T) {
 	needGateway(t)
 	t.Parallel()
+	placed := do(t, http.MethodPost, gw.admin+"/v1/events", map[string]any{
+		"name": "go.order.placed", "id": "placed-42", "data": map[string]string{"order_id": "42"},
+	}, nil)
+	if placed.status != http.StatusAccepted {
+		t.Fatalf("posting an event: %d %s", placed.status, placed.body)
+	}
 	accepted := do(t, http.MethodPost, gw.ingress+"/go/wait?order=42", nil, map[string]string{"Prefer": "respond-async"})
 	if accepted.status != http.StatusAccepted {
 		t.Fatalf("status %d: %s", accepted.status, accepted.body)
@@ -151,7 +154,7 @@ func TestWaitForAnEventPostedToTheGateway(t *testing.T) {
 	if body.EventID != "pay-42" || string(body.Data) != `{"order_id":"42"}` || !body.LateTimedOut || body.Attempt != 3 {
 		t.Fatalf("answer %s", r.body)
 	}
-	if got := backend.countsOf(runID); !reflect.DeepEqual(got, map[string]int{"reserve": 1, "ship": 1}) {
+	if got := backend.countsOf(runID); !reflect.DeepEqual(got, map[string]int{"reserve": 1, "early:placed-42": 3, "paid:pay-42": 2, "ship": 1}) {
 		t.Fatalf("executions %v", got)
 	}
 	if got := statusesText(backend.statusesOf(runID)); got != "202,202,200" {
@@ -204,13 +207,16 @@ func TestLoopIDs(t *testing.T) {
 	if got := backend.countsOf(runID); !reflect.DeepEqual(got, want) {
 		t.Fatalf("executions %v, want %v", got, want)
 	}
-	var ids []string
-	for _, step := range adminRun(t, runID).Steps {
-		ids = append(ids, step.StepID)
-	}
-	if !reflect.DeepEqual(ids, []string{"item", "item:1", "item:2", "item:3", "check"}) {
-		t.Fatalf("step ids %v", ids)
-	}
+	eventually(t, 10*time.Second, func() error { // step writes land in the store shortly
+		var ids []string
+		for _, step := range adminRun(t, runID).Steps {
+			ids = append(ids, step.StepID)
+		}
+		if !reflect.DeepEqual(ids, []string{"item", "item:1", "item:2", "item:3", "check"}) {
+			return fmt.Errorf("step ids %v", ids)
+		}
+		return nil
+	})
 }
 
 func TestOutsideTheGatewayStepsRunLocally(t *testing.T) {
