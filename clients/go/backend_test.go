@@ -23,6 +23,8 @@ type testBackend struct {
 	statuses map[string][]int          // run id -> status answered, per attempt
 	steps    map[string][]string       // run id -> Durable-Steps sent, per attempt
 	picks    int                       // executions of /go/once's step, all runs
+	later    map[string]chan struct{}  // run id -> closed when its second attempt came
+	stale    map[string]string         // run id -> what the superseded attempt's write got
 }
 
 func newTestBackend() *testBackend {
@@ -30,6 +32,8 @@ func newTestBackend() *testBackend {
 		counts:   map[string]map[string]int{},
 		statuses: map[string][]int{},
 		steps:    map[string][]string{},
+		later:    map[string]chan struct{}{},
+		stale:    map[string]string{},
 	}
 }
 
@@ -42,6 +46,8 @@ func (b *testBackend) handler() http.Handler {
 	mux.HandleFunc("/go/once", b.once)
 	mux.HandleFunc("/go/loop", b.loop)
 	mux.HandleFunc("/go/local", b.local)
+	mux.HandleFunc("/go/conflict", b.conflict)
+	mux.HandleFunc("/go-slow/stale", b.superseded)
 	return b.record(durable.Middleware(mux))
 }
 
@@ -315,4 +321,70 @@ func (b *testBackend) local(w http.ResponseWriter, r *http.Request) {
 	_, err = run.WaitForEvent(ctx, "wait", durable.Wait{Event: "e"})
 	got["wait_not_durable"] = errors.Is(err, durable.ErrNotDurable)
 	writeJSON(w, http.StatusOK, got)
+}
+
+// conflict: two runs made from one request record one step with different outputs;
+// the second write is refused (step-conflict) and gets the first one's output.
+func (b *testBackend) conflict(w http.ResponseWriter, r *http.Request) {
+	ctx, first := r.Context(), durable.FromContext(r.Context())
+	second, err := durable.FromRequest(r)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	var got []string
+	for _, run := range []*durable.Run{first, second} {
+		run := run
+		value, err := durable.Step(ctx, run, "pick", func(context.Context) (string, error) {
+			return fmt.Sprintf("written by run #%d", len(got)+1), nil
+		})
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		got = append(got, value)
+	}
+	writeJSON(w, http.StatusOK, got)
+}
+
+// superseded: the first attempt outlives the route's attempt timeout, waits for the
+// second attempt to start, then tries to record a step; the second answers at once.
+func (b *testBackend) superseded(w http.ResponseWriter, r *http.Request) {
+	// The gateway drops this attempt's connection at its timeout, cancelling the
+	// request's context: the zombie goes on regardless, as real ones do.
+	run := durable.FromContext(r.Context())
+	b.mu.Lock()
+	later := b.later[run.RunID()]
+	if later == nil {
+		later = make(chan struct{})
+		b.later[run.RunID()] = later
+	}
+	b.mu.Unlock()
+	if run.Attempt() > 1 {
+		close(later)
+		writeJSON(w, http.StatusOK, map[string]any{"run_id": run.RunID(), "attempt": run.Attempt()})
+		return
+	}
+	outcome := "the second attempt never came"
+	select {
+	case <-later:
+		_, err := durable.Step(context.Background(), run, "late", func(context.Context) (int, error) { return 1, nil })
+		var stale *durable.StaleAttempt
+		var refused *durable.SidecarError
+		if errors.As(err, &stale) && errors.As(err, &refused) {
+			outcome = "stale: " + refused.Type
+		} else {
+			outcome = fmt.Sprintf("not a StaleAttempt: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+	}
+	b.mu.Lock()
+	b.stale[run.RunID()] = outcome
+	b.mu.Unlock()
+}
+
+func (b *testBackend) staleOutcome(runID string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.stale[runID]
 }

@@ -6,6 +6,7 @@ package durable_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"reflect"
@@ -217,6 +218,40 @@ func TestLoopIDs(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestFirstWriteWins(t *testing.T) {
+	needGateway(t)
+	t.Parallel()
+	r := do(t, http.MethodPost, gw.ingress+"/go/conflict", nil, nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("status %d: %s", r.status, r.body)
+	}
+	var got []string
+	r.json(t, &got)
+	if !reflect.DeepEqual(got, []string{"written by run #1", "written by run #1"}) {
+		t.Fatalf("outputs %q: the refused write must read the stored output back", got)
+	}
+}
+
+func TestSupersededAttemptGetsStaleAttempt(t *testing.T) {
+	needGateway(t)
+	t.Parallel()
+	r := do(t, http.MethodPost, gw.ingress+"/go-slow/stale", nil, nil)
+	if r.status != http.StatusOK {
+		t.Fatalf("status %d: %s", r.status, r.body)
+	}
+	runID := r.header.Get("Durable-Run-Id")
+	var outcome string
+	eventually(t, 15*time.Second, func() error {
+		if outcome = backend.staleOutcome(runID); outcome == "" {
+			return errors.New("the first attempt has not tried its write yet")
+		}
+		return nil
+	})
+	if outcome != "stale: stale-attempt" {
+		t.Fatalf("the superseded attempt's write: %s", outcome)
+	}
 }
 
 func TestOutsideTheGatewayStepsRunLocally(t *testing.T) {

@@ -112,6 +112,12 @@ routes:
     upstream: %s
     hold: 20s
     retry: {initial_backoff: 20ms, max_backoff: 200ms, max_attempts: 4, budget: off}
+  - name: go-slow
+    match: {path: /go-slow/*}
+    upstream: %[5]s
+    hold: 20s
+    attempt_timeout: 500ms
+    retry: {initial_backoff: 20ms, max_attempts: 3, budget: off}
 `, ports[0], ports[1], ports[2], filepath.Join(dir, "durable.db"), upstream)
 	configPath := filepath.Join(dir, "gateway.yaml")
 	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
