@@ -34,7 +34,10 @@ fi
 go vet ./...
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-if ! go test -count=1 -timeout 120s -v ./... >"$log" 2>&1; then
+# The race detector needs cgo and a C compiler; where they are, the tests run under it.
+race=()
+if command -v gcc >/dev/null 2>&1 && [ "$(go env CGO_ENABLED)" = 1 ]; then race=(-race); fi
+if ! go test "${race[@]}" -count=1 -timeout 120s -v ./... >"$log" 2>&1; then
     cat "$log" >&2
     echo "test.sh: go test failed" >&2
     exit 1
