@@ -38,7 +38,12 @@ func NewClient(timeout time.Duration) *Client {
 		MaxIdleConnsPerHost: 64, // the sidecar is one host: keep its connections
 		IdleConnTimeout:     60 * time.Second,
 	}
-	return &Client{http: &http.Client{Transport: transport, Timeout: timeout}, timeout: timeout}
+	return &Client{http: &http.Client{
+		Transport: transport,
+		Timeout:   timeout,
+		// The sidecar never redirects: a 3xx is a refusal, and the token stays put.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}, timeout: timeout}
 }
 
 var defaultClient = NewClient(DefaultTimeout)
