@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the JS client's dev dependencies (typescript, @types/node: from package-lock.json),
-# builds it and runs its tests with Node's test runner against a real gateway process.
+# builds it and the TypeScript chat example (examples/ts_chat), and runs the tests with
+# Node's test runner against a real gateway process.
 # Needs Node 20+ and `durable-gateway` on PATH (or its path in $DURABLE_GATEWAY).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,4 +28,8 @@ npm pack --dry-run --json --ignore-scripts --loglevel=error | node -e '
   }
   console.log(`npm pack: ${pack.filename}, ${pack.files.length} files`);
 '
+# The TypeScript chat example (examples/ts_chat), which test/ts_chat.test.mjs runs behind
+# the gateway: its own lockfile (typescript, @types/node, this client linked), compiled.
+npm --prefix ../../examples/ts_chat ci --no-audit --no-fund --loglevel=error
+npm --prefix ../../examples/ts_chat run --silent compile
 node --test test/*.test.mjs
