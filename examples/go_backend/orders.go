@@ -117,7 +117,12 @@ func (a *app) orders(w http.ResponseWriter, r *http.Request) {
 	}
 	order, failing, err := readOrder(w, r, a.opts.failStep)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		status := http.StatusBadRequest
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeJSON(w, status, map[string]string{"error": err.Error()})
 		return
 	}
 	ctx, run := r.Context(), durable.FromContext(r.Context())
@@ -207,7 +212,7 @@ func (a *app) fail(w http.ResponseWriter, run *durable.Run, err error) {
 	}
 	var stale *durable.StaleAttempt
 	if !errors.As(err, &stale) { // a newer attempt took over: nothing to log
-		log.Printf("order run %s attempt %d: %v", run.RunID(), run.Attempt(), err)
+		log.Printf("order: attempt %d of run %q: %v", run.Attempt(), run.RunID(), err)
 	}
 	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 }
@@ -218,7 +223,7 @@ func readOrder(w http.ResponseWriter, r *http.Request, failStep string) (Order, 
 	decoder := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	decoder.DisallowUnknownFields()
 	if err := decoder.Decode(&order); err != nil {
-		return order, "", fmt.Errorf("the body must be a JSON order of at most %d bytes: %v", maxBody, err)
+		return order, "", fmt.Errorf("the body must be a JSON order of at most %d bytes: %w", maxBody, err)
 	}
 	if err := order.check(); err != nil {
 		return order, "", err

@@ -77,14 +77,15 @@ function count(runId: string | null, step: StepName): void {
   run.set(step, (run.get(step) ?? 0) + 1);
 }
 
+/** The body as text, up to MAX_BODY bytes kept; past that it is read to its end and dropped, so the 413 can still be sent. */
 async function readBody(req: http.IncomingMessage): Promise<string> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > MAX_BODY) throw new BadRequest(`the body must be at most ${MAX_BODY} bytes`, 413);
-    chunks.push(chunk);
+    if (size <= MAX_BODY) chunks.push(chunk);
   }
+  if (size > MAX_BODY) throw new BadRequest(`the body must be at most ${MAX_BODY} bytes`, 413);
   return Buffer.concat(chunks).toString("utf8");
 }
 
