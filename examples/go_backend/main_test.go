@@ -364,17 +364,22 @@ func TestAnOrderResumesPastItsFailedStepThenSleepsWaitsAndConfirms(t *testing.T)
 		t.Fatalf("step work: %v, want each step's once but charge's failed try", got)
 	}
 
-	// The runs API: reserve done by attempt 1, charge by a later one after one failed try.
-	view := s.run(t, runID)
+	// The runs API, once the run's last writes are committed (they follow the answer):
+	// reserve done by attempt 1, charge by a later one after one failed try.
+	var view runView
 	byID := map[string]int{}
-	for i, step := range view.Steps {
-		byID[step.StepID] = i
-	}
-	for _, id := range []string{"reserve", "charge", "settle", "shipped", "confirm"} {
-		if i, ok := byID[id]; !ok || !view.Steps[i].Completed {
-			t.Fatalf("step %s not completed: %+v", id, view.Steps)
+	eventually(t, 10*time.Second, func() error {
+		view = s.run(t, runID)
+		for i, step := range view.Steps {
+			byID[step.StepID] = i
 		}
-	}
+		for _, id := range []string{"reserve", "charge", "settle", "shipped", "confirm"} {
+			if i, ok := byID[id]; !ok || !view.Steps[i].Completed {
+				return fmt.Errorf("step %s not completed: %+v", id, view.Steps)
+			}
+		}
+		return nil
+	})
 	reserve, charge := view.Steps[byID["reserve"]], view.Steps[byID["charge"]]
 	if reserve.Attempt != 1 || len(reserve.Errors) != 0 {
 		t.Fatalf("reserve: %+v", reserve)

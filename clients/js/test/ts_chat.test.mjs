@@ -141,6 +141,8 @@ function finished(runId) {
     const { status, body } = await request(`${gateway.admin}/v1/runs/${runId}`, { method: "GET" });
     assert.equal(status, 200, JSON.stringify(body));
     assert.equal(body.status, "succeeded");
+    // Attempts are written behind the run's status: wait until the last one is there too.
+    assert.equal(body.attempts.length, body.attempt);
     assert.ok(body.attempts.every((a) => a.ended_at !== null));
     assert.deepEqual(
       body.steps.map((s) => s.step_id),
