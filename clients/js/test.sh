@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the JS client's dev dependencies (typescript, @types/node: from package-lock.json),
-# builds it and the TypeScript chat example (examples/ts_chat), and runs the tests with
-# Node's test runner against a real gateway process.
+# Installs the JS client's dev dependencies (typescript, @types/node, and Express, Fastify and
+# Hono for the adapters' tests: from package-lock.json), builds it, type-checks the adapters
+# against the frameworks' own types, builds the TypeScript chat example (examples/ts_chat),
+# and runs the tests with Node's test runner against a real gateway process.
 # Needs Node 20+ and `durable-gateway` on PATH (or its path in $DURABLE_GATEWAY).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,13 +20,18 @@ fi
 
 npm ci --no-audit --no-fund --loglevel=error
 npm run build
+npm run check-types
 # The package as published (built just above, so no prepack again) must hold every entry point.
 npm pack --dry-run --json --ignore-scripts --loglevel=error | node -e '
   const [pack] = JSON.parse(require("fs").readFileSync(0, "utf8"));
   const files = new Set(pack.files.map((f) => f.path));
-  for (const f of ["dist/index.js", "dist/index.d.ts", "dist/node.js", "dist/node.d.ts", "dist/web.js", "dist/web.d.ts"]) {
-    if (!files.has(f)) { console.error(`npm pack is missing ${f}`); process.exit(1); }
+  for (const entry of ["index", "node", "web", "express", "fastify", "hono"]) {
+    for (const f of [`dist/${entry}.js`, `dist/${entry}.d.ts`]) {
+      if (!files.has(f)) { console.error(`npm pack is missing ${f}`); process.exit(1); }
+    }
   }
+  const pkg = JSON.parse(require("fs").readFileSync("package.json", "utf8"));
+  if (Object.keys(pkg.dependencies ?? {}).length) { console.error("the package must have no runtime dependencies"); process.exit(1); }
   console.log(`npm pack: ${pack.filename}, ${pack.files.length} files`);
 '
 # The TypeScript chat example (examples/ts_chat), which test/ts_chat.test.mjs runs behind

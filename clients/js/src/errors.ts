@@ -54,8 +54,8 @@ export type SuspendKind = "sleep" | "wait";
  * The gateway asked this attempt to suspend: end the handler now; it will be re-invoked.
  *
  * Not a StepProtocolError, because nothing failed. Let it propagate to an adapter
- * (`/node`, `/web`), or catch it with `isSuspend` and answer anything: the gateway ignores
- * the response of an attempt that suspended. `wakeAt` is when it re-invokes at the latest
+ * (`/node`, `/web`, `/express`, `/fastify`, `/hono`), or catch it with `isSuspend` and
+ * answer anything: the gateway ignores the response of an attempt that suspended. `wakeAt` is when it re-invokes at the latest
  * (a sleep's end, a wait's timeout); null for a wait that only a matching event ends.
  */
 export class Suspend extends Error {

@@ -1,7 +1,8 @@
 /**
  * Durable Gateway's step protocol client for TypeScript and JavaScript backends:
  * `durable(headers)` gives a RunContext with `step`, `sleep` and `waitForEvent`.
- * Runtime-neutral (Node 18+, Bun, Deno); framework adapters live in `/node` and `/web`.
+ * Runtime-neutral (Node 18+, Bun, Deno); framework adapters live in `/node`, `/web`,
+ * `/express`, `/fastify` and `/hono`.
  */
 
 export {

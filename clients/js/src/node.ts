@@ -58,8 +58,18 @@ export function durableListener<
   };
 }
 
+/**
+ * What `answerSuspend` touches of a response: Node's ServerResponse, and the frameworks
+ * built on it (Express's res, Fastify's reply.raw), fit it as they are.
+ */
+export interface NodeResponseLike {
+  readonly headersSent: boolean;
+  writeHead(status: number, headers: Record<string, string>): unknown;
+  end(body?: string): unknown;
+}
+
 /** Write the 202 suspend response, or end what was started (the gateway ignores it). */
-export function answerSuspend(res: ServerResponse, suspend: Suspend): void {
+export function answerSuspend(res: NodeResponseLike, suspend: Suspend): void {
   if (res.headersSent) {
     res.end();
     return;

@@ -6,13 +6,14 @@
 import { noRetry, StepProtocolError } from "../dist/index.js";
 import { durableListener } from "../dist/node.js";
 import { durableHandler } from "../dist/web.js";
+import { fetchListener } from "./harness.mjs";
 
 /** run id ("local" outside the gateway) -> step id -> executions. */
 export const counts = new Map();
 /** run id -> the Durable-Steps value each attempt got, in order. */
 export const seenSteps = new Map();
 
-function counted(ctx, stepId, work) {
+export function counted(ctx, stepId, work) {
   return () => {
     const key = ctx.runId ?? "local";
     if (!counts.has(key)) counts.set(key, new Map());
@@ -124,22 +125,5 @@ export const webHandler = durableHandler(async (request, ctx) => {
   return Response.json({ run_id: ctx.runId, attempt: ctx.attempt, event, results: [first, second] });
 });
 
-/** node:http → Request → the Web handler → Response → node:http, as a Web runtime would do. */
-export async function webBridge(req, res) {
-  try {
-    const chunks = [];
-    for await (const chunk of req) chunks.push(chunk);
-    const headers = new Headers();
-    for (let i = 0; i < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i], req.rawHeaders[i + 1]);
-    const method = req.method ?? "GET";
-    const body = method === "GET" || method === "HEAD" ? undefined : Buffer.concat(chunks);
-    const response = await webHandler(new Request(new URL(req.url, "http://backend"), { method, headers, body }));
-    const data = Buffer.from(await response.arrayBuffer());
-    res.writeHead(response.status, Object.fromEntries(response.headers));
-    res.end(data);
-  } catch (err) {
-    console.error("web handler failed:", err);
-    if (!res.headersSent) sendJson(res, 500, { error: "internal error" });
-    else res.destroy();
-  }
-}
+/** The Web handler served over node:http, as a Web-standard runtime would call it. */
+export const webBridge = fetchListener(webHandler);

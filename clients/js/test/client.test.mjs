@@ -159,11 +159,12 @@ test("noRetry and retryAfter give the response headers the gateway reads", () =>
   assert.equal(response.headers.get("durable-retry"), "no");
 });
 
-test("the core and the Web adapter load and decode without Node's Buffer", () => {
+test("the core, the Web and the Hono adapters load and decode without Node's Buffer", () => {
   const script = `
     delete globalThis.Buffer;
     const { decodeSteps, durable } = await import("./dist/index.js");
     await import("./dist/web.js");
+    await import("./dist/hono.js");
     const steps = decodeSteps("eyJub3RlIjoiYT4_In0");
     if (steps.note !== "a>?") throw new Error("decoded " + JSON.stringify(steps));
     if (durable({}).durable) throw new Error("durable without headers");

@@ -55,6 +55,31 @@ export async function serve(listener) {
 }
 
 /**
+ * A node:http listener calling a Web-standard `fetch(request) => Response` handler, the way
+ * a Web runtime (or Next.js) would call it. An error it throws is logged and answered 500.
+ */
+export function fetchListener(handler) {
+  return async (req, res) => {
+    try {
+      const chunks = [];
+      for await (const chunk of req) chunks.push(chunk);
+      const headers = new Headers();
+      for (let i = 0; i < req.rawHeaders.length; i += 2) headers.append(req.rawHeaders[i], req.rawHeaders[i + 1]);
+      const method = req.method ?? "GET";
+      const body = method === "GET" || method === "HEAD" ? undefined : Buffer.concat(chunks);
+      const response = await handler(new Request(new URL(req.url, "http://backend"), { method, headers, body }));
+      const data = Buffer.from(await response.arrayBuffer());
+      res.writeHead(response.status, Object.fromEntries(response.headers));
+      res.end(data);
+    } catch (err) {
+      console.error("fetch handler failed:", err);
+      if (res.headersSent) return void res.destroy();
+      res.writeHead(500, { "content-type": "application/json" }).end(JSON.stringify({ error: "internal error" }));
+    }
+  };
+}
+
+/**
  * Start `durable-gateway` (from PATH, or $DURABLE_GATEWAY) with `routes` (YAML lines of the
  * routes list) and wait for its admin /healthz. `stop()` sends SIGTERM, then SIGKILL after 10 s.
  */
