@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the JS client's dev dependencies (typescript, @types/node, and Express, Fastify and
-# Hono for the adapters' tests: from package-lock.json), builds it, type-checks the adapters
-# against the frameworks' own types, builds the TypeScript chat example (examples/ts_chat),
-# and runs the tests with Node's test runner against a real gateway process.
+# Installs the JS client's dev dependencies (typescript, @types/node, Express, Fastify and
+# Hono for the adapters' tests, and the Bun and Deno binaries for the runtime tests: from
+# package-lock.json), builds it, type-checks the adapters against the frameworks' own types,
+# builds the TypeScript chat example (examples/ts_chat), and runs the tests with Node's test
+# runner against a real gateway process.
 # Needs Node 20+ and `durable-gateway` on PATH (or its path in $DURABLE_GATEWAY).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,6 +20,16 @@ if [[ -z "${DURABLE_GATEWAY:-}" ]] && ! command -v durable-gateway >/dev/null; t
 fi
 
 npm ci --no-audit --no-fund --loglevel=error
+# Bun and Deno come from npm as dev dependencies; their install scripts put the binary for
+# this platform in place (allowed in package.json's allowScripts). test/runtimes.test.mjs
+# runs the client under each.
+for runtime in bun deno; do
+  if ! version=$("node_modules/.bin/$runtime" --version 2>&1 | head -n 1); then
+    echo "clients/js: node_modules/.bin/$runtime does not run (were install scripts skipped?): $version" >&2
+    exit 1
+  fi
+  echo "clients/js: $runtime ${version#deno }"
+done
 npm run build
 npm run check-types
 # The package as published (built just above, so no prepack again) must hold every entry point.
