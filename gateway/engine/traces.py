@@ -31,7 +31,8 @@ def _derived(run_id: str, part: str, size: int) -> str:
 
 
 # Not frozen: one is made for every run, and a frozen dataclass's `__init__` (a
-# `object.__setattr__` per field) cost three times as much. Nothing assigns to it.
+# `object.__setattr__` per field) cost three times as much. Its ids never change once
+# made; only `attempt_span` assigns, to its one-entry `_attempt` cache.
 @dataclass(slots=True)
 class TraceContext:
     """Where a run's spans go: its trace, the client's span above it, and whether its
