@@ -12,6 +12,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/durable-gateway/durable-gateway/clients/go/durabletest"
 )
 
 func TestResumesAtTheFailedStep(t *testing.T) {
@@ -20,15 +22,15 @@ func TestResumesAtTheFailedStep(t *testing.T) {
 		big := big
 		t.Run(fmt.Sprintf("fetch=%v", big), func(t *testing.T) {
 			t.Parallel()
-			target := gw.ingress + "/go/resume"
+			target := gw.Ingress + "/go/resume"
 			size := 16
 			if big {
 				target += "?big=1" // past 4096 characters of header: Durable-Steps says fetch
 				size = 6000
 			}
-			r := do(t, http.MethodPost, target, map[string]string{"card": "4242"}, nil)
-			if r.status != http.StatusOK {
-				t.Fatalf("status %d: %s", r.status, r.body)
+			r := durabletest.Call(t, http.MethodPost, target, map[string]string{"card": "4242"}, nil)
+			if r.Status != http.StatusOK {
+				t.Fatalf("status %d: %s", r.Status, r.Body)
 			}
 			var body struct {
 				RunID   string         `json:"run_id"`
@@ -36,9 +38,9 @@ func TestResumesAtTheFailedStep(t *testing.T) {
 				One     int            `json:"one"`
 				Two     map[string]int `json:"two"`
 			}
-			r.json(t, &body)
+			r.JSON(t, &body)
 			if body.Attempt != 2 || body.One != size || body.Two["tries"] != 2 {
-				t.Fatalf("answer %s", r.body)
+				t.Fatalf("answer %s", r.Body)
 			}
 			if got := backend.countsOf(body.RunID); !reflect.DeepEqual(got, map[string]int{"one": 1, "two": 2}) {
 				t.Fatalf("executions %v: step one must run once", got)
@@ -54,14 +56,14 @@ func TestResumesAtTheFailedStep(t *testing.T) {
 func TestFailedTryIsReportedAsTheStepsError(t *testing.T) {
 	needGateway(t)
 	t.Parallel()
-	r := do(t, http.MethodPost, gw.ingress+"/go/resume", nil, nil)
+	r := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go/resume", nil, nil)
 	var body struct {
 		RunID string `json:"run_id"`
 	}
-	r.json(t, &body)
+	r.JSON(t, &body)
 	// Step writes are acknowledged once queued for the store: poll until both show.
-	eventually(t, 10*time.Second, func() error {
-		view := adminRun(t, body.RunID)
+	durabletest.Eventually(t, 10*time.Second, func() error {
+		view := gw.AdminRun(t, body.RunID)
 		if len(view.Steps) != 2 {
 			return fmt.Errorf("steps %+v", view.Steps)
 		}
@@ -83,17 +85,17 @@ func TestFailedTryIsReportedAsTheStepsError(t *testing.T) {
 func TestDurableSleep(t *testing.T) {
 	needGateway(t)
 	t.Parallel()
-	r := do(t, http.MethodPost, gw.ingress+"/go/sleep", nil, nil) // held through the sleep
-	if r.status != http.StatusOK {
-		t.Fatalf("status %d: %s", r.status, r.body)
+	r := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go/sleep", nil, nil) // held through the sleep
+	if r.Status != http.StatusOK {
+		t.Fatalf("status %d: %s", r.Status, r.Body)
 	}
 	var body struct {
 		Attempt int `json:"attempt"`
 	}
-	r.json(t, &body)
-	runID := r.header.Get("Durable-Run-Id")
+	r.JSON(t, &body)
+	runID := r.Header.Get("Durable-Run-Id")
 	if body.Attempt != 2 {
-		t.Fatalf("answer %s: the sleep must end the first attempt", r.body)
+		t.Fatalf("answer %s: the sleep must end the first attempt", r.Body)
 	}
 	if got := backend.countsOf(runID); !reflect.DeepEqual(got, map[string]int{"before": 1, "after": 1}) {
 		t.Fatalf("executions %v", got)
@@ -107,43 +109,43 @@ func TestDurableSleep(t *testing.T) {
 func TestWaitForAnEventPostedToTheGateway(t *testing.T) {
 	needGateway(t)
 	t.Parallel()
-	placed := do(t, http.MethodPost, gw.admin+"/v1/events", map[string]any{
+	placed := durabletest.Call(t, http.MethodPost, gw.Admin+"/v1/events", map[string]any{
 		"name": "go.order.placed", "id": "placed-42", "data": map[string]string{"order_id": "42"},
 	}, nil)
-	if placed.status != http.StatusAccepted {
-		t.Fatalf("posting an event: %d %s", placed.status, placed.body)
+	if placed.Status != http.StatusAccepted {
+		t.Fatalf("posting an event: %d %s", placed.Status, placed.Body)
 	}
-	accepted := do(t, http.MethodPost, gw.ingress+"/go/wait?order=42", nil, map[string]string{"Prefer": "respond-async"})
-	if accepted.status != http.StatusAccepted {
-		t.Fatalf("status %d: %s", accepted.status, accepted.body)
+	accepted := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go/wait?order=42", nil, map[string]string{"Prefer": "respond-async"})
+	if accepted.Status != http.StatusAccepted {
+		t.Fatalf("status %d: %s", accepted.Status, accepted.Body)
 	}
-	runID, location := accepted.header.Get("Durable-Run-Id"), accepted.header.Get("Location")
-	eventually(t, 15*time.Second, func() error {
-		if status := adminRun(t, runID).Status; status != "suspended" {
+	runID, location := accepted.Header.Get("Durable-Run-Id"), accepted.Header.Get("Location")
+	durabletest.Eventually(t, 15*time.Second, func() error {
+		if status := gw.AdminRun(t, runID).Status; status != "suspended" {
 			return fmt.Errorf("run is %s", status)
 		}
 		return nil
 	})
-	other := do(t, http.MethodPost, gw.admin+"/v1/events", map[string]any{
+	other := durabletest.Call(t, http.MethodPost, gw.Admin+"/v1/events", map[string]any{
 		"name": "go.order.paid", "id": "pay-41", "data": map[string]string{"order_id": "41"},
 	}, nil)
-	paid := do(t, http.MethodPost, gw.admin+"/v1/events", map[string]any{
+	paid := durabletest.Call(t, http.MethodPost, gw.Admin+"/v1/events", map[string]any{
 		"name": "go.order.paid", "id": "pay-42", "data": map[string]string{"order_id": "42"},
 	}, nil)
 	var posted struct {
 		Matched int `json:"matched"`
 	}
-	other.json(t, &posted)
-	if other.status != http.StatusAccepted || posted.Matched != 0 {
-		t.Fatalf("another order's event: %d %s", other.status, other.body)
+	other.JSON(t, &posted)
+	if other.Status != http.StatusAccepted || posted.Matched != 0 {
+		t.Fatalf("another order's event: %d %s", other.Status, other.Body)
 	}
-	paid.json(t, &posted)
-	if paid.status != http.StatusAccepted || posted.Matched != 1 {
-		t.Fatalf("the order's event: %d %s", paid.status, paid.body)
+	paid.JSON(t, &posted)
+	if paid.Status != http.StatusAccepted || posted.Matched != 1 {
+		t.Fatalf("the order's event: %d %s", paid.Status, paid.Body)
 	}
-	r := result(t, location)
-	if r.status != http.StatusOK {
-		t.Fatalf("result %d: %s", r.status, r.body)
+	r := gw.Result(t, location)
+	if r.Status != http.StatusOK {
+		t.Fatalf("result %d: %s", r.Status, r.Body)
 	}
 	var body struct {
 		Attempt      int             `json:"attempt"`
@@ -151,9 +153,9 @@ func TestWaitForAnEventPostedToTheGateway(t *testing.T) {
 		Data         json.RawMessage `json:"data"`
 		LateTimedOut bool            `json:"late_timed_out"`
 	}
-	r.json(t, &body)
+	r.JSON(t, &body)
 	if body.EventID != "pay-42" || string(body.Data) != `{"order_id":"42"}` || !body.LateTimedOut || body.Attempt != 3 {
-		t.Fatalf("answer %s", r.body)
+		t.Fatalf("answer %s", r.Body)
 	}
 	if got := backend.countsOf(runID); !reflect.DeepEqual(got, map[string]int{"reserve": 1, "early:placed-42": 3, "paid:pay-42": 2, "ship": 1}) {
 		t.Fatalf("executions %v", got)
@@ -167,22 +169,22 @@ func TestIdempotencyKeyAnswersTheSameResult(t *testing.T) {
 	needGateway(t)
 	t.Parallel()
 	key := map[string]string{"Idempotency-Key": "go-order-7"}
-	first := do(t, http.MethodPost, gw.ingress+"/go/once", map[string]int{"order": 7}, key)
-	again := do(t, http.MethodPost, gw.ingress+"/go/once", map[string]int{"order": 7}, key)
-	other := do(t, http.MethodPost, gw.ingress+"/go/once", map[string]int{"order": 7}, nil)
-	if first.status != http.StatusOK || again.status != http.StatusOK || other.status != http.StatusOK {
-		t.Fatalf("statuses %d %d %d", first.status, again.status, other.status)
+	first := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go/once", map[string]int{"order": 7}, key)
+	again := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go/once", map[string]int{"order": 7}, key)
+	other := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go/once", map[string]int{"order": 7}, nil)
+	if first.Status != http.StatusOK || again.Status != http.StatusOK || other.Status != http.StatusOK {
+		t.Fatalf("statuses %d %d %d", first.Status, again.Status, other.Status)
 	}
-	if string(again.body) != string(first.body) || again.header.Get("Idempotent-Replayed") != "true" {
-		t.Fatalf("replay %s (%q), first %s", again.body, again.header.Get("Idempotent-Replayed"), first.body)
+	if string(again.Body) != string(first.Body) || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("replay %s (%q), first %s", again.Body, again.Header.Get("Idempotent-Replayed"), first.Body)
 	}
-	if string(other.body) == string(first.body) {
-		t.Fatalf("a request without the key must be a run of its own: %s", other.body)
+	if string(other.Body) == string(first.Body) {
+		t.Fatalf("a request without the key must be a run of its own: %s", other.Body)
 	}
 	var body struct {
 		RunID string `json:"run_id"`
 	}
-	first.json(t, &body)
+	first.JSON(t, &body)
 	if got := backend.countsOf(body.RunID); got["pick"] != 1 {
 		t.Fatalf("executions %v", got)
 	}
@@ -191,26 +193,26 @@ func TestIdempotencyKeyAnswersTheSameResult(t *testing.T) {
 func TestLoopIDs(t *testing.T) {
 	needGateway(t)
 	t.Parallel()
-	r := do(t, http.MethodPost, gw.ingress+"/go/loop", nil, nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("status %d: %s", r.status, r.body)
+	r := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go/loop", nil, nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("status %d: %s", r.Status, r.Body)
 	}
 	var body struct {
 		Attempt int   `json:"attempt"`
 		Items   []int `json:"items"`
 	}
-	r.json(t, &body)
-	runID := r.header.Get("Durable-Run-Id")
+	r.JSON(t, &body)
+	runID := r.Header.Get("Durable-Run-Id")
 	if body.Attempt != 2 || !reflect.DeepEqual(body.Items, []int{0, 10, 20}) {
-		t.Fatalf("answer %s", r.body)
+		t.Fatalf("answer %s", r.Body)
 	}
 	want := map[string]int{"item#0": 1, "item#1": 1, "item#2": 1, "check": 2}
 	if got := backend.countsOf(runID); !reflect.DeepEqual(got, want) {
 		t.Fatalf("executions %v, want %v", got, want)
 	}
-	eventually(t, 10*time.Second, func() error { // step writes land in the store shortly
+	durabletest.Eventually(t, 10*time.Second, func() error { // step writes land in the store shortly
 		var ids []string
-		for _, step := range adminRun(t, runID).Steps {
+		for _, step := range gw.AdminRun(t, runID).Steps {
 			ids = append(ids, step.StepID)
 		}
 		if !reflect.DeepEqual(ids, []string{"item", "item:1", "item:2", "item:3", "check"}) {
@@ -223,12 +225,12 @@ func TestLoopIDs(t *testing.T) {
 func TestFirstWriteWins(t *testing.T) {
 	needGateway(t)
 	t.Parallel()
-	r := do(t, http.MethodPost, gw.ingress+"/go/conflict", nil, nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("status %d: %s", r.status, r.body)
+	r := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go/conflict", nil, nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("status %d: %s", r.Status, r.Body)
 	}
 	var got []string
-	r.json(t, &got)
+	r.JSON(t, &got)
 	if !reflect.DeepEqual(got, []string{"written by run #1", "written by run #1"}) {
 		t.Fatalf("outputs %q: the refused write must read the stored output back", got)
 	}
@@ -237,13 +239,13 @@ func TestFirstWriteWins(t *testing.T) {
 func TestSupersededAttemptGetsStaleAttempt(t *testing.T) {
 	needGateway(t)
 	t.Parallel()
-	r := do(t, http.MethodPost, gw.ingress+"/go-slow/stale", nil, nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("status %d: %s", r.status, r.body)
+	r := durabletest.Call(t, http.MethodPost, gw.Ingress+"/go-slow/stale", nil, nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("status %d: %s", r.Status, r.Body)
 	}
-	runID := r.header.Get("Durable-Run-Id")
+	runID := r.Header.Get("Durable-Run-Id")
 	var outcome string
-	eventually(t, 15*time.Second, func() error {
+	durabletest.Eventually(t, 15*time.Second, func() error {
 		if outcome = backend.staleOutcome(runID); outcome == "" {
 			return errors.New("the first attempt has not tried its write yet")
 		}
@@ -256,12 +258,12 @@ func TestSupersededAttemptGetsStaleAttempt(t *testing.T) {
 
 func TestOutsideTheGatewayStepsRunLocally(t *testing.T) {
 	t.Parallel()
-	r := do(t, http.MethodPost, backendURL+"/go/local", nil, nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("status %d: %s", r.status, r.body)
+	r := durabletest.Call(t, http.MethodPost, backendURL+"/go/local", nil, nil)
+	if r.Status != http.StatusOK {
+		t.Fatalf("status %d: %s", r.Status, r.Body)
 	}
 	var got map[string]any
-	r.json(t, &got)
+	r.JSON(t, &got)
 	want := map[string]any{
 		"durable": false, "attempt": 1.0, "run_id": "", "nil_run": "ran",
 		"step_error": "plain failure", "not_json": true, "slept": true, "wait_not_durable": true,
@@ -273,8 +275,8 @@ func TestOutsideTheGatewayStepsRunLocally(t *testing.T) {
 		t.Fatalf("both local steps must run: %d", n)
 	}
 	// A partial set of Durable-* headers never runs the handler without durability.
-	bad := do(t, http.MethodPost, backendURL+"/go/local", nil, map[string]string{"Durable-Run-Id": "r1"})
-	if bad.status != http.StatusBadRequest {
-		t.Fatalf("partial headers: %d %s", bad.status, bad.body)
+	bad := durabletest.Call(t, http.MethodPost, backendURL+"/go/local", nil, map[string]string{"Durable-Run-Id": "r1"})
+	if bad.Status != http.StatusBadRequest {
+		t.Fatalf("partial headers: %d %s", bad.Status, bad.Body)
 	}
 }

@@ -1,46 +1,40 @@
 package main
 
 // The example for real: the backend as `go run .` starts it (run, on a free port) behind a
-// real durable-gateway process started with examples/go_backend.yaml, its ports, store
-// and upstream swapped for the test's. Without durable-gateway (on PATH, or its path in
+// real durable-gateway process (durabletest) with examples/go_backend.yaml's routes, their
+// upstream swapped for the test's. Without durable-gateway (on PATH, or its path in
 // $DURABLE_GATEWAY) the test skips; clients/go/test.sh fails on a skip instead.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-)
 
-var client = &http.Client{Timeout: 30 * time.Second}
+	"github.com/durable-gateway/durable-gateway/clients/go/durabletest"
+)
 
 // stack is one example backend behind one gateway.
 type stack struct {
-	backend, ingress, admin string
+	backend string
+	gw      *durabletest.Gateway
 }
 
 // startStack runs the example with args and a gateway in front of it, both stopped when
 // the test ends whatever happens.
 func startStack(t *testing.T, args ...string) stack {
 	t.Helper()
-	bin := os.Getenv("DURABLE_GATEWAY")
+	bin := durabletest.Binary()
 	if bin == "" {
-		var err error
-		if bin, err = exec.LookPath("durable-gateway"); err != nil {
-			t.Skip("durable-gateway not found: put it on PATH or set DURABLE_GATEWAY")
-		}
+		t.Skip("durable-gateway not found: put it on PATH or set DURABLE_GATEWAY")
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -64,225 +58,78 @@ func startStack(t *testing.T, args ...string) stack {
 		t.Fatal("the example did not start within 10 s")
 	}
 
-	dir := t.TempDir()
-	ports := freePorts(t, 3)
-	s := stack{
-		backend: backend,
-		ingress: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
-		admin:   fmt.Sprintf("http://127.0.0.1:%d", ports[2]),
-	}
-	config := exampleConfig(t, map[string]string{
-		"ingress: 127.0.0.1:8080":   fmt.Sprintf("ingress: 127.0.0.1:%d", ports[0]),
-		"sidecar: 127.0.0.1:8081":   fmt.Sprintf("sidecar: 127.0.0.1:%d", ports[1]),
-		"admin: 127.0.0.1:8082":     fmt.Sprintf("admin: 127.0.0.1:%d\n  shutdown_grace: 2s", ports[2]),
-		"sqlite:///./go_backend.db": "sqlite:///" + filepath.Join(dir, "durable.db"),
-		"http://127.0.0.1:3002":     backend,
-	})
-	configPath := filepath.Join(dir, "gateway.yaml")
-	if err := os.WriteFile(configPath, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	log, err := os.Create(filepath.Join(dir, "gateway.log"))
+	gw, err := durabletest.Start(bin, durabletest.Config{YAML: exampleRoutes(t, backend)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer log.Close() // the child has its own descriptor
-	cmd := exec.Command(bin, "--config", configPath)
-	cmd.Stdout, cmd.Stderr = log, log
-	dieWithParent(cmd)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", bin, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
+		gw.Stop()
 		if t.Failed() {
-			data, _ := os.ReadFile(log.Name())
-			t.Logf("gateway log:\n%s", data)
+			t.Logf("gateway log (last 64 KiB):\n%s", gw.LogTail(64<<10))
 		}
 	})
-	eventually(t, 30*time.Second, func() error {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("the gateway exited: %v", err)
-		default:
-		}
-		resp, err := (&http.Client{Timeout: time.Second}).Get(s.admin + "/healthz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("healthz answered %d", resp.StatusCode)
-		}
-		return nil
-	})
-	return s
+	return stack{backend: backend, gw: gw}
 }
 
-// exampleConfig is examples/go_backend.yaml with each key of swaps, which must occur in
-// it exactly once, replaced: the test runs the example's own route settings.
-func exampleConfig(t *testing.T, swaps map[string]string) string {
+// exampleRoutes is the routes section of examples/go_backend.yaml, its upstream swapped
+// for the test's backend: the test runs the example's own route settings. The file's
+// server and storage sections are the harness's to write, and it must have no other.
+func exampleRoutes(t *testing.T, upstream string) string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join("..", "go_backend.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	config := string(data)
-	for old, replacement := range swaps {
-		if n := strings.Count(config, old); n != 1 {
-			t.Fatalf("examples/go_backend.yaml has %q %d times, not once", old, n)
+	at := strings.Index(config, "\nroutes:")
+	if at < 0 {
+		t.Fatal("examples/go_backend.yaml has no routes section")
+	}
+	for _, line := range strings.Split(config, "\n") {
+		if line == "" || line[0] == ' ' || line[0] == '#' {
+			continue
 		}
-		config = strings.Replace(config, old, replacement, 1)
-	}
-	return config
-}
-
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+		switch key := strings.SplitN(line, ":", 2)[0]; key {
+		case "server", "storage", "routes":
+		default:
+			t.Fatalf("examples/go_backend.yaml has a section %q the test would not run", key)
 		}
-		defer l.Close() // all held until the end, so the n ports differ
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	return ports
+	routes := config[at+1:]
+	const example = "http://127.0.0.1:3002"
+	if n := strings.Count(routes, example); n != 1 {
+		t.Fatalf("examples/go_backend.yaml's routes have %q %d times, not once", example, n)
+	}
+	return strings.Replace(routes, example, upstream, 1)
 }
 
-// eventually polls check every 25 ms until it returns nil, failing after within.
-func eventually(t *testing.T, within time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", within, err)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-}
-
-type reply struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-func call(t *testing.T, method, target string, body any, header map[string]string) reply {
-	t.Helper()
-	var reader io.Reader
-	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		reader = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequest(method, target, reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	for name, value := range header {
-		req.Header.Set(name, value)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, target, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		t.Fatalf("%s %s: reading: %v", method, target, err)
-	}
-	return reply{resp.StatusCode, resp.Header, data}
-}
-
-func decode(t *testing.T, r reply, v any) {
-	t.Helper()
-	if err := json.Unmarshal(r.body, v); err != nil {
-		t.Fatalf("answer %d is not the JSON expected (%v): %s", r.status, err, r.body)
-	}
-}
-
-// runView is the part of the admin API's run that the test reads.
-type runView struct {
-	Status     string `json:"status"`
-	Suspension *struct {
-		Kind   string `json:"kind"`
-		StepID string `json:"step_id"`
-	} `json:"suspension"`
-	Steps []struct {
-		StepID    string `json:"step_id"`
-		Completed bool   `json:"completed"`
-		Attempt   int    `json:"attempt"`
-		Errors    []struct {
-			Attempt int    `json:"attempt"`
-			Message string `json:"message"`
-		} `json:"errors"`
-	} `json:"steps"`
-}
-
-func (s stack) run(t *testing.T, runID string) runView {
-	t.Helper()
-	r := call(t, http.MethodGet, s.admin+"/v1/runs/"+url.PathEscape(runID), nil, nil)
-	if r.status != http.StatusOK {
-		t.Fatalf("admin run %s: %d %s", runID, r.status, r.body)
-	}
-	var view runView
-	decode(t, r, &view)
-	return view
-}
-
-// order sends an order asynchronously: its run id and result URL.
+// order sends an order asynchronously: its run id and result URL (the Location).
 func (s stack) order(t *testing.T, order Order, header map[string]string) (string, string) {
 	t.Helper()
 	h := map[string]string{"Prefer": "respond-async"}
 	for k, v := range header {
 		h[k] = v
 	}
-	r := call(t, http.MethodPost, s.ingress+"/orders", order, h)
-	if r.status != http.StatusAccepted {
-		t.Fatalf("POST /orders: %d %s", r.status, r.body)
+	r := durabletest.Call(t, http.MethodPost, s.gw.Ingress+"/orders", order, h)
+	if r.Status != http.StatusAccepted {
+		t.Fatalf("POST /orders: %d %s", r.Status, r.Body)
 	}
-	location, err := url.Parse(r.header.Get("Location"))
-	if err != nil || r.header.Get("Durable-Run-Id") == "" {
-		t.Fatalf("POST /orders: no run id or Location: %v", r.header)
+	runID, location := r.Header.Get("Durable-Run-Id"), r.Header.Get("Location")
+	if runID == "" || location == "" {
+		t.Fatalf("POST /orders: no run id or Location: %v", r.Header)
 	}
-	base, _ := url.Parse(s.ingress)
-	return r.header.Get("Durable-Run-Id"), base.ResolveReference(location).String()
+	return runID, location
 }
 
-// receipt long-polls a result URL until the run has finished.
+// receipt waits for the run to finish and is its receipt.
 func (s stack) receipt(t *testing.T, resultURL string) Receipt {
 	t.Helper()
-	var last reply
-	eventually(t, 30*time.Second, func() error {
-		last = call(t, http.MethodGet, resultURL, nil, map[string]string{"Prefer": "wait=5"})
-		if last.status == http.StatusAccepted {
-			return errors.New("the run has not finished")
-		}
-		return nil
-	})
-	if last.status != http.StatusOK {
-		t.Fatalf("result: %d %s", last.status, last.body)
+	r := s.gw.Result(t, resultURL)
+	if r.Status != http.StatusOK {
+		t.Fatalf("result: %d %s", r.Status, r.Body)
 	}
 	var receipt Receipt
-	decode(t, last, &receipt)
+	r.JSON(t, &receipt)
 	return receipt
 }
 
@@ -291,21 +138,21 @@ func (s stack) counts(t *testing.T, runID string) map[string]int {
 	var answer struct {
 		Counts map[string]int `json:"counts"`
 	}
-	decode(t, call(t, http.MethodGet, s.backend+"/_counts?run_id="+url.QueryEscape(runID), nil, nil), &answer)
+	durabletest.Call(t, http.MethodGet, s.backend+"/_counts?run_id="+url.QueryEscape(runID), nil, nil).JSON(t, &answer)
 	return answer.Counts
 }
 
 func (s stack) postEvent(t *testing.T, orderID string, data map[string]any) int {
 	t.Helper()
 	data["order_id"] = orderID
-	r := call(t, http.MethodPost, s.admin+"/v1/events", map[string]any{"name": shippedEvent, "data": data}, nil)
-	if r.status != http.StatusAccepted {
-		t.Fatalf("POST /v1/events: %d %s", r.status, r.body)
+	r := durabletest.Call(t, http.MethodPost, s.gw.Admin+"/v1/events", map[string]any{"name": shippedEvent, "data": data}, nil)
+	if r.Status != http.StatusAccepted {
+		t.Fatalf("POST /v1/events: %d %s", r.Status, r.Body)
 	}
 	var answer struct {
 		Matched int `json:"matched"`
 	}
-	decode(t, r, &answer)
+	r.JSON(t, &answer)
 	return answer.Matched
 }
 
@@ -329,8 +176,8 @@ func TestAnOrderResumesPastItsFailedStepThenSleepsWaitsAndConfirms(t *testing.T)
 
 	// Attempt 1 fails at charge; attempt 2 charges without reserving again and sleeps;
 	// once the sleep is over the run waits for the shipment, with no process waiting.
-	eventually(t, 30*time.Second, func() error {
-		view := s.run(t, runID)
+	durabletest.Eventually(t, 30*time.Second, func() error {
+		view := s.gw.AdminRun(t, runID)
 		if view.Status != "suspended" || view.Suspension == nil || view.Suspension.StepID != "shipped" {
 			return fmt.Errorf("not waiting for the shipment yet: %s %+v", view.Status, view.Suspension)
 		}
@@ -366,10 +213,10 @@ func TestAnOrderResumesPastItsFailedStepThenSleepsWaitsAndConfirms(t *testing.T)
 
 	// The runs API, once the run's last writes are committed (they follow the answer):
 	// reserve done by attempt 1, charge by a later one after one failed try.
-	var view runView
+	var view durabletest.RunView
 	byID := map[string]int{}
-	eventually(t, 10*time.Second, func() error {
-		view = s.run(t, runID)
+	durabletest.Eventually(t, 10*time.Second, func() error {
+		view = s.gw.AdminRun(t, runID)
 		for i, step := range view.Steps {
 			byID[step.StepID] = i
 		}

@@ -1,4 +1,4 @@
-package main
+package durabletest
 
 import (
 	"os/exec"
