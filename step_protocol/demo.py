@@ -339,7 +339,8 @@ def make_app(*, steps_sync: bool = False) -> web.Application:
 
 async def serve(host: str, port: int, *, steps_sync: bool) -> None:
     """Serve until SIGINT or SIGTERM; print `listening on PORT` once bound (port 0 works)."""
-    runner = web.AppRunner(make_app(steps_sync=steps_sync), access_log=None)
+    # A request still at work (a `hang`) holds the shutdown a second, not aiohttp's 60 s.
+    runner = web.AppRunner(make_app(steps_sync=steps_sync), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
