@@ -106,11 +106,9 @@ def pg_server(base: Path, *, durable: bool = False) -> Iterator[PgServer]:
     if not (BIN / "initdb").exists():
         raise RuntimeError(f"no PostgreSQL server binaries in {BIN} (set DURABLE_TEST_PG_BIN)")
     base.mkdir(parents=True, exist_ok=True)
-    data, sockets = base / "data", base / "sockets"
-    sockets.mkdir()
+    data = base / "data"
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
-        shutil.chown(sockets, "postgres")
         for parent in base.parents:  # the server user must reach its directory
             if parent.stat().st_mode & 0o001 == 0:
                 parent.chmod(parent.stat().st_mode | 0o001)
@@ -130,9 +128,11 @@ def pg_server(base: Path, *, durable: bool = False) -> Iterator[PgServer]:
         "initdb",
     )
     port = free_port()
-    # Off: fsync and full-page writes (files thrown away), and synchronous_commit, so a
-    # test's many small transactions never wait on a disk shared with other work.
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1"
+    # TCP only: a Unix socket's path must fit in 107 bytes, which a deep pytest
+    # temporary directory (one per xdist worker) does not. Off: fsync and full-page
+    # writes (files thrown away), and synchronous_commit, so a test's many small
+    # transactions never wait on a disk shared with other work.
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
     if not durable:
         options += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
     _pg_ctl_start(data, options, base / "log")
