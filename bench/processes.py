@@ -7,8 +7,10 @@ anything else on the machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,15 +32,53 @@ _T = TypeVar("_T")
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports: every socket stays bound until all are chosen."""
-    sockets = [socket.socket() for _ in range(count)]
+    """Distinct ports free on loopback now, for a child process to bind next.
+
+    A port the kernel picks (bind to port 0) is from its ephemeral range, where it may
+    hand the same port to another process, or to an outgoing connection, between our
+    choice and the child's bind. So ports come from a range below the ephemeral one,
+    where the kernel never picks, one process's slice of it: tests running in parallel
+    (pytest-xdist workers, each its slice) never choose the same port."""
+    sockets: list[socket.socket] = []
     try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
+        for _ in range(_PORTS.span):
+            if len(sockets) == count:
+                return [int(s.getsockname()[1]) for s in sockets]
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", _PORTS.next()))
+            except OSError:  # in use (or lingering in TIME_WAIT): take the next
+                s.close()
+                continue
+            sockets.append(s)  # kept bound until all are chosen, so they are distinct
+        raise RuntimeError(f"no {count} free ports in {_PORTS.first}-{_PORTS.first + _PORTS.span}")
     finally:
         for s in sockets:
             s.close()
+
+
+class _PortSlice:
+    """This process's ports: a slice of [10000, the kernel's ephemeral range), one per
+    pytest-xdist worker, handed out in turn from a random start."""
+
+    LOWEST = 10_000
+
+    def __init__(self) -> None:
+        ephemeral = 32_768  # Linux's default lower bound
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+        self.span = max(64, (ephemeral - self.LOWEST) // workers)
+        self.first = self.LOWEST + (worker % workers) * self.span
+        self._at = random.randrange(self.span)
+
+    def next(self) -> int:
+        self._at = (self._at + 1) % self.span
+        return self.first + self._at
+
+
+_PORTS = _PortSlice()
 
 
 def free_port() -> int:

@@ -13,25 +13,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import Proc, accept, assert_eventually, final, free_port, python
+from tests.helpers import Proc, accept, assert_eventually, final, free_port, free_ports, python
 
 
 def consecutive_free_ports(count: int) -> int:
-    """A port P with P .. P+count-1 all free (the demo's ingress, sidecar and admin)."""
+    """A port P with P .. P+count-1 all free (the demo's ingress, sidecar and admin), none
+    of which `free_port` gives again soon (`free_ports` hands its ports out in turn)."""
     for _ in range(50):
-        base = free_port()
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
+        ports = free_ports(count)
+        if ports == list(range(ports[0], ports[0] + count)):
+            return ports[0]
     raise RuntimeError("no run of free ports")
 
 
