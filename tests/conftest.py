@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import tempfile
@@ -123,6 +124,14 @@ GatewayFactory = Callable[..., Gateway]
 
 
 STORES = ("sqlite", "postgres")
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one and a half workers per usable core, at most 8. Most of a test's
+    time is spent waiting on the gateway and backend processes it started, so two cores
+    keep three workers busy (the suite took 6.4 min there against 15 with one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, max(1, (cores or 1) * 3 // 2))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
