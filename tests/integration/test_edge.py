@@ -216,6 +216,34 @@ async def test_malformed_requests_log_one_line_on_every_listener(
     assert "Traceback" not in gw.logs() and "ERROR" not in gw.logs()
 
 
+SMUGGLED = {
+    "both lengths": b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "an unknown coding": b"Content-Length: 0\r\nTransfer-Encoding: PMpW\r\n\r\n",
+    "two lengths": b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+}
+"""Framing that two parsers may read differently (request smuggling): refused, never
+forwarded. What the OpenAPI fuzzing leaves out (`bench/fuzz.py`'s `FRAMING`)."""
+
+
+@pytest.mark.parametrize("framing", SMUGGLED.values(), ids=SMUGGLED.keys())
+async def test_ambiguous_framing_is_refused_on_every_listener_and_never_forwarded(
+    recorder: Recorder, gateway_factory: GatewayFactory, framing: bytes
+) -> None:
+    gw = gateway_factory(durable_route(recorder.url, path="/*"))
+    for base, path in (
+        (gw.ingress, "/x"),
+        (gw.sidecar, "/v1/runs/r/steps/s"),
+        (gw.admin, "/v1/events"),
+    ):
+        status, body = await exchange(
+            base, f"POST {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n".encode() + framing
+        )
+        assert status == 400, body
+        assert orjson.loads(body)["type"].endswith("/bad-request")
+    assert recorder.seen == []
+    assert "Traceback" not in gw.logs()
+
+
 @pytest.mark.parametrize(("listener", "path"), [("ingress", "/demo/echo"), ("admin", "/v1/events")])
 async def test_an_aborted_upload_logs_one_line(
     backend: Backend, gateway_factory: GatewayFactory, listener: str, path: str
