@@ -15,7 +15,7 @@ import { durablePlugin } from "../dist/fastify.js";
 import { durableMiddleware as honoDurable, durableOnError } from "../dist/hono.js";
 import { countsOf } from "./backends.mjs";
 import { appErrors, expressApp, fastifyApp, honoApp, nextListener } from "./frameworks.mjs";
-import { eventually, fetchListener, request, serve, startGateway } from "./harness.mjs";
+import { fetchListener, request, routesTo, serve, startGateway } from "./harness.mjs";
 
 const FRAMEWORKS = ["express", "fastify", "hono", "next"];
 const BOUND = { timeout: 45_000 };
@@ -33,33 +33,13 @@ before(async () => {
     next: await serve(nextListener),
   };
   servers.push(...Object.values(upstreams), { close: () => fastify.close() });
-  const routes = FRAMEWORKS.map((name) =>
-    [
-      `- name: ${name}`,
-      `  match: {path: /${name}/*}`,
-      `  upstream: ${upstreams[name].url}`,
-      "  retry: {initial_backoff: 20ms, max_backoff: 200ms}",
-      "  hold: 10s",
-    ].join("\n"),
-  );
-  gateway = await startGateway(routes.join("\n"));
+  gateway = await startGateway(routesTo(Object.fromEntries(FRAMEWORKS.map((name) => [name, upstreams[name].url]))));
 });
 
 after(async () => {
   await gateway?.stop();
   for (const server of servers) await server.close();
 });
-
-/** The run once its final writes are committed (they follow the answer). */
-function finished(runId) {
-  return eventually(async () => {
-    const { status, body } = await request(`${gateway.admin}/v1/runs/${runId}`, { method: "GET" });
-    assert.equal(status, 200, JSON.stringify(body));
-    assert.notEqual(body.finished_at, null);
-    assert.ok(body.attempts.every((a) => a.ended_at !== null));
-    return body;
-  });
-}
 
 describe("framework adapters through the gateway", BOUND, () => {
   for (const name of FRAMEWORKS) {
@@ -79,7 +59,7 @@ describe("framework adapters through the gateway", BOUND, () => {
         appErrors[name].slice(seen).map((err) => err.message),
         ["step-2 failed on attempt 1"],
       );
-      const detail = await finished(body.run_id);
+      const detail = await gateway.finished(body.run_id);
       assert.deepEqual(
         detail.attempts.map((a) => a.status),
         [500, 200],
@@ -96,7 +76,7 @@ describe("framework adapters through the gateway", BOUND, () => {
         { step: 1, attempt: 1 },
         { step: 2, attempt: 2 },
       ]);
-      const detail = await finished(body.run_id);
+      const detail = await gateway.finished(body.run_id);
       assert.deepEqual(
         detail.attempts.map((a) => a.status),
         [202, 200],

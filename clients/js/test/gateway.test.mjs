@@ -41,16 +41,6 @@ async function run(runId) {
   return body;
 }
 
-/** The run once its final writes are committed (they follow the answer). */
-function finished(runId) {
-  return eventually(async () => {
-    const detail = await run(runId);
-    assert.notEqual(detail.finished_at, null);
-    assert.ok(detail.attempts.every((a) => a.ended_at !== null));
-    return detail;
-  });
-}
-
 // Each scenario is bounded, so a hang fails the run instead of eating the CI budget.
 const BOUND = { timeout: 45_000 };
 
@@ -74,7 +64,7 @@ describe("through the gateway", BOUND, () => {
     assert.equal(status, 200, JSON.stringify(body));
     assert.equal(body.attempt, 2);
     assert.deepEqual(countsOf(body.run_id), { "step-1": 1, "step-2": 2, "step-3": 1 });
-    const detail = await finished(body.run_id);
+    const detail = await gateway.finished(body.run_id);
     assert.deepEqual(
       detail.attempts.map((a) => a.status),
       [500, 200],
@@ -103,7 +93,7 @@ describe("through the gateway", BOUND, () => {
     assert.equal(body.attempt, 2);
     assert.deepEqual(body.results, [0, 1, 2].map((index) => ({ index, attempt: 1 })));
     assert.deepEqual(countsOf(body.run_id), { "item#0": 1, "item#1": 1, "item#2": 1 });
-    const detail = await finished(body.run_id);
+    const detail = await gateway.finished(body.run_id);
     assert.deepEqual(
       detail.steps.map((s) => s.step_id),
       ["item", "item:1", "item:2"],
@@ -124,7 +114,7 @@ describe("through the gateway", BOUND, () => {
     assert.equal(status, 200, JSON.stringify(body));
     assert.equal(body.attempt, 2);
     assert.deepEqual(countsOf(body.run_id), { "step-1": 1, "step-2": 1 });
-    const detail = await finished(body.run_id);
+    const detail = await gateway.finished(body.run_id);
     const nap = detail.steps.find((s) => s.step_id === "nap");
     assert.ok(nap?.completed, JSON.stringify(detail.steps));
   });
@@ -178,7 +168,7 @@ describe("through the gateway", BOUND, () => {
     const { status, body, headers } = await request(`${gateway.ingress}/js/steps?n=2&fail_at=2&mode=noretry`);
     assert.equal(status, 500);
     assert.deepEqual(body, { error: "final", attempt: 1 });
-    const detail = await finished(headers.get("durable-run-id"));
+    const detail = await gateway.finished(headers.get("durable-run-id"));
     assert.equal(detail.attempts.length, 1);
     assert.equal(detail.status, "failed");
   });

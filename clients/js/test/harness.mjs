@@ -1,6 +1,7 @@
 // Test harness: a real gateway process on free ports with its own SQLite file, servers
 // for the backends under test, and polling with a deadline (no fixed sleeps).
 
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
@@ -80,6 +81,50 @@ export function fetchListener(handler) {
 }
 
 /**
+ * `spawn` a child that cannot outlive this process (SIGKILLed when it exits); `{proc,
+ * exited(), stop()}`. `exited()` is null while it runs, else `{code, signal}` or `{error}`;
+ * `stop()` sends SIGTERM, then SIGKILL after `graceMs`, and waits for the exit.
+ */
+export function spawnChild(command, args, options, graceMs) {
+  const proc = spawn(command, args, options);
+  let exited = null;
+  const exit = new Promise((resolve) => proc.once("exit", (code, signal) => resolve((exited = { code, signal }))));
+  proc.once("error", (err) => (exited = { error: err.message }));
+  const killOnExit = () => proc.kill("SIGKILL");
+  process.once("exit", killOnExit);
+  return {
+    proc,
+    exited: () => exited,
+    async stop() {
+      process.removeListener("exit", killOnExit);
+      if (exited !== null) return;
+      proc.kill("SIGTERM");
+      const timer = setTimeout(() => proc.kill("SIGKILL"), graceMs);
+      await exit;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/**
+ * Routes for `startGateway`: `/NAME/*` to each `{NAME: url}`, with quick retries, so a
+ * failed first attempt is retried within the test's bounds.
+ */
+export function routesTo(upstreams) {
+  return Object.entries(upstreams)
+    .map(([name, url]) =>
+      [
+        `- name: ${name}`,
+        `  match: {path: /${name}/*}`,
+        `  upstream: ${url}`,
+        "  retry: {initial_backoff: 20ms, max_backoff: 200ms}",
+        "  hold: 10s",
+      ].join("\n"),
+    )
+    .join("\n");
+}
+
+/**
  * Start `durable-gateway` (from PATH, or $DURABLE_GATEWAY) with `routes` (YAML lines of the
  * routes list) and wait for its admin /healthz. `stop()` sends SIGTERM, then SIGKILL after 10 s.
  */
@@ -102,32 +147,30 @@ export async function startGateway(routes) {
   const logPath = join(dir, "gateway.log");
   const log = openSync(logPath, "a");
   const command = process.env.DURABLE_GATEWAY || "durable-gateway";
-  const proc = spawn(command, ["--config", configPath], { stdio: ["ignore", log, log] });
-  let exited = null;
-  const exit = new Promise((resolve) => proc.once("exit", (code, signal) => resolve((exited = { code, signal }))));
-  proc.once("error", (err) => (exited = { error: err }));
-  const killOnExit = () => proc.kill("SIGKILL");
-  process.once("exit", killOnExit);
+  const child = spawnChild(command, ["--config", configPath], { stdio: ["ignore", log, log] }, 10_000);
 
   const gateway = {
     ingress: `http://127.0.0.1:${ingress}`,
     sidecar: `http://127.0.0.1:${sidecar}`,
     admin: `http://127.0.0.1:${admin}`,
     logs: () => readFileSync(logPath, "utf8"),
+    /** The run once its final writes are committed (they follow the answer). */
+    finished: (runId) =>
+      eventually(async () => {
+        const { status, body } = await request(`${gateway.admin}/v1/runs/${runId}`, { method: "GET" });
+        assert.equal(status, 200, JSON.stringify(body));
+        assert.notEqual(body.finished_at, null);
+        assert.ok(body.attempts.every((a) => a.ended_at !== null));
+        return body;
+      }),
     async stop() {
-      process.removeListener("exit", killOnExit);
-      if (exited === null) {
-        proc.kill("SIGTERM");
-        const timer = setTimeout(() => proc.kill("SIGKILL"), 10_000);
-        await exit;
-        clearTimeout(timer);
-      }
+      await child.stop();
       rmSync(dir, { recursive: true, force: true });
     },
   };
   try {
     await eventually(async () => {
-      if (exited) throw Object.assign(new Error(`gateway exited: ${JSON.stringify(exited)}`), { fatal: true });
+      if (child.exited()) throw Object.assign(new Error(`gateway exited: ${JSON.stringify(child.exited())}`), { fatal: true });
       const res = await fetch(`${gateway.admin}/healthz`, { signal: AbortSignal.timeout(1000) });
       await res.arrayBuffer();
       if (res.status !== 200) throw new Error(`healthz answered ${res.status}`);

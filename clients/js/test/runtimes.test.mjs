@@ -4,14 +4,13 @@
 // answered 202 and resumed. The runtimes are this package's dev dependencies (npm ci).
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
 
-import { eventually, request, startGateway } from "./harness.mjs";
+import { eventually, request, routesTo, spawnChild, startGateway } from "./harness.mjs";
 
 const BIN = fileURLToPath(new URL("../node_modules/.bin/", import.meta.url));
 const BACKEND = fileURLToPath(new URL("./runtime_backend.mjs", import.meta.url));
@@ -38,30 +37,25 @@ async function startRuntime(name) {
   if (!existsSync(command)) throw new Error(`${command} is missing: run npm ci in clients/js`);
   const { args, env } = RUNTIMES[name];
   const cache = mkdtempSync(join(tmpdir(), `dg-js-${name}-`));
-  const proc = spawn(command, args, {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, NO_COLOR: "1", ...env(cache) }, // plain text in failure messages
-  });
+  const child = spawnChild(
+    command,
+    args,
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, NO_COLOR: "1", ...env(cache) }, // plain text in failure messages
+    },
+    5_000,
+  );
+  const { proc } = child;
   let output = "";
   const keep = (chunk) => (output = (output + chunk).slice(-OUTPUT_CHARS));
   proc.stdout.setEncoding("utf8");
   proc.stderr.setEncoding("utf8").on("data", keep);
-  let exited = null;
-  const exit = new Promise((resolve) => proc.once("close", (code, signal) => resolve((exited = { code, signal }))));
-  proc.once("error", (err) => (exited = { error: err.message }));
-  const killOnExit = () => proc.kill("SIGKILL");
-  process.once("exit", killOnExit);
 
   const backend = {
     output: () => output,
     async stop() {
-      process.removeListener("exit", killOnExit);
-      if (exited === null) {
-        proc.kill("SIGTERM");
-        const timer = setTimeout(() => proc.kill("SIGKILL"), 5_000);
-        await exit;
-        clearTimeout(timer);
-      }
+      await child.stop();
       rmSync(cache, { recursive: true, force: true });
     },
   };
@@ -76,7 +70,7 @@ async function startRuntime(name) {
   });
   try {
     const { port, runtime } = await eventually(() => {
-      if (exited) throw Object.assign(new Error(`exited: ${JSON.stringify(exited)}`), { fatal: true });
+      if (child.exited()) throw Object.assign(new Error(`exited: ${JSON.stringify(child.exited())}`), { fatal: true });
       if (firstLine === null) throw new Error("no port printed");
       try {
         return JSON.parse(firstLine);
@@ -103,16 +97,7 @@ before(async () => {
   });
   const failed = started.find((result) => result.status === "rejected");
   if (failed) throw failed.reason;
-  const routes = names.map((name) =>
-    [
-      `- name: ${name}`,
-      `  match: {path: /${name}/*}`,
-      `  upstream: ${backends[name].url}`,
-      "  retry: {initial_backoff: 20ms, max_backoff: 200ms}",
-      "  hold: 10s",
-    ].join("\n"),
-  );
-  gateway = await startGateway(routes.join("\n"));
+  gateway = await startGateway(routesTo(Object.fromEntries(names.map((name) => [name, backends[name].url]))));
 });
 
 after(async () => {
@@ -122,17 +107,6 @@ after(async () => {
     await Promise.all(Object.values(backends).map((backend) => backend.stop()));
   }
 });
-
-/** The run once its final writes are committed (they follow the answer). */
-function finished(runId) {
-  return eventually(async () => {
-    const { status, body } = await request(`${gateway.admin}/v1/runs/${runId}`, { method: "GET" });
-    assert.equal(status, 200, JSON.stringify(body));
-    assert.notEqual(body.finished_at, null);
-    assert.ok(body.attempts.every((a) => a.ended_at !== null));
-    return body;
-  });
-}
 
 /** What the backend counted for a run: `{runtime, counts, errors}`. */
 async function seen(name, runId) {
@@ -173,7 +147,7 @@ describe("the client on Bun and Deno, through the gateway", BOUND, () => {
       assert.deepEqual(backend.counts, { "step-1": 1, "step-2": 2, "step-3": 1 });
       // The step's error went past the adapter to the app's own handling, which answered 500.
       assert.deepEqual(backend.errors, ["step-2 failed on attempt 1"]);
-      const detail = await finished(body.run_id);
+      const detail = await gateway.finished(body.run_id);
       assert.deepEqual(
         detail.attempts.map((a) => a.status),
         [500, 200],
@@ -200,7 +174,7 @@ describe("the client on Bun and Deno, through the gateway", BOUND, () => {
       const backend = await seen(name, body.run_id);
       assert.deepEqual(backend.counts, { "step-1": 1, "step-2": 1 });
       assert.deepEqual(backend.errors, [], "a Suspend reached the app's error handling");
-      const detail = await finished(body.run_id);
+      const detail = await gateway.finished(body.run_id);
       assert.deepEqual(
         detail.attempts.map((a) => a.status),
         [202, 200],

@@ -5,12 +5,12 @@
 // ci, then run compile).
 
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, test } from "node:test";
 
-import { eventually, request, startGateway } from "./harness.mjs";
+import { eventually, request, spawnChild, startGateway } from "./harness.mjs";
 
 const EXAMPLE = fileURLToPath(new URL("../../../examples/ts_chat/", import.meta.url));
 const SERVER = `${EXAMPLE}dist/server.js`;
@@ -29,27 +29,17 @@ async function startExample(args) {
   if (!existsSync(SERVER)) {
     throw new Error(`${SERVER} is missing: build the example (npm --prefix examples/ts_chat run build)`);
   }
-  const proc = spawn(process.execPath, [SERVER, "--port", "0", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawnChild(process.execPath, [SERVER, "--port", "0", ...args], { stdio: ["ignore", "pipe", "pipe"] }, 5_000);
+  const { proc, stop } = child;
   let stdout = "";
   let stderr = "";
-  let exited = null;
   proc.stdout.setEncoding("utf8").on("data", (text) => (stdout = (stdout + text).slice(-8192)));
   proc.stderr.setEncoding("utf8").on("data", (text) => (stderr = (stderr + text).slice(-8192)));
-  const exit = new Promise((resolve) => proc.once("exit", (code, signal) => resolve((exited = { code, signal }))));
-  const killOnExit = () => proc.kill("SIGKILL");
-  process.once("exit", killOnExit);
-  const stop = async () => {
-    process.removeListener("exit", killOnExit);
-    if (exited === null) {
-      proc.kill("SIGTERM");
-      const timer = setTimeout(() => proc.kill("SIGKILL"), 5_000);
-      await exit;
-      clearTimeout(timer);
-    }
-  };
   try {
     const port = await eventually(() => {
-      if (exited) throw Object.assign(new Error(`the example exited: ${JSON.stringify(exited)}`), { fatal: true });
+      if (child.exited()) {
+        throw Object.assign(new Error(`the example exited: ${JSON.stringify(child.exited())}`), { fatal: true });
+      }
       const found = /listening on (\d+)/.exec(stdout);
       if (!found) throw new Error("the example has not said it is listening");
       return Number(found[1]);
